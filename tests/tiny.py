@@ -1,0 +1,68 @@
+"""Tiny random-init models and synthetic data, built from configs in a temp dir: no files, fast tests."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "weak"]
+FILLER = ["the", "a", "film", "movie", "plot", "actor", "was", "is", "very", "quite", "story", "scene"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_tiny_bert(path: Path, dropout: float = 0.1, layers: int = 2, seed: int = 0) -> Path:
+    """A 2-layer BERT with a word-level tokenizer over a tiny vocabulary, saved in HF format."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIAL + POSITIVE + NEGATIVE + FILLER)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout, pad_token_id=0)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.random() < 0.5
+        words = rng.choices(FILLER, k=rng.randint(2, 8)) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": "pos" if label else "neg"})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def tiny_config(model_dir: Path, data_dir: Path, n_train: int = 96, **train) -> dict:
+    """A full run config dict over tiny data files it writes into data_dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "train": write_jsonl(data_dir / "train.jsonl", sentiment_rows(n_train, seed=1)),
+        "validation": write_jsonl(data_dir / "val.jsonl", sentiment_rows(32, seed=2)),
+        "test": write_jsonl(data_dir / "test.jsonl", sentiment_rows(32, seed=3)),
+    }
+    return {
+        "model": {"name": str(model_dir), "max_length": 16},
+        "method": {"name": "full"},
+        "data": {k: str(v) for k, v in files.items()},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "log_every": 2, "progress": False,
+                  "warmup_ratio": 0.0} | train,
+    }

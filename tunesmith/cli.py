@@ -1,0 +1,133 @@
+"""Command line: thin wrappers that parse arguments and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tunesmith.errors import TunesmithError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pretrained models.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a run from a YAML config")
+    t.add_argument("config", nargs="?", help="YAML config (optional with --resume: the run's own is used)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set train.epochs=2 (repeatable)")
+    t.add_argument("--out", help="run directory (default runs/<config name>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a finished or failed run in --out")
+
+    e = sub.add_parser("eval", help="evaluate a finished run on a labelled file")
+    e.add_argument("run_dir")
+    e.add_argument("--data", required=True, help=".jsonl/.csv/.tsv/.parquet with text and label columns")
+    e.add_argument("--text-field")
+    e.add_argument("--label-field")
+
+    pr = sub.add_parser("predict", help="predict labels with a finished run")
+    pr.add_argument("run_dir")
+    pr.add_argument("texts", nargs="*", help="texts to classify")
+    pr.add_argument("--file", help="a text file, one text per line")
+    pr.add_argument("--json", action="store_true", help="print JSON lines")
+
+    sub.add_parser("models", help="list built-in models")
+    sub.add_parser("datasets", help="list built-in data sets")
+    sub.add_parser("methods", help="list fine-tuning methods")
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tunesmith.config import load_config
+    from tunesmith.run import run
+
+    cfg = load_config(args.config, args.overrides) if args.config else None
+    if cfg is None and not args.resume:
+        raise TunesmithError("train: give a config file (or --resume RUN_DIR)")
+    if args.overrides and not args.config:
+        raise TunesmithError("train: --set needs a config file; a resumed run keeps its own config")
+    run_dir = args.resume or args.out or f"runs/{Path(args.config).stem}"
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        raise TunesmithError("train: --resume RUN_DIR already names the run directory; drop --out")
+    summary = run(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+    if summary.get("world_size", 1) == 1 or _is_main():
+        print(json.dumps({"run_dir": str(run_dir), "final": summary["final"]}, indent=2))
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "eval":
+            from tunesmith.infer import evaluate_file
+
+            print(json.dumps(evaluate_file(args.run_dir, args.data, args.text_field, args.label_field), indent=2))
+            return 0
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "models":
+            from tunesmith.models import MODELS
+
+            rows = [("name", "kind", "params", "license", "what it is")]
+            rows += [(m.name, m.kind, m.params, m.license, m.description) for m in MODELS.values()]
+            print(_table(rows) + "\n\nAny local Hugging Face-format directory works too: model.name: /path/to/dir")
+            return 0
+        if args.command == "datasets":
+            from tunesmith.data import DATASETS
+
+            rows = [("name", "task", "license", "what it is")]
+            rows += [(d.name, d.task, d.license, d.description) for d in DATASETS.values()]
+            print(_table(rows) + "\n\nYour own files: data.train / data.validation / data.test (.jsonl .csv .tsv .parquet)")
+            return 0
+        if args.command == "methods":
+            from tunesmith.methods import METHODS
+
+            print(_table([("name", "what learns")] + [(m.name, m.description) for m in METHODS.values()]))
+            return 0
+    except TunesmithError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tunesmith.infer import predict_texts
+
+    texts = list(args.texts)
+    if args.file:
+        try:
+            lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise TunesmithError(f"{args.file}: cannot read: {e}") from None
+        texts += [line for line in lines if line.strip()]
+    if not texts:
+        raise TunesmithError("predict: give texts as arguments or --file texts.txt")
+    for p in predict_texts(args.run_dir, texts):
+        if args.json:
+            print(json.dumps(p))
+        else:
+            probs = "  ".join(f"{k}={v:.3f}" for k, v in p["probabilities"].items())
+            print(f"{p['label']}\t{probs}\t{p['text'][:80]}")
+    return 0

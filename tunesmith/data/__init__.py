@@ -1,0 +1,30 @@
+"""The data layer: read rows from files or built-in sets, validate them into examples, split them."""
+
+from tunesmith.data.builtin import DATASETS, DatasetEntry, get_dataset
+from tunesmith.data.config import DataConfig, SplitConfig
+from tunesmith.data.sources import FORMATS, Row, read_rows
+from tunesmith.data.text import (
+    DataReport,
+    TextData,
+    TextExample,
+    load_labelled_file,
+    load_text_classification,
+    split_rows,
+)
+
+__all__ = [
+    "DATASETS",
+    "FORMATS",
+    "DataConfig",
+    "DataReport",
+    "DatasetEntry",
+    "Row",
+    "SplitConfig",
+    "TextData",
+    "TextExample",
+    "get_dataset",
+    "load_labelled_file",
+    "load_text_classification",
+    "read_rows",
+    "split_rows",
+]

@@ -1,0 +1,29 @@
+"""What the `data:` section of a run config says."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SplitConfig:
+    """Fractions carved (seeded, deterministic) out of the training rows for splits not given as files."""
+
+    validation: float = 0.1
+    test: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    builtin: str | None = None  # a built-in data set, e.g. "rotten-tomatoes"; or give files below
+    train: str | None = None  # .jsonl / .csv / .tsv / .parquet, relative to the working directory
+    validation: str | None = None
+    test: str | None = None
+    format: str = "auto"  # auto (by extension) | jsonl | csv | tsv | parquet
+    text_field: str | None = None  # None: the built-in's own column, else "text"
+    label_field: str | None = None  # None: the built-in's own column, else "label"
+    split: SplitConfig = field(default_factory=SplitConfig)
+    max_train_samples: int | None = None  # seeded subset of the training split (after splitting)
+    max_eval_samples: int | None = None  # seeded subset of validation and test each
+    on_bad_rows: str = "error"  # error | skip (skipped rows are counted and the first ones shown)

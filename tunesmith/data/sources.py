@@ -1,0 +1,229 @@
+"""Reading rows from data files.
+
+Every row remembers the file and line it came from, so that any later complaint about it (an empty text,
+an unknown label) can say "file:line" and the user can open the file right at the culprit.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import io
+import json
+import lzma
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import DataError
+
+FORMATS = ("jsonl", "csv", "tsv", "parquet")
+_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+_DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    ".gz": gzip.decompress,
+    ".bz2": bz2.decompress,
+    ".xz": lzma.decompress,
+}
+_CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB) rejects long documents
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One record of a data file, with enough provenance to point the user back at it."""
+
+    source: str  # file path as given, or "builtin:NAME"
+    line: int  # 1-based: physical line where the record starts; parquet: row number
+    values: dict[str, Any]
+    unit: str = "line"  # "row" for formats without lines (parquet), so `where` doesn't claim a line
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}" if self.unit == "line" else f"{self.source}:row {self.line}"
+
+
+def check_format(format: str) -> str:
+    """Validate a `format` option up front, before any file is opened."""
+    if not isinstance(format, str) or format.lower() not in ("auto", *FORMATS):
+        raise DataError(f"unknown data format {format!r}; valid formats: auto, {', '.join(FORMATS)}")
+    return format.lower()
+
+
+def detect_format(path: str | Path, format: str = "auto") -> str:
+    """The concrete format of `path`: `format` itself unless it is "auto", else by extension."""
+    format = check_format(format)
+    if format != "auto":
+        return format
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in _DECOMPRESS:
+        suffixes.pop()
+    ext = suffixes[-1] if suffixes else ""
+    if ext not in _EXTENSIONS:
+        raise DataError(
+            f"{path}: cannot tell the data format from the extension {ext or '(none)'!r}; name the file "
+            f"{' / '.join(_EXTENSIONS)} (optionally compressed: .gz .bz2 .xz) or set the format to one of "
+            f"{', '.join(FORMATS)}"
+        )
+    return _EXTENSIONS[ext]
+
+
+def read_rows(
+    path: str | Path, format: str = "auto", *, skip_bad: list[str] | None = None, source: str | None = None
+) -> list[Row]:
+    """Read every record of a jsonl / csv / tsv / parquet file (optionally .gz/.bz2/.xz compressed).
+
+    A record the reader cannot make sense of (malformed JSON, a non-object JSON line, a CSV row with more
+    fields than the header) raises, unless `skip_bad` is a list: then its message is appended there and
+    the record left out, so the caller can count and show it. Problems with the whole file (missing,
+    not UTF-8, not parquet) always raise. `source` names the rows instead of the path (built-in sets).
+    """
+    name = source if source is not None else os.fspath(path)
+    path = Path(path)
+    fmt = detect_format(path, format)
+    if not path.exists():
+        where = "" if path.is_absolute() else f" (relative paths start at the working directory {Path.cwd()})"
+        raise DataError(f"{name}: file not found{where}")
+    if path.is_dir():
+        raise DataError(f"{name}: is a directory, not a data file")
+    skipped_before = len(skip_bad) if skip_bad is not None else 0
+    if fmt == "parquet":
+        rows = _parquet_rows(path, name)
+    else:
+        text = _decode(_read_bytes(path, name), name)
+        if fmt == "jsonl":
+            rows = _jsonl_rows(text, name, skip_bad)
+        else:
+            rows = _csv_rows(text, name, "," if fmt == "csv" else "\t", skip_bad)
+    if not rows and (skip_bad is None or len(skip_bad) == skipped_before):
+        raise DataError(f"{name}: no rows")
+    return rows
+
+
+def _report(message: str, skip_bad: list[str] | None) -> None:
+    if skip_bad is None:
+        raise DataError(message)
+    skip_bad.append(message)
+
+
+def _read_bytes(path: Path, name: str) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{name}: cannot read the file ({e.strerror or e})") from e
+    suffix = path.suffix.lower()
+    if suffix in _DECOMPRESS:
+        try:
+            raw = _DECOMPRESS[suffix](raw)
+        except (OSError, EOFError, ValueError, lzma.LZMAError) as e:
+            raise DataError(
+                f"{name}: not a valid {suffix[1:]} file ({e}); decompress it or fix its name"
+            ) from e
+    return raw
+
+
+def _decode(raw: bytes, name: str) -> str:
+    """Strict UTF-8: a wrong encoding would otherwise turn into silently garbled training text."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - raw.rfind(b"\n", 0, e.start)
+        guess = " (it looks like UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise DataError(
+            f"{name}:{line}: not valid UTF-8{guess} (byte 0x{raw[e.start]:02x} at column {column}); "
+            "re-save the file as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff")  # a BOM would otherwise glue itself to the first column name
+
+
+def _jsonl_rows(text: str, name: str, skip_bad: list[str] | None) -> list[Row]:
+    rows = []
+    # Split on "\n" only: JSON strings may legally hold U+2028 etc., which str.splitlines would break on.
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            hint = "each line must hold one complete JSON object"
+            if number == 1 and line.lstrip().startswith("["):
+                hint = "the file looks like one JSON array; write JSON Lines instead (one object per line)"
+            _report(f"{name}:{number}: malformed JSON ({e.msg} at column {e.colno}); {hint}", skip_bad)
+            continue
+        if not isinstance(value, dict):
+            _report(
+                f'{name}:{number}: expected a JSON object like {{"text": ..., "label": ...}}, '
+                f"got a JSON {_json_type(value)}",
+                skip_bad,
+            )
+            continue
+        rows.append(Row(name, number, value))
+    return rows
+
+
+def _json_type(value: Any) -> str:
+    types = {
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }
+    return types.get(type(value), type(value).__name__)
+
+
+def _csv_rows(text: str, name: str, delimiter: str, skip_bad: list[str] | None) -> list[Row]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    old_limit = csv.field_size_limit(_CSV_FIELD_LIMIT)
+    try:
+        return _csv_records(reader, name, delimiter, skip_bad)
+    except csv.Error as e:
+        raise DataError(
+            f"{name}:{reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'} ({e})"
+        ) from e
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _csv_records(reader: Any, name: str, delimiter: str, skip_bad: list[str] | None) -> list[Row]:
+    header: list[str] | None = None
+    rows = []
+    previous_end = 0
+    for record in reader:
+        start, previous_end = previous_end + 1, reader.line_num  # records may span several lines
+        if not record:
+            continue  # a blank line
+        if header is None:
+            header = record
+            seen: set[str] = set()
+            for column in header:
+                if column in seen:
+                    raise DataError(
+                        f"{name}:{start}: column {column!r} appears twice in the header; rename one"
+                    )
+                seen.add(column)
+            continue
+        if len(record) > len(header):
+            _report(
+                f"{name}:{start}: {len(record)} fields but the header has {len(header)} columns; "
+                f"quote fields that contain {delimiter!r}",
+                skip_bad,
+            )
+            continue
+        # A short row simply lacks the trailing columns; if it needed one, validation names it.
+        rows.append(Row(name, start, dict(zip(header, record, strict=False))))
+    return rows
+
+
+def _parquet_rows(path: Path, name: str) -> list[Row]:
+    import pyarrow as pa  # imported here: only parquet users pay for it
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{name}: not a readable parquet file ({e})") from e
+    return [Row(name, number, values, "row") for number, values in enumerate(table.to_pylist(), 1)]

@@ -1,0 +1,57 @@
+"""Use a finished run: evaluate it on a labelled file, or predict labels for new texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from tunesmith.config import config_from_dict
+from tunesmith.data import load_labelled_file
+from tunesmith.errors import TunesmithError
+from tunesmith.models import load_saved_classifier
+from tunesmith.objectives import OBJECTIVES
+
+
+def _open_run(run_dir: Path):
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        raise TunesmithError(f"{run_dir}: no config.yaml; is it a tunesmith run directory?")
+    cfg = config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
+    model, tokenizer = load_saved_classifier(run_dir / "model")
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return cfg, model, tokenizer, labels
+
+
+def evaluate_file(run_dir: str | Path, data: str | Path, text_field: str | None = None,
+                  label_field: str | None = None, batch_size: int = 64) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    cfg, model, tokenizer, labels = _open_run(run_dir)
+    objective = OBJECTIVES[cfg.objective]
+    examples, report = load_labelled_file(data, text_field or cfg.data.text_field or "text",
+                                          label_field or cfg.data.label_field or "label", labels,
+                                          on_bad_rows=cfg.data.on_bad_rows)
+    items, truncated = objective.encode(examples, tokenizer, cfg.model.max_length)
+    sums = objective.eval_sums(model, items, batch_size, tokenizer.pad_token_id, len(labels), torch.device("cpu"))
+    result = objective.metrics(sums)
+    confusion = sums["confusion"]
+    per_class = {name: confusion[i, i].item() / max(1, confusion[i].sum().item()) for i, name in enumerate(labels)}
+    return {"data": str(data), "examples": len(items), "truncated": truncated, "skipped": report.skipped,
+            **result, "per_class_accuracy": per_class}
+
+
+@torch.inference_mode()
+def predict_texts(run_dir: str | Path, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
+    run_dir = Path(run_dir)
+    cfg, model, tokenizer, labels = _open_run(run_dir)
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        enc = tokenizer(chunk, truncation=True, max_length=cfg.model.max_length, padding=True, return_tensors="pt")
+        probs = model(**enc).logits.float().softmax(-1)
+        for text, p in zip(chunk, probs, strict=True):
+            ranked = sorted(zip(labels, p.tolist(), strict=True), key=lambda x: -x[1])
+            out.append({"text": text, "label": ranked[0][0], "probabilities": dict(ranked)})
+    return out

