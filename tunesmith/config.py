@@ -54,6 +54,7 @@ class TrainConfig:
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     batch_size: int = 32  # examples per optimizer step, across all processes and accumulation
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
+    group_by_length: bool = True  # batch items of similar length together: less padding, faster
     lr: float = 5e-5
     head_lr: float | None = None  # learning rate of the newly initialised head (default: lr)
     weight_decay: float = 0.01  # not applied to biases and normalisation weights

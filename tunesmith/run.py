@@ -138,7 +138,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
         if encoded["validation"] else None
     task = TrainTask(items=encoded["train"], collate=lambda items: objective.collate(items, pad_id),
                      loss_sum=objective.loss_sum, count=objective.count, evaluate=val_eval,
-                     head_params=set(loaded.head_params))
+                     head_params=set(loaded.head_params), lengths=[len(it.input_ids) for it in encoded["train"]])
     result = train(model, task, cfg.train, run_dir, info, resume_from=resume_from)
 
     final: dict[str, Any] = {}

@@ -43,6 +43,7 @@ class TrainTask:
     count: Callable[[dict[str, torch.Tensor]], int]
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None  # collective under DDP
     head_params: set[str] = field(default_factory=set)
+    lengths: Sequence[int] | None = None  # per item, for length-grouped batches
 
 
 @dataclass
@@ -64,6 +65,28 @@ class TrainResult:
 def epoch_order(n: int, data_seed: int, epoch: int) -> list[int]:
     generator = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
+
+
+def epoch_batches(n: int, batch_size: int, data_seed: int, epoch: int,
+                  lengths: Sequence[int] | None = None, group: int = 64) -> list[list[int]]:
+    """The optimizer steps of one epoch, as lists of item indices: a pure function of its arguments.
+
+    With `lengths`, items of similar length share a batch (less padding, often 1.3-2x faster): the
+    shuffled order is cut into windows of `group` batches, each window sorted by length and cut into
+    batches, and the batches shuffled again. Batch composition stays random from epoch to epoch.
+    """
+    order = epoch_order(n, data_seed, epoch)
+    if lengths is not None:
+        window = batch_size * group
+        order = [i for start in range(0, n, window)
+                 for i in sorted(order[start : start + window], key=lambda j: -lengths[j])]
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if lengths is not None:
+        # keep the short remainder batch last, so only one step per epoch is small
+        full, tail = (batches[:-1], batches[-1:]) if len(batches[-1]) < batch_size else (batches, [])
+        generator = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch + 7919)
+        batches = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()] + tail
+    return batches
 
 
 def _chunks(seq: list[int], parts: int) -> list[list[int]]:
@@ -110,6 +133,8 @@ class _Trainer:
         self.samples = 0
         self.train_seconds = 0.0
         self.last_eval: dict[str, float] = {}
+        self._epoch_cache: tuple[int, list[list[int]]] = (-1, [])
+        self.last_items = 0
         self.ddp = model
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -156,16 +181,20 @@ class _Trainer:
             _set_rng_state(rng[self.info.rank], self.info)
 
     # -- one optimizer step --------------------------------------------------------------------
-    def batches_for(self, step: int) -> list[list[int]]:
+    def step_indices(self, step: int) -> list[int]:
+        """Every item of optimizer step `step`, across all processes."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        order = epoch_order(len(self.task.items), self.cfg.data_seed, epoch)
-        indices = order[pos * self.cfg.batch_size : (pos + 1) * self.cfg.batch_size]
-        mine = _chunks(indices, self.info.world_size)[self.info.rank]
-        return _chunks(mine, self.cfg.grad_accum)
+        if self._epoch_cache[0] != epoch:
+            lengths = self.task.lengths if self.cfg.group_by_length else None
+            self._epoch_cache = (epoch, epoch_batches(len(self.task.items), self.cfg.batch_size,
+                                                      self.cfg.data_seed, epoch, lengths))
+        return self._epoch_cache[1][pos]
 
     def train_step(self) -> tuple[float, int]:
         task, info = self.task, self.info
-        micro = self.batches_for(self.step)
+        indices = self.step_indices(self.step)
+        self.last_items = len(indices)
+        micro = _chunks(_chunks(indices, info.world_size)[info.rank], self.cfg.grad_accum)
         batches = [task.collate([task.items[i] for i in ids]) if ids else None for ids in micro]
         local = sum(task.count(b) for b in batches if b is not None)
         total = int(all_reduce_sum(torch.tensor(float(local)), info).item())
@@ -249,7 +278,7 @@ def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, in
             t0 = time.perf_counter()
             loss_sum, count = trainer.train_step()
             trainer.train_seconds += time.perf_counter() - t0
-            items = min(cfg.batch_size, len(task.items) - ((trainer.step - 1) % trainer.steps_per_epoch) * cfg.batch_size)
+            items = trainer.last_items
             trainer.samples += items
             window_loss += loss_sum
             window_count += count
