@@ -24,10 +24,11 @@ demo: $(STAMP)
 	$(BIN)/python -m tunesmith.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check tunesmith tests
+	$(BIN)/python -m pytest -q --durations=10
 
 lint: $(STAMP)
-	$(BIN)/ruff check tunesmith tests benchmarks
+	$(BIN)/ruff check tunesmith tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
