@@ -72,6 +72,9 @@ def test_early_stopping_with_patience_restores_best(tiny_bert, tmp_path):
     assert summary["final"]["val_loss"] == pytest.approx(best["value"], rel=1e-5)
     evals = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines() if "val_loss" in x]
     assert len(evals) == best["step"] // 3 + 2  # two evaluations without improvement, then stop
+    again = run(None, tmp_path / "r", resume=True)  # resuming a stopped run must not train on
+    assert again["steps"] == summary["steps"] and again["stopped_early"]
+    assert again["final"]["val_loss"] == pytest.approx(summary["final"]["val_loss"], rel=1e-6)
 
 
 def test_nan_loss_is_a_clear_error(tiny_bert, tmp_path):

@@ -135,6 +135,7 @@ class _Trainer:
         self.last_eval: dict[str, float] = {}
         self._epoch_cache: tuple[int, list[list[int]]] = (-1, [])
         self.last_items = 0
+        self.finished = False
         self.ddp = model
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -176,6 +177,7 @@ class _Trainer:
         self.step, self.samples, self.train_seconds = meta["step"], meta["samples"], meta["train_seconds"]
         self.stopper.load_state_dict(meta["stopper"])
         self.last_eval = meta["last_eval"]
+        self.finished = bool(meta.get("final"))  # e.g. stopped early: resuming must not train on
         rng = extra["rng"]
         if len(rng) == self.info.world_size:
             _set_rng_state(rng[self.info.rank], self.info)
@@ -272,9 +274,9 @@ def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, in
     bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
                disable=not (cfg.progress and info.is_main), desc="train")
     window_loss, window_count, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
-    stopped_early = False
+    stopped_early = trainer.finished and trainer.step < trainer.total_steps
     try:
-        while trainer.step < trainer.total_steps:
+        while trainer.step < trainer.total_steps and not trainer.finished:
             t0 = time.perf_counter()
             loss_sum, count = trainer.train_step()
             trainer.train_seconds += time.perf_counter() - t0
