@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--file", help="a text file, one text per line")
     pr.add_argument("--json", action="store_true", help="print JSON lines")
 
+    mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: a plain HF model")
+    mg.add_argument("run_dir")
+    mg.add_argument("out_dir")
+
     sub.add_parser("models", help="list built-in models")
     sub.add_parser("datasets", help="list built-in data sets")
     sub.add_parser("methods", help="list fine-tuning methods")
@@ -82,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "predict":
             return _predict(args)
+        if args.command == "merge":
+            from tunesmith.infer import merge_run
+
+            print(f"merged model written to {merge_run(args.run_dir, args.out_dir)}")
+            return 0
         if args.command == "models":
             from tunesmith.models import MODELS
 

@@ -18,7 +18,7 @@ from tunesmith.data.config import DataConfig, SplitConfig
 from tunesmith.errors import ConfigError
 
 __all__ = [
-    "RunConfig", "ModelConfig", "MethodConfig", "TrainConfig", "EarlyStopConfig", "DataConfig",
+    "RunConfig", "ModelConfig", "MethodConfig", "LoraConfig", "TrainConfig", "EarlyStopConfig", "DataConfig",
     "SplitConfig", "load_config", "config_from_dict", "config_to_dict", "apply_overrides",
 ]
 
@@ -30,13 +30,31 @@ class ModelConfig:
 
 
 @dataclass
-class MethodConfig:
-    """What learns. Options only some methods read are ignored by the others (and say so in the log)."""
+class LoraConfig:
+    """method.lora: options of the `lora` and `dora` methods (PEFT's LoraConfig, by the same meaning)."""
 
-    name: str = "full"  # full | freeze | linear_probe | bitfit  (`tunesmith methods`)
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # names matched exactly or as a `.suffix`, a regex string (fullmatch on module paths), or "all-linear";
+    # None: the usual attention projections of the model type (query/value for BERT, q_proj/v_proj for Llama)
+    target_modules: str | list[str] | None = None
+    init: str = "kaiming"  # kaiming | gaussian (A's init; B starts at zero)
+    bias: str = "none"  # none | all | lora_only: which biases also train
+    modules_to_save: list[str] = field(default_factory=list)  # extra modules trained in full; the head always is
+    use_rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r
+    use_dora: bool = False  # weight-decomposed LoRA (the `dora` method sets this)
+
+
+@dataclass
+class MethodConfig:
+    """What learns. Options only some methods read are ignored by the others."""
+
+    name: str = "full"  # full | freeze | linear_probe | bitfit | lora | dora  (`tunesmith methods`)
     freeze_embeddings: bool = True  # freeze: also freeze the embedding layer
     freeze_layers: int = 0  # freeze: the first N transformer blocks
     freeze_patterns: list[str] = field(default_factory=list)  # freeze: glob patterns on parameter names
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -265,5 +283,12 @@ def _check(cfg: RunConfig, source: str, lines: dict[str, int]) -> None:
 
     _choice(cfg.method.name, tuple(METHODS), w("method.name"))
     _choice(cfg.objective, tuple(OBJECTIVES), w("objective"))
+    lora = cfg.method.lora
+    _choice(lora.init, ("kaiming", "gaussian"), w("method.lora.init"))
+    _choice(lora.bias, ("none", "all", "lora_only"), w("method.lora.bias"))
+    if lora.r <= 0:
+        raise ConfigError(f"{w('method.lora.r')}: must be > 0, got {lora.r}")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"{w('method.lora.dropout')}: must be in [0, 1), got {lora.dropout}")
     if cfg.method.freeze_layers < 0:
         raise ConfigError(f"{w('method.freeze_layers')}: must be >= 0")

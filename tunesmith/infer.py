@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +16,43 @@ from tunesmith.models import load_saved_classifier
 from tunesmith.objectives import OBJECTIVES
 
 
-def _open_run(run_dir: Path):
+def open_run(run_dir: Path, device: str = "cpu"):
+    """(config, model in eval mode, tokenizer, label names) of a finished run: a full model or base + adapter."""
     saved = run_dir / "config.yaml"
     if not saved.exists():
         raise TunesmithError(f"{run_dir}: no config.yaml; is it a tunesmith run directory?")
     cfg = config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
-    model, tokenizer = load_saved_classifier(run_dir / "model")
+    adapter_dir = run_dir / "adapter"
+    if (adapter_dir / "adapter_config.json").exists():
+        from tunesmith.methods.adapter_io import load_adapter
+        from tunesmith.models import load_text_classifier
+
+        meta = json.loads((adapter_dir / "tunesmith.json").read_text())
+        loaded = load_text_classifier(meta["model"], meta["label_names"], meta.get("init_seed", 0))
+        load_adapter(loaded.model, adapter_dir)
+        return cfg, loaded.model.to(device).eval(), loaded.tokenizer, meta["label_names"]
+    model, tokenizer = load_saved_classifier(run_dir / "model", device)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return cfg, model, tokenizer, labels
+
+
+def merge_run(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Fold a LoRA run's adapter into its base: a plain Hugging Face model that needs no tunesmith."""
+    from tunesmith.methods.lora import unload
+    from tunesmith.models import save_hf_model
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / "adapter" / "adapter_config.json").exists():
+        raise TunesmithError(f"{run_dir}: no adapter/ to merge (only LoRA/DoRA runs have one)")
+    _, model, tokenizer, _ = open_run(run_dir)
+    save_hf_model(unload(model), tokenizer, out_dir)
+    return out_dir
 
 
 def evaluate_file(run_dir: str | Path, data: str | Path, text_field: str | None = None,
                   label_field: str | None = None, batch_size: int = 64) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    cfg, model, tokenizer, labels = _open_run(run_dir)
+    cfg, model, tokenizer, labels = open_run(run_dir)
     objective = OBJECTIVES[cfg.objective]
     examples, report = load_labelled_file(data, text_field or cfg.data.text_field or "text",
                                           label_field or cfg.data.label_field or "label", labels,
@@ -45,7 +69,7 @@ def evaluate_file(run_dir: str | Path, data: str | Path, text_field: str | None 
 @torch.inference_mode()
 def predict_texts(run_dir: str | Path, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
     run_dir = Path(run_dir)
-    cfg, model, tokenizer, labels = _open_run(run_dir)
+    cfg, model, tokenizer, labels = open_run(run_dir)
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]

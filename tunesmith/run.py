@@ -110,7 +110,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
         say(info, f"no checkpoint in {run_dir}/checkpoints yet: starting from the beginning")
     if info.is_main:
         if overwrite and not resume:
-            for stale in ("checkpoints", "model", "plots", "tensorboard", "metrics.jsonl", "summary.json"):
+            for stale in ("checkpoints", "model", "adapter", "plots", "tensorboard", "metrics.jsonl", "summary.json"):
                 shutil.rmtree(run_dir / stale, ignore_errors=True) if (run_dir / stale).is_dir() else \
                     (run_dir / stale).unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,17 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
         "data": asdict(data.report), "truncated": truncated, "resumed": resume_from is not None,
     }
     if info.is_main:
-        save_hf_model(model, tokenizer, run_dir / "model")
+        if loaded.adapter is not None:  # adapters are saved alone, in PEFT's format; the base stays where it is
+            from tunesmith.methods.adapter_io import save_adapter
+
+            a = loaded.adapter
+            save_adapter(model, run_dir / "adapter", a["settings"], a["targets"], a["modules_to_save"],
+                         base=loaded.source, extra_files={"tunesmith.json": {
+                             "model": cfg.model.name, "label_names": data.label_names,
+                             "init_seed": cfg.train.init_seed}})
+            tokenizer.save_pretrained(run_dir / "adapter")
+        else:
+            save_hf_model(model, tokenizer, run_dir / "model")
         ckpt.write_json_atomic(run_dir / "summary.json", summary)
         from tunesmith.report.plots import plot_confusion, plot_run
 

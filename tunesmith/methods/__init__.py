@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunesmith.methods import bitfit, freeze, full, linear_probe
+from tunesmith.methods import bitfit, dora, freeze, full, linear_probe, lora
 from tunesmith.methods.common import count_parameters
 
 
@@ -25,6 +25,8 @@ METHODS: dict[str, Method] = {
     "freeze": _method("freeze", freeze),
     "linear_probe": _method("linear_probe", linear_probe),
     "bitfit": _method("bitfit", bitfit),
+    "lora": _method("lora", lora),
+    "dora": _method("dora", dora),
 }
 
 __all__ = ["METHODS", "Method", "count_parameters"]

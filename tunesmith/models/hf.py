@@ -35,6 +35,7 @@ class LoadedModel:
     tokenizer: object
     head_params: list[str]  # parameters trained from scratch (not in the pretrained checkpoint)
     source: str
+    adapter: dict | None = None  # set by adapter methods (LoRA): what to save in PEFT format
 
 
 def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: int) -> LoadedModel:
