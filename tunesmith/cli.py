@@ -35,6 +35,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--file", help="a text file, one text per line")
     pr.add_argument("--json", action="store_true", help="print JSON lines")
 
+    g = sub.add_parser("generate", help="generate text with a language-model run (or a model name/dir)")
+    g.add_argument("run_dir", help="a causal_lm run directory, a built-in model name or a local HF directory")
+    g.add_argument("prompts", nargs="*")
+    g.add_argument("--file", help="a text file, one prompt per line")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+
     mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: a plain HF model")
     mg.add_argument("run_dir")
     mg.add_argument("out_dir")
@@ -86,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "predict":
             return _predict(args)
+        if args.command == "generate":
+            return _generate(args)
         if args.command == "merge":
             from tunesmith.infer import merge_run
 
@@ -124,13 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from tunesmith.infer import predict_texts
 
-    texts = list(args.texts)
-    if args.file:
-        try:
-            lines = Path(args.file).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise TunesmithError(f"{args.file}: cannot read: {e}") from None
-        texts += [line for line in lines if line.strip()]
+    texts = list(args.texts) + (_read_lines(args.file) if args.file else [])
     if not texts:
         raise TunesmithError("predict: give texts as arguments or --file texts.txt")
     for p in predict_texts(args.run_dir, texts):
@@ -139,4 +145,36 @@ def _predict(args: argparse.Namespace) -> int:
         else:
             probs = "  ".join(f"{k}={v:.3f}" for k, v in p["probabilities"].items())
             print(f"{p['label']}\t{probs}\t{p['text'][:80]}")
+    return 0
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TunesmithError(f"{path}: cannot read: {e}") from None
+    return [line for line in lines if line.strip()]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tunesmith.generate import GenerationConfig, generate
+
+    prompts = list(args.prompts) + (_read_lines(args.file) if args.file else [])
+    if not prompts:
+        raise TunesmithError("generate: give prompts as arguments or --file prompts.txt")
+    if (Path(args.run_dir) / "config.yaml").exists():
+        from tunesmith.infer import open_run
+
+        _, model, tokenizer, labels = open_run(Path(args.run_dir))
+        if labels is not None:
+            raise TunesmithError(f"{args.run_dir} is a classification run; use `tunesmith predict`")
+    else:
+        from tunesmith.models import load_causal_lm
+
+        loaded = load_causal_lm(args.run_dir, 0)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    cfg = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    for prompt, text in zip(prompts, generate(model, tokenizer, prompts, cfg, chat=False if args.no_chat else None),
+                            strict=True):
+        print(f">>> {prompt}\n{text}\n")
     return 0

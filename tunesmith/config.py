@@ -18,7 +18,7 @@ from tunesmith.data.config import DataConfig, SplitConfig
 from tunesmith.errors import ConfigError
 
 __all__ = [
-    "RunConfig", "ModelConfig", "MethodConfig", "LoraConfig", "TrainConfig", "EarlyStopConfig", "DataConfig",
+    "RunConfig", "ModelConfig", "MethodConfig", "LoraConfig", "PromptConfig", "TrainConfig", "EarlyStopConfig", "DataConfig",
     "SplitConfig", "load_config", "config_from_dict", "config_to_dict", "apply_overrides",
 ]
 
@@ -47,14 +47,24 @@ class LoraConfig:
 
 
 @dataclass
+class PromptConfig:
+    """method.prompt: options of the `prompt` method (prompt tuning)."""
+
+    num_virtual_tokens: int = 20
+    init: str = "vocab"  # vocab: embeddings of random vocabulary tokens | text: embeddings of init_text
+    init_text: str | None = None
+
+
+@dataclass
 class MethodConfig:
     """What learns. Options only some methods read are ignored by the others."""
 
-    name: str = "full"  # full | freeze | linear_probe | bitfit | lora | dora  (`tunesmith methods`)
+    name: str = "full"  # full | freeze | linear_probe | bitfit | lora | dora | prompt  (`tunesmith methods`)
     freeze_embeddings: bool = True  # freeze: also freeze the embedding layer
     freeze_layers: int = 0  # freeze: the first N transformer blocks
     freeze_patterns: list[str] = field(default_factory=list)  # freeze: glob patterns on parameter names
     lora: LoraConfig = field(default_factory=LoraConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
 
 
 @dataclass
@@ -73,6 +83,9 @@ class TrainConfig:
     batch_size: int = 32  # examples per optimizer step, across all processes and accumulation
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
     group_by_length: bool = True  # batch items of similar length together: less padding, faster
+    packing: bool = False  # causal_lm: several samples per row (no attention across them)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    exact_match: bool = True  # causal_lm: greedy answers on the test split vs the expected answers
     lr: float = 5e-5
     head_lr: float | None = None  # learning rate of the newly initialised head (default: lr)
     weight_decay: float = 0.01  # not applied to biases and normalisation weights
@@ -283,6 +296,9 @@ def _check(cfg: RunConfig, source: str, lines: dict[str, int]) -> None:
 
     _choice(cfg.method.name, tuple(METHODS), w("method.name"))
     _choice(cfg.objective, tuple(OBJECTIVES), w("objective"))
+    _choice(cfg.method.prompt.init, ("vocab", "text"), w("method.prompt.init"))
+    if cfg.method.name == "prompt" and t.packing:
+        raise ConfigError(f"{w('train.packing')}: prompt tuning cannot pack samples (each needs its own prompt)")
     lora = cfg.method.lora
     _choice(lora.init, ("kaiming", "gaussian"), w("method.lora.init"))
     _choice(lora.bias, ("none", "all", "lora_only"), w("method.lora.bias"))
@@ -290,5 +306,7 @@ def _check(cfg: RunConfig, source: str, lines: dict[str, int]) -> None:
         raise ConfigError(f"{w('method.lora.r')}: must be > 0, got {lora.r}")
     if not 0 <= lora.dropout < 1:
         raise ConfigError(f"{w('method.lora.dropout')}: must be in [0, 1), got {lora.dropout}")
+    if t.packing and cfg.objective != "causal_lm":
+        raise ConfigError(f"{w('train.packing')}: packing is for objective causal_lm")
     if cfg.method.freeze_layers < 0:
         raise ConfigError(f"{w('method.freeze_layers')}: must be >= 0")

@@ -18,19 +18,32 @@ from tunesmith.objectives import OBJECTIVES
 
 def open_run(run_dir: Path, device: str = "cpu"):
     """(config, model in eval mode, tokenizer, label names) of a finished run: a full model or base + adapter."""
+    from types import SimpleNamespace
+
+    run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if not saved.exists():
         raise TunesmithError(f"{run_dir}: no config.yaml; is it a tunesmith run directory?")
     cfg = config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
+    objective = OBJECTIVES[cfg.objective]
     adapter_dir = run_dir / "adapter"
     if (adapter_dir / "adapter_config.json").exists():
-        from tunesmith.methods.adapter_io import load_adapter
-        from tunesmith.models import load_text_classifier
-
         meta = json.loads((adapter_dir / "tunesmith.json").read_text())
-        loaded = load_text_classifier(meta["model"], meta["label_names"], meta.get("init_seed", 0))
-        load_adapter(loaded.model, adapter_dir)
+        loaded = objective.load_model(cfg, SimpleNamespace(label_names=meta["label_names"]))
+        if json.loads((adapter_dir / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING":
+            from tunesmith.methods.prompt import load_prompt
+
+            load_prompt(loaded, adapter_dir)
+        else:
+            from tunesmith.methods.adapter_io import load_adapter
+
+            load_adapter(loaded.model, adapter_dir)
         return cfg, loaded.model.to(device).eval(), loaded.tokenizer, meta["label_names"]
+    if cfg.objective == "causal_lm":
+        from tunesmith.models import load_causal_lm
+
+        loaded = load_causal_lm(str(run_dir / "model"), cfg.train.init_seed)
+        return cfg, loaded.model.to(device).eval(), loaded.tokenizer, None
     model, tokenizer = load_saved_classifier(run_dir / "model", device)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return cfg, model, tokenizer, labels
@@ -53,16 +66,18 @@ def evaluate_file(run_dir: str | Path, data: str | Path, text_field: str | None 
                   label_field: str | None = None, batch_size: int = 64) -> dict[str, Any]:
     run_dir = Path(run_dir)
     cfg, model, tokenizer, labels = open_run(run_dir)
+    if labels is None:
+        raise TunesmithError(f"{run_dir} is a language-model run; use `tunesmith generate`")
     objective = OBJECTIVES[cfg.objective]
     examples, report = load_labelled_file(data, text_field or cfg.data.text_field or "text",
                                           label_field or cfg.data.label_field or "label", labels,
                                           on_bad_rows=cfg.data.on_bad_rows)
-    items, truncated = objective.encode(examples, tokenizer, cfg.model.max_length)
-    sums = objective.eval_sums(model, items, batch_size, tokenizer.pad_token_id, len(labels), torch.device("cpu"))
+    items, stats = objective.encode(examples, tokenizer, cfg.model.max_length)
+    sums = objective.eval_sums(model, items, batch_size, tokenizer.pad_token_id, torch.device("cpu"), len(labels))
     result = objective.metrics(sums)
     confusion = sums["confusion"]
     per_class = {name: confusion[i, i].item() / max(1, confusion[i].sum().item()) for i, name in enumerate(labels)}
-    return {"data": str(data), "examples": len(items), "truncated": truncated, "skipped": report.skipped,
+    return {"data": str(data), "examples": len(items), "truncated": stats["truncated"], "skipped": report.skipped,
             **result, "per_class_accuracy": per_class}
 
 
@@ -70,6 +85,8 @@ def evaluate_file(run_dir: str | Path, data: str | Path, text_field: str | None 
 def predict_texts(run_dir: str | Path, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
     run_dir = Path(run_dir)
     cfg, model, tokenizer, labels = open_run(run_dir)
+    if labels is None:
+        raise TunesmithError(f"{run_dir} is a language-model run; use `tunesmith generate`")
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]

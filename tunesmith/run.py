@@ -18,10 +18,9 @@ import torch
 import yaml
 
 from tunesmith.config import RunConfig, config_from_dict, config_to_dict
-from tunesmith.data import load_text_classification
 from tunesmith.errors import ConfigError
 from tunesmith.methods import METHODS, count_parameters
-from tunesmith.models import load_text_classifier, save_hf_model
+from tunesmith.models import save_hf_model
 from tunesmith.objectives import OBJECTIVES
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import DistInfo, all_reduce_sum, setup, teardown
@@ -73,7 +72,7 @@ def _evaluator(objective, items, cfg: RunConfig, pad_id: int, num_labels: int, i
     shard = items[info.rank :: info.world_size]
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        sums = objective.eval_sums(model, shard, cfg.train.eval_batch_size, pad_id, num_labels, info.device)
+        sums = objective.eval_sums(model, shard, cfg.train.eval_batch_size, pad_id, info.device, num_labels)
         sums = {k: all_reduce_sum(v.to(info.device), info).cpu() for k, v in sums.items()}
         return {f"{prefix}{k}": v for k, v in objective.metrics(sums).items()} | {"_sums": sums}
 
@@ -101,7 +100,7 @@ def run(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, overwr
 def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: DistInfo,
          started: float) -> dict[str, Any]:
     objective = OBJECTIVES[cfg.objective]
-    data = load_text_classification(cfg.data)
+    data = objective.load_data(cfg)
     for line in data.report.lines():
         say(info, line)
 
@@ -118,7 +117,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
         tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         os.replace(tmp, run_dir / "config.yaml")
 
-    loaded = load_text_classifier(cfg.model.name, data.label_names, cfg.train.init_seed)
+    loaded = objective.load_model(cfg, data)
     METHODS[cfg.method.name].apply(loaded, cfg.method)
     trainable, total = count_parameters(loaded.model)
     say(info, f"model {cfg.model.name} ({loaded.source}), method {cfg.method.name}: "
@@ -127,63 +126,71 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id
 
-    encoded, truncated = {}, {}
+    encoded, encode_stats = {}, {}
     for split in ("train", "validation", "test"):
-        encoded[split], truncated[split] = objective.encode(getattr(data, split), tokenizer, cfg.model.max_length)
-        if truncated[split]:
-            say(info, f"{split}: {truncated[split]} of {len(encoded[split])} texts truncated to "
-                      f"model.max_length={cfg.model.max_length} tokens")
-    k = len(data.label_names)
+        encoded[split], encode_stats[split] = objective.encode(getattr(data, split), tokenizer, cfg.model.max_length)
+        for stat, n in encode_stats[split].items():
+            if n:
+                say(info, f"{split}: {n} of {len(encoded[split])} examples {stat.replace('_', ' ')} "
+                          f"(model.max_length={cfg.model.max_length} tokens)")
+    k = len(data.label_names or [])
     val_eval = _evaluator(objective, encoded["validation"], cfg, pad_id, k, info, "val_")[1] \
         if encoded["validation"] else None
-    task = TrainTask(items=encoded["train"], collate=lambda items: objective.collate(items, pad_id),
+    if cfg.train.gradient_checkpointing:
+        inner = getattr(model, "base_model", model) if hasattr(model, "prompt_embeddings") else model
+        if hasattr(inner, "activation_checkpointing_enable"):  # transformers 5's name; 4.x has the old one
+            inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(inner, "enable_input_require_grads"):
+            inner.enable_input_require_grads()  # frozen embeddings: keep a grad path into checkpointed blocks
+    pack = {"pack": True, "max_length": cfg.model.max_length} if cfg.train.packing else {}
+    task = TrainTask(items=encoded["train"], collate=lambda items: objective.collate(items, pad_id, **pack),
                      loss_sum=objective.loss_sum, count=objective.count, evaluate=val_eval,
                      head_params=set(loaded.head_params), lengths=[len(it.input_ids) for it in encoded["train"]])
     result = train(model, task, cfg.train, run_dir, info, resume_from=resume_from)
 
     final: dict[str, Any] = {}
-    per_class: dict[str, Any] = {}
+    details: dict[str, Any] = {}
     model.eval()
     for split, prefix in (("validation", "val_"), ("test", "test_")):
         if encoded[split]:
             metrics = _evaluator(objective, encoded[split], cfg, pad_id, k, info, prefix)[0](model)
-            confusion = metrics.pop("_sums")["confusion"]
+            details[split] = objective.details(metrics.pop("_sums"), data.label_names)
             final |= metrics
-            per_class[split] = _per_class(confusion, data.label_names)
+    if cfg.objective == "causal_lm" and cfg.train.exact_match and data.test:
+        final |= _exact_match(model, tokenizer, data.test, info)
     summary = {
         "model": cfg.model.name, "method": cfg.method.name, "objective": cfg.objective,
         "trainable_params": trainable, "total_params": total, "label_names": data.label_names,
         "steps": result.steps, "total_steps": result.total_steps, "epochs": round(result.epochs, 4),
-        "stopped_early": result.stopped_early, "best": result.best, "final": final, "per_class": per_class,
+        "stopped_early": result.stopped_early, "best": result.best, "final": final, "details": details,
         "train_seconds": round(result.train_seconds, 2), "samples_per_s": round(result.samples_per_second, 2),
         "wall_seconds": round(time.perf_counter() - started, 2), "world_size": info.world_size,
-        "data": asdict(data.report), "truncated": truncated, "resumed": resume_from is not None,
+        "data": asdict(data.report), "encoding": encode_stats, "resumed": resume_from is not None,
     }
     if info.is_main:
         if loaded.adapter is not None:  # adapters are saved alone, in PEFT's format; the base stays where it is
-            from tunesmith.methods.adapter_io import save_adapter
-
-            a = loaded.adapter
-            save_adapter(model, run_dir / "adapter", a["settings"], a["targets"], a["modules_to_save"],
-                         base=loaded.source, extra_files={"tunesmith.json": {
-                             "model": cfg.model.name, "label_names": data.label_names,
-                             "init_seed": cfg.train.init_seed}})
+            loaded.adapter.save(model, run_dir / "adapter", base=loaded.source, extra_files={"tunesmith.json": {
+                "model": cfg.model.name, "objective": cfg.objective, "label_names": data.label_names,
+                "init_seed": cfg.train.init_seed}})
             tokenizer.save_pretrained(run_dir / "adapter")
         else:
             save_hf_model(model, tokenizer, run_dir / "model")
         ckpt.write_json_atomic(run_dir / "summary.json", summary)
-        from tunesmith.report.plots import plot_confusion, plot_run
+        from tunesmith.report.plots import plot_run
 
         plot_run(run_dir)
-        if "test" in per_class:
-            plot_confusion(per_class["test"]["confusion"], data.label_names, run_dir / "plots" / "confusion_test.png")
+        objective.plots(details, data.label_names, run_dir / "plots")
         say(info, f"run written to {run_dir}: " + json.dumps({k: round(v, 4) for k, v in final.items()}))
     return summary
 
 
-def _per_class(confusion: torch.Tensor, label_names: list[str]) -> dict[str, Any]:
-    totals = confusion.sum(1)
-    accuracy = {name: (confusion[i, i].item() / totals[i].item() if totals[i] else None)
-                for i, name in enumerate(label_names)}
-    return {"accuracy": accuracy, "confusion": confusion.tolist()}
+def _exact_match(model: torch.nn.Module, tokenizer, examples: list, info: DistInfo) -> dict[str, float]:
+    """Greedy answers on the test split vs the expected ones, sharded over processes."""
+    from tunesmith.generate import exact_match
 
+    found = exact_match(model, tokenizer, examples[info.rank :: info.world_size], device=info.device)
+    n = found.get("exact_match_n", 0)
+    totals = all_reduce_sum(torch.tensor([found.get("exact_match", 0.0) * n, float(n)], dtype=torch.float64), info)
+    return {"test_exact_match": totals[0].item() / totals[1].item()} if totals[1].item() else {}

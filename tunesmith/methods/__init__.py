@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunesmith.methods import bitfit, dora, freeze, full, linear_probe, lora
+from tunesmith.methods import bitfit, dora, freeze, full, linear_probe, lora, prompt
 from tunesmith.methods.common import count_parameters
 
 
@@ -27,6 +27,7 @@ METHODS: dict[str, Method] = {
     "bitfit": _method("bitfit", bitfit),
     "lora": _method("lora", lora),
     "dora": _method("dora", dora),
+    "prompt": _method("prompt", prompt),
 }
 
 __all__ = ["METHODS", "Method", "count_parameters"]

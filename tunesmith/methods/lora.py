@@ -122,7 +122,20 @@ def apply(loaded: LoadedModel, cfg: MethodConfig) -> None:
     save_modules = sorted(set(head_modules(loaded)) | set(settings.modules_to_save))
     paths = inject(loaded.model, settings, exclude=set(save_modules))
     set_trainable(loaded.model, trainable_names(loaded.model, settings, save_modules))
-    loaded.adapter = {"settings": settings, "targets": paths, "modules_to_save": save_modules}
+    loaded.adapter = LoraAdapter(settings, paths, save_modules)
+
+
+class LoraAdapter:
+    """What a LoRA run saves: the adapter in PEFT's format."""
+
+    def __init__(self, settings: LoraConfig, targets: list[str], modules_to_save: list[str]) -> None:
+        self.settings, self.targets, self.modules_to_save = settings, targets, modules_to_save
+
+    def save(self, model: nn.Module, out_dir, base: str, extra_files: dict | None = None):
+        from tunesmith.methods.adapter_io import save_adapter
+
+        return save_adapter(model, out_dir, self.settings, self.targets, self.modules_to_save, base,
+                            extra_files=extra_files)
 
 
 # -- adapters on a model ------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ class LoadedModel:
     tokenizer: object
     head_params: list[str]  # parameters trained from scratch (not in the pretrained checkpoint)
     source: str
-    adapter: dict | None = None  # set by adapter methods (LoRA): what to save in PEFT format
+    adapter: object | None = None  # set by adapter methods (LoRA, prompt): .save(model, dir, base, extra_files)
 
 
 def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: int) -> LoadedModel:
@@ -85,8 +85,27 @@ def save_hf_model(model: nn.Module, tokenizer: object, out_dir: Path) -> None:
     _quiet_transformers()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp)  # safetensors (the default, and the only format in transformers 5)
     tokenizer.save_pretrained(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
+
+
+def load_causal_lm(name_or_path: str, init_seed: int) -> LoadedModel:
+    """A pretrained decoder-only language model (its own LM head: nothing is trained from scratch)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    path = resolve_model_dir(name_or_path)
+    torch.manual_seed(init_seed)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise TunesmithError(f"cannot load a causal language model from {path}: {e}") from None
+    if tokenizer.eos_token_id is None:
+        raise TunesmithError(f"{path}: the tokenizer has no EOS token, so the model could never learn to stop")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # safe: the loss mask comes from labels, not from pad ids
+    return LoadedModel(model=model, tokenizer=tokenizer, head_params=[], source=str(path))

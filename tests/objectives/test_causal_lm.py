@@ -1,0 +1,72 @@
+"""Causal-LM fine-tuning: EOS trained when pad == eos, truncation reporting, packing equivalence."""
+
+import pytest
+import torch
+
+from tunesmith.data.lm import LMExample
+from tunesmith.errors import DataError
+from tunesmith.objectives import causal_lm as lm
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_llama):
+    from tunesmith.models import load_causal_lm
+
+    loaded = load_causal_lm(str(tiny_llama), 0)
+    return loaded.model.eval(), loaded.tokenizer
+
+
+def test_eos_is_a_target_even_when_pad_is_eos(model_and_tokenizer):
+    _, tok = model_and_tokenizer
+    assert tok.pad_token_id == tok.eos_token_id
+    eos = tok.eos_token_id
+    pc = LMExample("prompt", "x:1", prompt="review a good film answer", completion="fresh")
+    chat = LMExample("chat", "x:2", messages=({"role": "user", "content": "review a dull film"},
+                                              {"role": "assistant", "content": "rotten"}))
+    items, stats = lm.encode([pc, chat], tok, max_length=64)
+    assert stats == {"truncated": 0, "dropped_all_targets_truncated": 0}
+    for item in items:
+        targets = [t for t in item.labels if t != lm.IGNORE]
+        assert targets[-1] == eos  # the model learns to stop
+    assert [t for t in items[0].labels if t != lm.IGNORE] == tok("fresh", add_special_tokens=False)["input_ids"] + [eos]
+    # chat: only the assistant turn is a target (the user's turn and the header are context)
+    chat_targets = [t for t in items[1].labels if t != lm.IGNORE]
+    assert chat_targets == [tok.convert_tokens_to_ids("rotten"), eos]
+    batch = lm.collate(items, pad_id=tok.pad_token_id)  # padding uses the eos id...
+    assert (batch["input_ids"] == eos).sum() > (batch["labels"] == eos).sum()
+    assert lm.count(batch) == len(chat_targets) + 2  # ...but padded eos are not targets, real ones are
+
+
+def test_truncation_drops_and_reports_all_masked(model_and_tokenizer):
+    _, tok = model_and_tokenizer
+    long = LMExample("prompt", "f:1", prompt="review " + "the film " * 20, completion="fresh")
+    short = LMExample("prompt", "f:2", prompt="review good", completion="fresh")
+    items, stats = lm.encode([long, short], tok, max_length=12)
+    assert len(items) == 1 and stats == {"truncated": 1, "dropped_all_targets_truncated": 1}
+    with pytest.raises(DataError, match="all 1 examples lost every target token"):
+        lm.encode([long], tok, max_length=12)
+
+
+def test_packed_batch_gives_the_same_per_sample_loss(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    examples = [LMExample("text", f"t:{i}", text=t) for i, t in enumerate(
+        ["the film was good", "a dull plot is very weak", "great", "the actor was quite superb in the scene"])]
+    items, _ = lm.encode(examples, tok, max_length=64)
+    with torch.no_grad():
+        per_sample = [lm.loss_sum(model, lm.collate([it], tok.pad_token_id)).item() for it in items]
+        packed = lm.collate(items, tok.pad_token_id, pack=True, max_length=32)
+        assert packed["input_ids"].shape[0] < len(items)  # really packed
+        losses = lm.token_losses(model, packed)
+    assert lm.count(packed) == sum(lm.count(lm.collate([it], tok.pad_token_id)) for it in items)
+    # split the packed losses back per sample via the position-id restarts
+    got = []
+    for row, pos in zip(losses, packed["position_ids"], strict=True):
+        starts = (pos == 0).nonzero().flatten().tolist() + [len(pos)]
+        for a, b in zip(starts[:-1], starts[1:], strict=True):
+            got.append(row[a : b - 1].sum().item())
+    got = sorted(x for x in got if x > 0)
+    assert got == pytest.approx(sorted(per_sample), abs=1e-4)
+    # without the position restarts (i.e. attention across samples) the losses differ
+    leaky = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"]))
+    with torch.no_grad():
+        assert not torch.allclose(lm.token_losses(model, leaky), losses, atol=1e-4)

@@ -1,0 +1,126 @@
+"""Prompt tuning (Lester et al. 2021): N trainable virtual-token embeddings prepended to every input;
+the whole language model stays frozen. Saved in PEFT's PROMPT_TUNING format (`prompt_embeddings`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tunesmith.config import MethodConfig
+from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.methods.common import set_trainable
+from tunesmith.models.hf import LoadedModel
+
+DESCRIPTION = "prompt tuning: trainable virtual tokens before the input (method.prompt); model frozen"
+
+
+class PromptTuningModel(nn.Module):
+    """Wraps a causal LM; its outputs cover the real tokens only (the virtual ones are cut off)."""
+
+    def __init__(self, base_model: nn.Module, init: torch.Tensor) -> None:
+        super().__init__()
+        self.base_model = base_model
+        self.prompt_embeddings = nn.Embedding(init.shape[0], init.shape[1])
+        with torch.no_grad():
+            self.prompt_embeddings.weight.copy_(init)
+
+    @property
+    def config(self):
+        return self.base_model.config
+
+    @property
+    def generation_config(self):
+        return getattr(self.base_model, "generation_config", None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                use_cache: bool | None = None, **kwargs: Any):
+        if kwargs.get("position_ids") is not None:
+            raise ValueError("prompt tuning does not support packed batches (train.packing)")
+        # the KV cache is `cache` in transformers 5, `past_key_values` before
+        cache = {k: v for k, v in kwargs.items() if k in ("cache", "past_key_values") and v is not None}
+        if cache and next(iter(cache.values())).get_seq_length() > 0:  # later generation steps: prompt is cached
+            return self.base_model(input_ids=input_ids, use_cache=use_cache, **cache)
+        n, b = self.prompt_embeddings.num_embeddings, input_ids.shape[0]
+        embeds = self.base_model.get_input_embeddings()(input_ids)
+        prompts = self.prompt_embeddings.weight.unsqueeze(0).expand(b, -1, -1).to(embeds.dtype)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)
+        out = self.base_model(inputs_embeds=torch.cat([prompts, embeds], dim=1), attention_mask=attention_mask,
+                              use_cache=use_cache, **cache)
+        out.logits = out.logits[:, n:]
+        return out
+
+
+def initial_prompt(loaded: LoadedModel, n: int, init: str, text: str | None, seed: int) -> torch.Tensor:
+    table = loaded.model.get_input_embeddings().weight.detach()
+    if init == "text":
+        if not text:
+            raise ConfigError("method.prompt.init_text: give the text to initialise the virtual tokens from")
+        ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = (ids * (n // max(1, len(ids)) + 1))[:n]  # repeated to fill N tokens, as PEFT does
+    else:  # embeddings of random vocabulary tokens: already on the scale the model expects
+        ids = torch.randint(0, table.shape[0], (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return table[torch.tensor(ids)].clone().float()
+
+
+def apply(loaded: LoadedModel, cfg: MethodConfig) -> None:
+    p = cfg.prompt
+    if p.num_virtual_tokens <= 0:
+        raise ConfigError(f"method.prompt.num_virtual_tokens: must be > 0, got {p.num_virtual_tokens}")
+    if not hasattr(loaded.model, "get_input_embeddings") or getattr(loaded.model.config, "is_encoder_decoder", False):
+        raise ConfigError("method prompt: needs a decoder-only language model (objective: causal_lm)")
+    init = initial_prompt(loaded, p.num_virtual_tokens, p.init, p.init_text, seed=torch.initial_seed())
+    loaded.model = PromptTuningModel(loaded.model, init)
+    set_trainable(loaded.model, ["prompt_embeddings.weight"])
+    loaded.adapter = PromptAdapter(p.num_virtual_tokens, p.init, p.init_text)
+
+
+class PromptAdapter:
+    """What a prompt-tuning run saves: PEFT's adapter_config.json + adapter_model.safetensors."""
+
+    def __init__(self, n: int, init: str, text: str | None) -> None:
+        self.n, self.init, self.text = n, init, text
+
+    def save(self, model: PromptTuningModel, out_dir: Path, base: str, extra_files: dict | None = None) -> Path:
+        cfg = model.config
+        config = {
+            "peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
+            "num_virtual_tokens": self.n, "token_dim": model.prompt_embeddings.embedding_dim,
+            "num_transformer_submodules": 1, "num_attention_heads": cfg.num_attention_heads,
+            "num_layers": cfg.num_hidden_layers, "prompt_tuning_init": "TEXT" if self.init == "text" else "SAMPLE_VOCAB",
+            "prompt_tuning_init_text": self.text, "tokenizer_name_or_path": base if self.init == "text" else None,
+            "inference_mode": True, "revision": None,
+        }
+        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({"prompt_embeddings": model.prompt_embeddings.weight.detach().cpu().contiguous()},
+                  str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=2))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+        return out_dir
+
+
+def load_prompt(loaded: LoadedModel, adapter_dir: Path) -> None:
+    """Wrap `loaded.model` with the virtual tokens of a PEFT PROMPT_TUNING directory (ours or PEFT's)."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    if "prompt_embeddings" not in weights:
+        raise TunesmithError(f"{adapter_dir}/adapter_model.safetensors has no 'prompt_embeddings'")
+    table = weights["prompt_embeddings"]
+    if table.shape[0] != config["num_virtual_tokens"]:
+        raise TunesmithError(f"{adapter_dir}: {table.shape[0]} prompt embeddings for "
+                             f"num_virtual_tokens={config['num_virtual_tokens']}")
+    loaded.model = PromptTuningModel(loaded.model, table.float())
+    loaded.model.eval()

@@ -1,0 +1,197 @@
+"""Causal language modelling (supervised fine-tuning): next-token cross-entropy on the target tokens.
+
+Targets are the completion (prompt/completion rows), the assistant turns (chat rows, via the chat
+template) or every token (text rows). EOS is appended and *trained* even when pad == eos: masks come
+from the labels, never from the pad id. The loss is summed over target tokens; the loop divides by the
+target tokens of the whole step, so accumulation and DDP equal the large batch exactly.
+
+Packing puts several samples in one row; position ids restart at each sample, which makes transformers
+build a block-diagonal causal mask (no attention across samples), and the first token of every sample
+is never a target of the sample before it. A test proves per-sample losses equal the unpacked ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.errors import DataError
+
+DESCRIPTION = "next-token cross-entropy on completions / assistant turns / text; loss and perplexity"
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class LMItem:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where the token is context, not target
+
+
+def load_data(cfg):
+    from tunesmith.data.lm import load_lm_data
+
+    return load_lm_data(cfg.data)
+
+
+def load_model(cfg, data):
+    from tunesmith.models import load_causal_lm
+
+    return load_causal_lm(cfg.model.name, cfg.train.init_seed)
+
+
+def _ids(result) -> list[int]:
+    """apply_chat_template returns a list or (transformers 5) a BatchEncoding."""
+    if hasattr(result, "keys") and "input_ids" in result:
+        result = result["input_ids"]
+    return list(result)
+
+
+def chat_prefix(tokenizer, messages: Sequence[dict]) -> list[int]:
+    """Tokens of the conversation so far plus the assistant header: the prompt a model answers."""
+    return _ids(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True))
+
+
+def tokenize_example(example, tokenizer) -> tuple[list[int], list[int]]:
+    eos = tokenizer.eos_token_id
+    if example.kind == "text":
+        ids = tokenizer(example.text, add_special_tokens=True)["input_ids"] + [eos]
+        return ids, list(ids)
+    if example.kind == "prompt":
+        prompt = tokenizer(example.prompt, add_special_tokens=True)["input_ids"]
+        completion = tokenizer(example.completion, add_special_tokens=False)["input_ids"] + [eos]
+        return prompt + completion, [IGNORE] * len(prompt) + completion
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"{example.where}: chat rows need a tokenizer with a chat template; this model has "
+                        "none (use prompt/completion rows instead)")
+    messages = list(example.messages)
+    ids = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
+    labels = [IGNORE] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(chat_prefix(tokenizer, messages[:i]))
+        end = len(_ids(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True)))
+        turn = ids[start:end]
+        if eos not in turn:  # a template that closes turns without EOS: add it, so the model learns to stop
+            ids = ids[:end] + [eos] + ids[end:]
+            labels = labels[:end] + [IGNORE] + labels[end:]
+            end += 1
+        labels[start:end] = ids[start:end]
+    return ids, labels
+
+
+def encode(examples: Sequence, tokenizer, max_length: int) -> tuple[list[LMItem], dict[str, int]]:
+    """Tokenize once; items whose targets are all cut off by truncation are dropped and counted."""
+    items, truncated, all_masked = [], 0, 0
+    for example in examples:
+        ids, labels = tokenize_example(example, tokenizer)
+        if len(ids) > max_length:
+            truncated += 1
+            ids, labels = ids[:max_length], labels[:max_length]
+        if all(label == IGNORE for label in labels[1:]):  # position 0 is never a target after the shift
+            all_masked += 1
+            continue
+        items.append(LMItem(ids, labels))
+    if examples and not items:
+        raise DataError(f"all {len(examples)} examples lost every target token to truncation at "
+                        f"model.max_length={max_length}; raise it or shorten the prompts")
+    return items, {"truncated": truncated, "dropped_all_targets_truncated": all_masked}
+
+
+def collate(items: Sequence[LMItem], pad_id: int, pack: bool = False, max_length: int | None = None
+            ) -> dict[str, torch.Tensor]:
+    if pack:
+        return _packed(items, pad_id, max_length or max(len(it.input_ids) for it in items))
+    width = max(len(it.input_ids) for it in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, it in enumerate(items):
+        n = len(it.input_ids)
+        input_ids[i, :n] = torch.tensor(it.input_ids)
+        labels[i, :n] = torch.tensor(it.labels)
+        attention_mask[i, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _packed(items: Sequence[LMItem], pad_id: int, capacity: int) -> dict[str, torch.Tensor]:
+    """First-fit-decreasing into rows of `capacity` tokens; positions restart per sample."""
+    rows: list[list[LMItem]] = []
+    space: list[int] = []
+    for it in sorted(items, key=lambda x: -len(x.input_ids)):
+        n = len(it.input_ids)
+        slot = next((r for r, free in enumerate(space) if free >= n), None)
+        if slot is None:
+            rows.append([])
+            space.append(max(capacity, n))
+            slot = len(rows) - 1
+        rows[slot].append(it)
+        space[slot] -= n
+    width = max(sum(len(it.input_ids) for it in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for it in row:
+            n = len(it.input_ids)
+            input_ids[r, at : at + n] = torch.tensor(it.input_ids)
+            labels[r, at + 1 : at + n] = torch.tensor(it.labels[1:])  # never predict a sample from the last one
+            position_ids[r, at : at + n] = torch.arange(n)
+            at += n
+        position_ids[r, at:] = torch.arange(width - at)  # padding is a "sample" of its own
+    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+
+
+def count(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    return model(**inputs, use_cache=False).logits
+
+
+def token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-token loss (0 where not a target), shape (batch, length - 1)."""
+    logits = _forward(model, batch)[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+
+
+def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return token_losses(model, batch).sum()
+
+
+@torch.inference_mode()
+def eval_sums(model: nn.Module, items: Sequence[LMItem], batch_size: int, pad_id: int, device: torch.device,
+              num_labels: int = 0) -> dict[str, torch.Tensor]:
+    loss = torch.zeros((), dtype=torch.float64)
+    tokens = torch.zeros((), dtype=torch.float64)
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    for start in range(0, len(order), batch_size):
+        batch = collate([items[i] for i in order[start : start + batch_size]], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss += loss_sum(model, batch).double().cpu()
+        tokens += count(batch)
+    return {"loss": loss, "tokens": tokens}
+
+
+def metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    n = sums["tokens"].item()
+    if not n:
+        return {}
+    mean = sums["loss"].item() / n
+    return {"loss": mean, "perplexity": float(torch.tensor(mean).exp())}
+
+
+def details(sums: dict[str, torch.Tensor], label_names) -> dict:
+    return {"target_tokens": int(sums["tokens"].item())}
+
+
+def plots(details_by_split: dict, label_names, plot_dir) -> None:
+    return None
