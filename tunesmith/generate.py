@@ -91,7 +91,7 @@ def normalise(text: str) -> str:
 
 
 def exact_match(model: nn.Module, tokenizer, examples: Sequence, max_new_tokens: int = 16,
-                device: torch.device | str = "cpu") -> dict[str, float]:
+                device: torch.device | str = "cpu", progress: bool = True) -> dict[str, float]:
     """Greedy answers vs the expected completion / last assistant turn, compared case- and space-blind."""
     from tunesmith.objectives.causal_lm import chat_prefix
 
@@ -102,7 +102,9 @@ def exact_match(model: nn.Module, tokenizer, examples: Sequence, max_new_tokens:
     eos = eos_ids(model, tokenizer)
     model.eval()
     hits = 0
-    for e in scored:
+    from tqdm.auto import tqdm
+
+    for e in tqdm(scored, desc="exact match", unit="answer", leave=False, disable=not progress):
         ids = (chat_prefix(tokenizer, list(e.messages[:-1])) if e.kind == "chat"
                else tokenizer(e.prompt, add_special_tokens=True)["input_ids"])
         answer = tokenizer.decode(generate_ids(model, ids, eos, cfg, device), skip_special_tokens=True)

@@ -190,7 +190,8 @@ def _exact_match(model: torch.nn.Module, tokenizer, examples: list, info: DistIn
     """Greedy answers on the test split vs the expected ones, sharded over processes."""
     from tunesmith.generate import exact_match
 
-    found = exact_match(model, tokenizer, examples[info.rank :: info.world_size], device=info.device)
+    found = exact_match(model, tokenizer, examples[info.rank :: info.world_size], device=info.device,
+                        progress=info.is_main)
     n = found.get("exact_match_n", 0)
     totals = all_reduce_sum(torch.tensor([found.get("exact_match", 0.0) * n, float(n)], dtype=torch.float64), info)
     return {"test_exact_match": totals[0].item() / totals[1].item()} if totals[1].item() else {}
