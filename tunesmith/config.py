@@ -25,8 +25,14 @@ __all__ = [
 
 @dataclass
 class ModelConfig:
-    name: str = "minilm-l6"  # a built-in name (`tunesmith models`) or a local Hugging Face model directory
+    name: str = "minilm-l6"  # a built-in name (`tunesmith models`), a local HF model directory, or module:factory
     max_length: int = 128  # tokens per text; longer texts are truncated (and counted)
+    # image models: None takes the built-in model's own value
+    image_size: int | None = None  # square input side in pixels
+    mean: list[float] | None = None  # per-channel normalisation of pixels scaled to [0, 1]
+    std: list[float] | None = None
+    weights: str | None = None  # module:factory models: a .safetensors file, or a .pth read with weights_only
+    head: str | None = None  # module:factory models: attribute path of the classifier to replace, e.g. fc
 
 
 @dataclass
@@ -306,7 +312,26 @@ def _check(cfg: RunConfig, source: str, lines: dict[str, int]) -> None:
         raise ConfigError(f"{w('method.lora.r')}: must be > 0, got {lora.r}")
     if not 0 <= lora.dropout < 1:
         raise ConfigError(f"{w('method.lora.dropout')}: must be in [0, 1), got {lora.dropout}")
+    from tunesmith.models.vision import is_vision_model
+
+    if is_vision_model(cfg.model.name) != (cfg.objective == "image_classify"):
+        hint = ("an image model; set objective: image_classify" if cfg.objective != "image_classify" else
+                "not an image model (image_classify needs e.g. efficientnet-lite0 or a module:factory model)")
+        raise ConfigError(f"{w('objective')}: {cfg.objective}, but model.name {cfg.model.name!r} is {hint}")
     if t.packing and cfg.objective != "causal_lm":
         raise ConfigError(f"{w('train.packing')}: packing is for objective causal_lm")
     if cfg.method.freeze_layers < 0:
         raise ConfigError(f"{w('method.freeze_layers')}: must be >= 0")
+    d, m = cfg.data, cfg.model
+    for i, name in enumerate(d.augment):
+        _choice(name, ("crop", "flip"), w("data.augment") + f"[{i}]")
+    lo_hi = d.crop_scale
+    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+        raise ConfigError(f"{w('data.crop_scale')}: give [min, max] area fractions with 0 < min <= max <= 1, "
+                          f"got {lo_hi}")
+    if m.image_size is not None and m.image_size < 8:
+        raise ConfigError(f"{w('model.image_size')}: must be >= 8 pixels, got {m.image_size}")
+    for key, values in (("model.mean", m.mean), ("model.std", m.std)):
+        if values is not None and (len(values) not in (1, 3) or (key == "model.std" and min(values) <= 0)):
+            raise ConfigError(f"{w(key)}: give 1 or 3 numbers per channel" + (" (all > 0)" if "std" in key else "")
+                              + f", got {values}")

@@ -32,15 +32,16 @@ def prompt_ids(tokenizer, prompt: str, chat: bool | None = None) -> list[int]:
     return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
-def _pick(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator) -> int:
+def _pick(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
+    """Next token per row of `logits` (rows, vocab)."""
     if cfg.temperature <= 0:
-        return int(logits.argmax())
+        return logits.argmax(-1)
     probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
     if cfg.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < cfg.top_p  # always keeps the most likely token
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < cfg.top_p  # always keeps the most likely token
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
+    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
 
 
 def cache_kwarg(model: nn.Module) -> str:
@@ -54,28 +55,67 @@ def output_cache(out):
 
 
 @torch.inference_mode()
-def generate_ids(model: nn.Module, ids: Sequence[int], eos_ids: set[int], cfg: GenerationConfig,
-                 device: torch.device | str = "cpu") -> list[int]:
+def generate_batch(model: nn.Module, batch: Sequence[Sequence[int]], eos_ids: set[int], cfg: GenerationConfig,
+                   device: torch.device | str = "cpu") -> list[list[int]]:
+    """New tokens for several prompts of the same length at once.
+
+    Equal lengths mean no padding, so every row gets exactly the tokens it would get alone (greedy);
+    callers group prompts by length (see `generate_many`).
+    """
+    if len({len(ids) for ids in batch}) != 1:
+        raise ValueError("generate_batch needs prompts of equal length; use generate_many")
     generator = torch.Generator().manual_seed(cfg.seed)
     kw = cache_kwarg(model)
-    out = model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True)
-    new: list[int] = []
+    out = model(input_ids=torch.tensor([list(ids) for ids in batch], device=device), use_cache=True)
+    new: list[list[int]] = [[] for _ in batch]
+    done = torch.zeros(len(batch), dtype=torch.bool)
+    eos = torch.tensor(sorted(eos_ids))
     for _ in range(cfg.max_new_tokens):
-        token = _pick(out.logits[0, -1].cpu(), cfg, generator)
-        if token in eos_ids:
+        tokens = _pick(out.logits[:, -1].float().cpu(), cfg, generator)
+        done |= torch.isin(tokens, eos)
+        if bool(done.all()):
             break
-        new.append(token)
-        out = model(input_ids=torch.tensor([[token]], device=device), use_cache=True, **{kw: output_cache(out)})
+        for row in (~done).nonzero().flatten().tolist():
+            new[row].append(int(tokens[row]))
+        # finished rows keep decoding (their output is ignored) so the batch stays rectangular
+        out = model(input_ids=tokens.unsqueeze(1).to(device), use_cache=True, **{kw: output_cache(out)})
     return new
+
+
+def generate_ids(model: nn.Module, ids: Sequence[int], eos_ids: set[int], cfg: GenerationConfig,
+                 device: torch.device | str = "cpu") -> list[int]:
+    return generate_batch(model, [ids], eos_ids, cfg, device)[0]
+
+
+def generate_many(model: nn.Module, prompts: Sequence[Sequence[int]], eos_ids: set[int], cfg: GenerationConfig,
+                  device: torch.device | str = "cpu", batch_size: int = 16, progress: bool = False,
+                  desc: str = "generate") -> list[list[int]]:
+    """New tokens for each prompt, in order; prompts of equal length share a batch (no padding needed)."""
+    from tqdm.auto import tqdm
+
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(prompts):
+        by_length.setdefault(len(ids), []).append(i)
+    chunks = [idx[k : k + batch_size] for idx in by_length.values() for k in range(0, len(idx), batch_size)]
+    results: list[list[int]] = [[] for _ in prompts]
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False, disable=not progress) as bar:
+        for chunk in chunks:
+            for i, new in zip(chunk, generate_batch(model, [prompts[i] for i in chunk], eos_ids, cfg, device),
+                              strict=True):
+                results[i] = new
+            bar.update(len(chunk))
+    return results
 
 
 def generate(model: nn.Module, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | None = None,
              chat: bool | None = None, device: torch.device | str = "cpu") -> list[str]:
     cfg = cfg or GenerationConfig()
-    eos = eos_ids(model, tokenizer)
     model.eval()
-    return [tokenizer.decode(generate_ids(model, prompt_ids(tokenizer, p, chat), eos, cfg, device),
-                             skip_special_tokens=True) for p in prompts]
+    ids = [prompt_ids(tokenizer, p, chat) for p in prompts]
+    # sampling draws per batch, so sampled prompts run one by one to keep results independent of the others
+    batch_size = 16 if cfg.temperature <= 0 else 1
+    new = generate_many(model, ids, eos_ids(model, tokenizer), cfg, device, batch_size)
+    return [tokenizer.decode(t, skip_special_tokens=True) for t in new]
 
 
 def eos_ids(model: nn.Module, tokenizer) -> set[int]:
@@ -90,23 +130,47 @@ def normalise(text: str) -> str:
     return " ".join(text.strip().lower().rstrip(".!").split())
 
 
+def first_answer(text: str, candidates: Sequence[str]) -> str | None:
+    """The candidate answer that appears first in `text` as whole words (normalised), if any."""
+    words = f" {normalise(text)} "
+    for punct in ",.;:!?\"'()":
+        words = words.replace(punct, " ")
+    found = [(words.find(f" {c} "), c) for c in candidates if f" {c} " in words]
+    return min(found)[1] if found else None
+
+
+def answer_set(examples: Sequence) -> list[str]:
+    """The distinct expected answers when they look like labels (at most 20), else []."""
+    found = sorted({normalise(e.answer) for e in examples if e.answer is not None})
+    return found if len(found) <= 20 else []
+
+
 def exact_match(model: nn.Module, tokenizer, examples: Sequence, max_new_tokens: int = 16,
-                device: torch.device | str = "cpu", progress: bool = True) -> dict[str, float]:
-    """Greedy answers vs the expected completion / last assistant turn, compared case- and space-blind."""
+                device: torch.device | str = "cpu", progress: bool = True, batch_size: int = 16,
+                candidates: Sequence[str] | None = None) -> dict[str, float]:
+    """Greedy answers vs the expected completion / last assistant turn.
+
+    `exact_match`: the whole answer equals the expected one (case-, space- and final-stop-blind).
+    `answer_match`: when there are at most 20 distinct expected answers (a labelled task), the first of
+    them that the generated text mentions is the expected one; fairer to a model that answers in sentences.
+    `candidates` fixes that answer set (sharded callers pass the full set so every shard agrees).
+    """
     from tunesmith.objectives.causal_lm import chat_prefix
 
     scored = [e for e in examples if e.answer is not None]
     if not scored:
         return {}
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
-    eos = eos_ids(model, tokenizer)
     model.eval()
-    hits = 0
-    from tqdm.auto import tqdm
-
-    for e in tqdm(scored, desc="exact match", unit="answer", leave=False, disable=not progress):
-        ids = (chat_prefix(tokenizer, list(e.messages[:-1])) if e.kind == "chat"
-               else tokenizer(e.prompt, add_special_tokens=True)["input_ids"])
-        answer = tokenizer.decode(generate_ids(model, ids, eos, cfg, device), skip_special_tokens=True)
-        hits += normalise(answer) == normalise(e.answer)
-    return {"exact_match": hits / len(scored), "exact_match_n": len(scored)}
+    prompts = [chat_prefix(tokenizer, list(e.messages[:-1])) if e.kind == "chat"
+               else tokenizer(e.prompt, add_special_tokens=True)["input_ids"] for e in scored]
+    new = generate_many(model, prompts, eos_ids(model, tokenizer), cfg, device, batch_size, progress, "exact match")
+    answers = [tokenizer.decode(t, skip_special_tokens=True) for t in new]
+    expected = [normalise(e.answer) for e in scored]
+    result = {"exact_match": sum(normalise(a) == x for a, x in zip(answers, expected, strict=True)) / len(scored),
+              "exact_match_n": len(scored)}
+    candidates = answer_set(scored) if candidates is None else candidates
+    if candidates:
+        result["answer_match"] = sum(first_answer(a, candidates) == x
+                                     for a, x in zip(answers, expected, strict=True)) / len(scored)
+    return result

@@ -20,6 +20,7 @@ import yaml
 from tunesmith.config import RunConfig, config_from_dict, config_to_dict
 from tunesmith.errors import ConfigError
 from tunesmith.methods import METHODS, count_parameters
+from tunesmith.methods.common import frozen_batchnorms, keep_in_eval
 from tunesmith.models import save_hf_model
 from tunesmith.objectives import OBJECTIVES
 from tunesmith.train import checkpoint as ckpt
@@ -119,12 +120,13 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
 
     loaded = objective.load_model(cfg, data)
     METHODS[cfg.method.name].apply(loaded, cfg.method)
+    keep_in_eval(frozen_batchnorms(loaded.model))  # a frozen BatchNorm keeps its statistics too
     trainable, total = count_parameters(loaded.model)
     say(info, f"model {cfg.model.name} ({loaded.source}), method {cfg.method.name}: "
               f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     model = loaded.model.to(info.device)
     tokenizer = loaded.tokenizer
-    pad_id = tokenizer.pad_token_id
+    pad_id = getattr(tokenizer, "pad_token_id", None)  # None for images
 
     encoded, encode_stats = {}, {}
     for split in ("train", "validation", "test"):
@@ -145,9 +147,10 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
         if hasattr(inner, "enable_input_require_grads"):
             inner.enable_input_require_grads()  # frozen embeddings: keep a grad path into checkpointed blocks
     pack = {"pack": True, "max_length": cfg.model.max_length} if cfg.train.packing else {}
-    task = TrainTask(items=encoded["train"], collate=lambda items: objective.collate(items, pad_id, **pack),
+    lengths = [len(it.input_ids) for it in encoded["train"]] if hasattr(encoded["train"][0], "input_ids") else None
+    task = TrainTask(items=encoded["train"], collate=lambda items: objective.collate(items, pad_id, train=True, **pack),
                      loss_sum=objective.loss_sum, count=objective.count, evaluate=val_eval,
-                     head_params=set(loaded.head_params), lengths=[len(it.input_ids) for it in encoded["train"]])
+                     head_params=set(loaded.head_params), lengths=lengths)
     result = train(model, task, cfg.train, run_dir, info, resume_from=resume_from)
 
     final: dict[str, Any] = {}
@@ -175,6 +178,8 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
                 "model": cfg.model.name, "objective": cfg.objective, "label_names": data.label_names,
                 "init_seed": cfg.train.init_seed}})
             tokenizer.save_pretrained(run_dir / "adapter")
+        elif loaded.save is not None:
+            loaded.save(model, run_dir / "model")
         else:
             save_hf_model(model, tokenizer, run_dir / "model")
         ckpt.write_json_atomic(run_dir / "summary.json", summary)
@@ -188,10 +193,15 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
 
 def _exact_match(model: torch.nn.Module, tokenizer, examples: list, info: DistInfo) -> dict[str, float]:
     """Greedy answers on the test split vs the expected ones, sharded over processes."""
-    from tunesmith.generate import exact_match
+    from tunesmith.generate import answer_set, exact_match
 
+    candidates = answer_set(examples)
     found = exact_match(model, tokenizer, examples[info.rank :: info.world_size], device=info.device,
-                        progress=info.is_main)
+                        progress=info.is_main, candidates=candidates)
     n = found.get("exact_match_n", 0)
-    totals = all_reduce_sum(torch.tensor([found.get("exact_match", 0.0) * n, float(n)], dtype=torch.float64), info)
-    return {"test_exact_match": totals[0].item() / totals[1].item()} if totals[1].item() else {}
+    keys = ["exact_match"] + (["answer_match"] if candidates else [])  # the same on every rank
+    totals = all_reduce_sum(torch.tensor([found.get(k, 0.0) * n for k in keys] + [float(n)], dtype=torch.float64),
+                            info)
+    if not totals[-1].item():
+        return {}
+    return {f"test_{k}": totals[i].item() / totals[-1].item() for i, k in enumerate(keys)}

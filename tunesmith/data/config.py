@@ -27,3 +27,7 @@ class DataConfig:
     max_train_samples: int | None = None  # seeded subset of the training split (after splitting)
     max_eval_samples: int | None = None  # seeded subset of validation and test each
     on_bad_rows: str = "error"  # error | skip (skipped rows are counted and the first ones shown)
+    # images: data.train may also be a folder with one subfolder per class
+    image_field: str | None = None  # CSV/JSONL column holding the image path (relative to that file); "path"
+    augment: list[str] = field(default_factory=list)  # training images only: crop (random resized) and/or flip
+    crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])  # crop: area fraction kept, min and max

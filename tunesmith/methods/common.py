@@ -45,3 +45,43 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         if param.requires_grad:
             trainable += param.numel()
     return trainable, total
+
+
+def _run_as_inference(module: nn.Module, args: tuple) -> None:
+    if module.training:
+        module.eval()
+
+
+def keep_in_eval(modules: Iterable[nn.Module]) -> int:
+    """These modules run as at inference even while the model trains: BatchNorm statistics do not move,
+    dropout and stochastic depth are off. Returns how many were newly marked."""
+    marked = 0
+    for module in modules:
+        if not getattr(module, "_tunesmith_keeps_eval", False):
+            module.register_forward_pre_hook(_run_as_inference)
+            module._tunesmith_keeps_eval = True
+            marked += 1
+    return marked
+
+
+def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers whose affine parameters are all frozen: their running statistics must not move
+    either, or a 'frozen' layer would still change (and train/eval outputs would drift apart)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
+
+
+def frozen_subtrees(model: nn.Module) -> list[nn.Module]:
+    """The largest sub-modules that hold parameters, all of them frozen (e.g. a frozen stem and blocks)."""
+    found: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            params = list(child.parameters())
+            if params and not any(p.requires_grad for p in params):
+                found.append(child)
+            else:
+                visit(child)
+
+    visit(model)
+    return found

@@ -1,17 +1,19 @@
 """Partial fine-tuning: freeze the embeddings, the first N blocks and/or parameters matched by globs.
 
 Shallow layers hold general features that transfer; freezing them saves memory and compute and
-protects them from being distorted by small data.
+protects them from being distorted by small data. Frozen parts run as at inference (BatchNorm
+statistics fixed, dropout and stochastic depth off), so they really do not change.
 """
 
 from fnmatch import fnmatchcase
 
 from tunesmith.config import MethodConfig
 from tunesmith.errors import ConfigError
-from tunesmith.methods.common import find_blocks
+from tunesmith.methods.common import find_blocks, frozen_subtrees, keep_in_eval
 from tunesmith.models.hf import LoadedModel
 
-DESCRIPTION = "freeze the embeddings, the first N blocks (method.freeze_layers) and/or glob patterns"
+DESCRIPTION = ("freeze the embeddings / CNN stem, the first N blocks (method.freeze_layers) and/or glob "
+               "patterns; frozen parts run in eval mode (BatchNorm statistics fixed)")
 
 
 def frozen_names(loaded: LoadedModel, cfg: MethodConfig) -> list[str]:
@@ -42,3 +44,4 @@ def apply(loaded: LoadedModel, cfg: MethodConfig) -> None:
     frozen = set(frozen_names(loaded, cfg))
     for name, param in loaded.model.named_parameters():
         param.requires_grad_(name not in frozen)
+    keep_in_eval(frozen_subtrees(loaded.model))

@@ -45,8 +45,11 @@ def _wrappable(module: nn.Module) -> bool:
     return isinstance(module, (LoraLayer, nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)) or _is_conv1d_gpt2(module)
 
 
-def resolve_targets(model: nn.Module, targets: str | list[str] | None, exclude: set[str]) -> list[str]:
+def resolve_targets(model: nn.Module, targets: str | list[str] | None, exclude: set[str],
+                    default: list[str] | None = None) -> list[str]:
     """Module paths to wrap. A target that matches nothing, or matches a layer we cannot wrap, is an error."""
+    if targets is None and default:
+        targets = default
     if targets is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in DEFAULT_TARGETS:
@@ -72,9 +75,15 @@ def resolve_targets(model: nn.Module, targets: str | list[str] | None, exclude: 
         if not _wrappable(modules[n]):
             raise ConfigError(f"method.lora.target_modules: {n} is a {type(modules[n]).__name__}, which LoRA "
                               "cannot wrap (Linear, GPT-2 Conv1D, Embedding, Conv1d, Conv2d); target its layers")
-        if isinstance(modules[n], (nn.Conv1d, nn.Conv2d)) and modules[n].groups != 1:
+        m = modules[n]
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1:
             raise ConfigError(f"method.lora.target_modules: {n} is a grouped convolution "
-                              f"(groups={modules[n].groups}), which LoRA does not support")
+                              f"(groups={m.groups}), which LoRA does not support")
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and type(m).forward not in (nn.Conv1d.forward, nn.Conv2d.forward) \
+                and (set(m.kernel_size) != {1} or set(m.stride) != {1}):
+            # e.g. TF-style 'SAME' convs that pad inside forward: LoRA's A would see an unpadded input
+            raise ConfigError(f"method.lora.target_modules: {n} is a {type(m).__name__} with its own forward "
+                              "(padding logic LoRA cannot copy); only its 1x1, stride-1 convolutions can be wrapped")
     return found
 
 
@@ -87,9 +96,10 @@ def _example(modules: dict[str, nn.Module]) -> str:
 
 
 def inject(model: nn.Module, cfg: LoraConfig, adapter: str = "default", exclude: set[str] | None = None,
-           targets: list[str] | None = None) -> list[str]:
+           targets: list[str] | None = None, default_targets: list[str] | None = None) -> list[str]:
     """Add adapter `adapter` to the target layers (wrapping them on first use); returns the wrapped paths."""
-    paths = targets if targets is not None else resolve_targets(model, cfg.target_modules, exclude or set())
+    paths = targets if targets is not None else resolve_targets(model, cfg.target_modules, exclude or set(),
+                                                                default_targets)
     for path in paths:
         parent_name, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -120,7 +130,7 @@ def trainable_names(model: nn.Module, cfg: LoraConfig, save_modules: list[str], 
 def apply(loaded: LoadedModel, cfg: MethodConfig) -> None:
     settings = cfg.lora
     save_modules = sorted(set(head_modules(loaded)) | set(settings.modules_to_save))
-    paths = inject(loaded.model, settings, exclude=set(save_modules))
+    paths = inject(loaded.model, settings, exclude=set(save_modules), default_targets=loaded.lora_targets)
     set_trainable(loaded.model, trainable_names(loaded.model, settings, save_modules))
     loaded.adapter = LoraAdapter(settings, paths, save_modules)
 

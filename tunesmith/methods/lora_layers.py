@@ -266,7 +266,7 @@ class LoraConv(LoraLayer):
 
     def _create(self, name: str, r: int) -> None:
         b = self.base_layer
-        conv = type(b)
+        conv = nn.Conv2d if isinstance(b, nn.Conv2d) else nn.Conv1d  # plain convs, even for a subclassed base
         ones = (1,) * len(b.kernel_size)
         self.lora_A[name] = conv(self.in_features, r, b.kernel_size, b.stride, b.padding, b.dilation, bias=False,
                                  padding_mode=b.padding_mode)

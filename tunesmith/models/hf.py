@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ class LoadedModel:
     head_params: list[str]  # parameters trained from scratch (not in the pretrained checkpoint)
     source: str
     adapter: object | None = None  # set by adapter methods (LoRA, prompt): .save(model, dir, base, extra_files)
+    lora_targets: list[str] | None = None  # what method lora wraps when target_modules is not given
+    save: Callable[[nn.Module, Path], None] | None = None  # writes RUN_DIR/model; None: Hugging Face format
 
 
 def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: int) -> LoadedModel:

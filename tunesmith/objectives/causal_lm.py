@@ -102,8 +102,8 @@ def encode(examples: Sequence, tokenizer, max_length: int) -> tuple[list[LMItem]
     return items, {"truncated": truncated, "dropped_all_targets_truncated": all_masked}
 
 
-def collate(items: Sequence[LMItem], pad_id: int, pack: bool = False, max_length: int | None = None
-            ) -> dict[str, torch.Tensor]:
+def collate(items: Sequence[LMItem], pad_id: int, pack: bool = False, max_length: int | None = None,
+            **_: object) -> dict[str, torch.Tensor]:
     if pack:
         return _packed(items, pad_id, max_length or max(len(it.input_ids) for it in items))
     width = max(len(it.input_ids) for it in items)

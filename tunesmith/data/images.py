@@ -1,0 +1,470 @@
+"""Image-classification data: image folders, CSV/JSONL/... files of image paths, or built-in image sets,
+validated and split into train / validation / test.
+
+Same rules as text classification (data/text.py): splits given as files/folders or carved from train
+(seeded), seeded subsets, label names from the training split, bad rows an error naming file:line and
+field or counted (on_bad_rows: skip). Image files are only checked to exist here; they are decoded later,
+one at a time, by read_image (so a corrupt file is reported by name when it is first read).
+
+Image folder layout: ROOT/CLASS/[any/sub/folders/]IMAGE, one subfolder per class, named after it.
+Files that are not images (by extension) or are hidden, and files directly in ROOT, are ignored but
+counted and named in the report's source line, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.data.builtin import DATASETS, BuiltinImages, DatasetEntry, ImageArrays, get_dataset
+from tunesmith.data.config import DataConfig
+from tunesmith.data.sources import Row, check_format
+from tunesmith.data.text import (
+    SPLITS,
+    DataReport,
+    _BadRows,
+    _check_fractions,
+    _check_limit,
+    _columns,
+    _describe_sources,
+    _label_counts,
+    _Parsed,
+    _skip_note,
+    _split_indices,
+    _subset,
+    _to_examples,
+    sort_labels,
+)
+from tunesmith.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+DEFAULT_IMAGE_FIELD = "path"
+_SHOWN_IGNORED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ImageExample:
+    image: np.ndarray | Path  # in-memory uint8 (H, W) or (H, W, 3) (built-ins: a view, not a copy) or a file
+    label: int  # index into ImageData.label_names
+    where: str  # "train.csv:17", "data/cats/x.png", "builtin:fashion-mnist train #123" (0-based index)
+
+
+@dataclass
+class ImageData:
+    train: list[ImageExample]
+    validation: list[ImageExample]  # empty when its fraction is 0 and no file/folder was given
+    test: list[ImageExample]
+    label_names: list[str]
+    report: DataReport
+
+
+class _Source:
+    """The examples read from one folder or file (labels still strings), plus what was ignored in it."""
+
+    def __init__(self, path: str, parsed: list[_Parsed | None], ignored: list[str], kind: str) -> None:
+        self.path, self.parsed, self.ignored, self.kind = path, parsed, ignored, kind
+
+    def note(self) -> str:
+        """A suffix for the report's source line naming ignored files ("" when there were none)."""
+        if not self.ignored:
+            return ""
+        n = len(self.ignored)
+        shown = ", ".join(self.ignored[:_SHOWN_IGNORED]) + (
+            f", ... (+{n - _SHOWN_IGNORED:,} more)" if n > _SHOWN_IGNORED else ""
+        )
+        return (
+            f"; ignored {n:,} non-image file{'s' if n != 1 else ''} (not {' '.join(IMAGE_EXTENSIONS)}, "
+            f"hidden, or outside a class folder): {shown}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _class_files(folder: Path, root: Path, ignored: list[str]) -> list[Path]:
+    """Image files anywhere below one class folder, sorted; follows links, but never round in a loop."""
+    images: list[Path] = []
+    seen: set[str] = set()
+    errors: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=errors.append, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        for name in sorted(dirnames):
+            if name.startswith("."):  # .ipynb_checkpoints, .git, ...
+                ignored.append(Path(dirpath, name).relative_to(root).as_posix() + "/")
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            path = Path(dirpath, name)
+            # hidden files include macOS "._x.png" resource forks, which have an image extension
+            if _is_image(name) and not name.startswith("."):
+                images.append(path)
+            else:
+                ignored.append(path.relative_to(root).as_posix())
+    if errors:
+        e = errors[0]
+        raise DataError(f"{e.filename or folder}: cannot list the folder ({e.strerror or e})")
+    return sorted(images)
+
+
+def _read_folder(path: str) -> _Source:
+    root = Path(path)
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as e:
+        raise DataError(f"{path}: cannot list the folder ({e.strerror or e})") from e
+    ignored: list[str] = []
+    classes = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            ignored.append(entry.name + ("/" if entry.is_dir() else ""))
+        elif entry.is_dir():
+            classes.append(entry)
+        else:
+            ignored.append(entry.name)
+    if not classes:
+        found = f" (it holds only {len(ignored):,} loose files)" if ignored else " (it is empty)"
+        raise DataError(
+            f"{path}: no class subfolders{found}; an image folder needs one subfolder per class, named "
+            f"after it: {path}/CLASS_A/x.png, {path}/CLASS_B/y.jpg, ..."
+        )
+    parsed: list[_Parsed | None] = []
+    for folder in classes:
+        before = len(ignored)
+        files = _class_files(folder, root, ignored)
+        if not files:
+            others = len(ignored) - before
+            found = f" (only {others:,} other files, e.g. {ignored[before]})" if others else ""
+            raise DataError(
+                f"{folder}: class folder {folder.name!r} holds no image files{found}; image files end in "
+                f"{' '.join(IMAGE_EXTENSIONS)}; add images or remove the folder"
+            )
+        parsed += [_Parsed(str(f), folder.name, str(f)) for f in files]
+    return _Source(path, parsed, ignored, f"image folder, {len(classes)} classes")
+
+
+def _parse_row(
+    row: Row, image_field: str, label_field: str, base: Path, bad: _BadRows
+) -> _Parsed | None:
+    """Check one row of a file listing images; None when it was bad (and on_bad_rows is skip)."""
+    values, where, option = row.values, row.where, bad.option
+    for name, holds in ((image_field, "image path"), (label_field, "label")):
+        if name not in values:
+            field = "image_field" if name == image_field else "label_field"
+            bad.bad(
+                where,
+                f"no field {name!r} (the row has {_columns(values)})",
+                f"set {option}{field} to the column that holds the {holds}",
+            )
+            return None
+    value, label = values[image_field], values[label_field]
+    if not isinstance(value, str):
+        kind = "null" if value is None else f"a {type(value).__name__} ({value!r:.40})"
+        bad.bad(where, f"field {image_field!r} is {kind}, not a string", "give the image's file path")
+        return None
+    if not value.strip():
+        bad.bad(where, f"field {image_field!r} is empty", "give the image's file path or remove the row")
+        return None
+    if label is None or (isinstance(label, str) and not label.strip()):
+        bad.bad(
+            where,
+            f"field {label_field!r} is {'null' if label is None else 'empty'}",
+            "give every row a label or remove the row",
+        )
+        return None
+    if not isinstance(label, str | int):  # bool is an int
+        bad.bad(
+            where,
+            f"field {label_field!r} is a {type(label).__name__} ({label!r:.40})",
+            "labels must be strings, integers or booleans (classes, not scores)",
+        )
+        return None
+    path = base / value  # an absolute `value` replaces base
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "not found"
+        bad.bad(
+            where,
+            f"field {image_field!r}: image {value!r} {state} (looked at {path})",
+            f"fix the path (relative paths start at the file's folder, {os.path.abspath(base)})",
+        )
+        return None
+    return _Parsed(str(path), str(label), where)
+
+
+def _read_source(
+    path: str | Path, format: str, image_field: str, label_field: str, bad: _BadRows
+) -> _Source:
+    """A folder (image-folder layout) or a file of rows naming an image and its label."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return _read_folder(path)
+    if not os.path.exists(path):
+        here = "" if os.path.isabs(path) else f" (relative paths start at the working directory {Path.cwd()})"
+        raise DataError(
+            f"{path}: not found{here}; give an image folder (one subfolder per class) or a "
+            f"CSV/TSV/JSONL/Parquet file with columns {image_field!r} (image path) and {label_field!r}"
+        )
+    base = Path(path).parent
+    rows = bad.read(path, format)
+    return _Source(path, [_parse_row(r, image_field, label_field, base, bad) for r in rows], [], "")
+
+
+def _image_examples(
+    parsed: list[_Parsed], index: dict[str, int], bad: _BadRows, unknown: str
+) -> list[ImageExample]:
+    return [ImageExample(Path(e.text), e.label, e.where) for e in _to_examples(parsed, index, bad, unknown)]
+
+
+def _unknown(source: _Source, label_field: str, tail: str) -> str:
+    return f"(class folder) {tail}" if source.kind else f"(field {label_field!r}) {tail}"
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _image_entry(name: str) -> tuple[DatasetEntry, BuiltinImages]:
+    entry = get_dataset(name)
+    if entry.load_images is None:
+        images = ", ".join(n for n, d in DATASETS.items() if d.load_images is not None)
+        raise DataError(
+            f"{name} is a {entry.task} data set, not an image one; image classification needs an image "
+            f"data set (built-in: {images}) or data.train naming an image folder (one subfolder per class) "
+            "or a CSV/JSONL file of image paths and labels"
+        )
+    return entry, entry.load_images()
+
+
+def load_image_classification(cfg: DataConfig) -> ImageData:
+    """Load, validate and split the image data a run config describes."""
+    check_format(cfg.format)
+    bad = _BadRows(cfg.on_bad_rows, "data.")
+    if (cfg.builtin is None) == (cfg.train is None):
+        both = "both are set" if cfg.builtin is not None else "neither is set"
+        raise DataError(
+            "give exactly one of data.builtin (a built-in data set) or data.train (an image folder or a "
+            f"file listing images); {both}"
+        )
+    _check_limit(cfg.max_train_samples, "max_train_samples")
+    _check_limit(cfg.max_eval_samples, "max_eval_samples")
+    image_field = cfg.image_field or DEFAULT_IMAGE_FIELD
+    label_field = cfg.label_field or "label"
+    seed = cfg.split.seed
+
+    builtin = _image_entry(cfg.builtin) if cfg.builtin is not None else None
+    official_test = builtin is not None and builtin[1].test is not None and cfg.test is None
+    carved = {
+        s: getattr(cfg.split, s)
+        for s in ("validation", "test")
+        if getattr(cfg, s) is None and not (s == "test" and official_test)
+    }
+    _check_fractions(carved.get("validation", 0.0), carved.get("test", 0.0))
+    fractions = (carved.get("validation", 0.0), carved.get("test", 0.0))
+    train = None if builtin else _read_source(cfg.train, cfg.format, image_field, label_field, bad)
+    given = {
+        s: _read_source(getattr(cfg, s), cfg.format, image_field, label_field, bad)
+        for s in ("validation", "test")
+        if getattr(cfg, s) is not None
+    }
+
+    examples: dict[str, list[ImageExample]] = {}
+    if builtin is not None:
+        entry, arrays = builtin
+        label_names = list(arrays.label_names)  # the official order, not re-sorted
+        train_source = f"builtin:{entry.name}"
+        indices = _split_indices(len(arrays.train.labels), *fractions, seed)
+        for split in ("train", *carved):
+            examples[split] = _array_examples(entry.name, arrays.train, indices[split])
+        if official_test:
+            assert arrays.test is not None
+            examples["test"] = _array_examples(entry.name, arrays.test, range(len(arrays.test.labels)))
+        unknown = "is not a class of the built-in data set"
+    else:
+        assert train is not None
+        train_source = str(cfg.train)
+        # Rows were validated in file order (so "error" mode reports the first bad line); split afterwards:
+        # the split depends only on the number of rows, not on which of them are bad -- as for text.
+        indices = _split_indices(len(train.parsed), *fractions, seed)
+        parsed = {
+            s: [p for i in indices[s] if (p := train.parsed[i]) is not None] for s in ("train", *carved)
+        }
+        labels = {p.label for p in parsed["train"]}
+        if not parsed["train"]:
+            raise DataError(f"{cfg.train}: no usable training images" + _skip_note(bad))
+        if len(labels) < 2:
+            what = "class folder" if train.kind else f"label in field {label_field!r}"
+            raise DataError(
+                f"{cfg.train}: the training split has only one {what} ({next(iter(labels))!r}); "
+                "classification needs at least 2"
+                + ("" if train.kind else " (is data.label_field the right column?)")
+            )
+        label_names = sort_labels(labels)  # from the whole train split, so max_train_samples can't drop one
+        index = {name: i for i, name in enumerate(label_names)}
+        for split in ("train", *carved):
+            tail = "never appears in training" if split == "train" else "never appears in the training split"
+            examples[split] = _image_examples(parsed[split], index, bad, _unknown(train, label_field, tail))
+        unknown = "never appears in the training split"
+
+    index = {name: i for i, name in enumerate(label_names)}
+    for split, source in given.items():
+        parsed_given = [p for p in source.parsed if p is not None]
+        examples[split] = _image_examples(parsed_given, index, bad, _unknown(source, label_field, unknown))
+        if not examples[split]:
+            raise DataError(f"{source.path}: no images left for the {split} split" + _skip_note(bad))
+
+    named = [*given, *(["test"] if official_test else [])]  # splits not carved from train
+    sources = _describe_sources(train_source, carved, dict.fromkeys(named, []), cfg)
+    if official_test:
+        assert builtin is not None
+        ignored = "; data.split.test is ignored" if cfg.split.test else ""
+        sources["test"] = f"builtin:{builtin[0].name} official test set{ignored}"
+    sources = {s: sources[s] for s in SPLITS}
+    if train is not None:
+        sources["train"] += train.note()
+    for split, source in given.items():
+        sources[split] += source.note()
+
+    limits = {
+        "train": cfg.max_train_samples,
+        "validation": cfg.max_eval_samples,
+        "test": cfg.max_eval_samples,
+    }
+    for stream, split in enumerate(SPLITS, 1):
+        before = len(examples[split])
+        examples[split] = _subset(examples[split], limits[split], seed, stream)
+        if len(examples[split]) < before:
+            sources[split] += f"; seeded subset of {len(examples[split]):,} of {before:,} (seed {seed})"
+
+    report = DataReport(
+        sources=sources,
+        counts={s: len(examples[s]) for s in SPLITS},
+        label_counts={s: _label_counts(examples[s], label_names) for s in SPLITS},
+        skipped=bad.count,
+        skipped_examples=list(bad.examples),
+    )
+    return ImageData(examples["train"], examples["validation"], examples["test"], label_names, report)
+
+
+def _array_examples(name: str, part: ImageArrays, indices: Iterable[int]) -> list[ImageExample]:
+    """Examples holding views into the built-in's one big array (no pixel is copied)."""
+    images, labels = part.images, part.labels.tolist()
+    prefix = f"builtin:{name} {part.part} #" if part.part else f"builtin:{name} #"
+    return [ImageExample(images[i], labels[i], f"{prefix}{i}") for i in indices]
+
+
+def load_labelled_images(
+    path: str | Path,
+    label_names: list[str],
+    image_field: str | None = None,
+    label_field: str | None = None,
+    on_bad_rows: str = "error",
+    format: str = "auto",
+) -> tuple[list[ImageExample], DataReport]:
+    """Load images to evaluate a trained model on (a folder or a file of paths and labels): their labels
+    must be among the ones it was trained on."""
+    check_format(format)
+    bad = _BadRows(on_bad_rows, "")
+    label_field = label_field or "label"
+    source = _read_source(path, format, image_field or DEFAULT_IMAGE_FIELD, label_field, bad)
+    index = {name: i for i, name in enumerate(label_names)}
+    examples = _image_examples(
+        [p for p in source.parsed if p is not None],
+        index,
+        bad,
+        _unknown(source, label_field, "is not one the model was trained on"),
+    )
+    if not examples:
+        raise DataError(f"{path}: no usable images" + _skip_note(bad))
+    report = DataReport(
+        sources={"eval": str(path) + source.note()},
+        counts={"eval": len(examples)},
+        label_counts={"eval": _label_counts(examples, list(label_names))},
+        skipped=bad.count,
+        skipped_examples=list(bad.examples),
+    )
+    return examples, report
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+def read_image(example: ImageExample) -> np.ndarray:
+    """The example's pixels as a fresh, writable uint8 (H, W, 3) RGB array.
+
+    Files are decoded with Pillow: EXIF orientation applied, then grayscale / palette / CMYK / RGBA
+    (alpha dropped) converted to RGB; 16-bit images are scaled down to 8 bits, not clipped. Anything
+    unreadable raises DataError naming the example and the file.
+    """
+    if isinstance(example.image, np.ndarray):
+        return _array_to_rgb(example.image, example.where)
+    return _decode(Path(example.image), example.where)
+
+
+def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
+    if array.dtype != np.uint8:
+        raise DataError(f"{where}: in-memory image has dtype {array.dtype}; expected uint8")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        out = np.repeat(array[:, :, None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 3:
+        out = array.copy()
+    else:
+        raise DataError(
+            f"{where}: in-memory image has shape {array.shape}; expected (H, W), (H, W, 1) or (H, W, 3)"
+        )
+    if not out.size:
+        raise DataError(f"{where}: in-memory image is empty (shape {array.shape})")
+    return out
+
+
+def _decode(path: Path, where: str) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError  # only image runs pay for Pillow
+
+    name = str(path) if where == str(path) else f"{where}: {path}"
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes now, so a truncated file fails here, inside the try
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:  # a broken EXIF block: the pixels themselves are fine, keep them as stored
+                pass
+            return _pil_to_rgb(image, name)
+    except Image.DecompressionBombError as e:
+        raise DataError(
+            f"{name}: cannot read the image: too many pixels to decode safely ({e}); shrink it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from None
+    except FileNotFoundError:
+        raise DataError(f"{name}: cannot read the image: file not found (was it moved or deleted?)") from None
+    except UnidentifiedImageError:
+        raise DataError(
+            f"{name}: cannot read the image: not a recognised image format (corrupt, or not an image); "
+            "fix or remove the file"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated / corrupt data, I/O errors
+        raise DataError(f"{name}: cannot read the image: {e}; fix or remove the file") from None
+
+
+def _pil_to_rgb(image: Any, name: str) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":  # 16-bit (PNG/TIFF): Pillow's convert would clip at 255
+        values = np.asarray(image).astype(np.float64)
+        gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "F":
+        raise DataError(
+            f"{name}: cannot read the image: floating-point pixels (mode F) have no fixed range; save it "
+            "as an 8-bit image"
+        )
+    return np.array(image.convert("RGB"), dtype=np.uint8)
