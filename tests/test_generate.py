@@ -6,8 +6,14 @@ import torch
 from tiny import FILLER, POSITIVE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunesmith.generate import (GenerationConfig, eos_ids, first_answer, generate_ids, generate_many,
-                                prompt_ids)
+from tunesmith.generate import (
+    GenerationConfig,
+    eos_ids,
+    first_answer,
+    generate_ids,
+    generate_many,
+    prompt_ids,
+)
 
 
 def _prompts(tokenizer, n: int) -> list[list[int]]:

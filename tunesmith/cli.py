@@ -51,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     mg.add_argument("run_dir")
     mg.add_argument("out_dir")
 
+    c = sub.add_parser("compare", help="several strategies x seeds on the same data, in one report")
+    c.add_argument("config", help="a compare config (base run config + strategies; see tunesmith/compare.py)")
+    c.add_argument("--out", help="output directory (default runs/compare-<config name>)")
+    c.add_argument("--seeds", type=int, help="runs per strategy (overrides the config's seeds)")
+    c.add_argument("--vary", choices=("init", "data", "both"), help="which seeds differ between runs")
+    c.add_argument("--early-discard", type=float, metavar="FRACTION",
+                   help="train every seed to this fraction of its steps, then continue only the best --keep")
+    c.add_argument("--keep", type=int, default=1, help="seeds per strategy that continue after --early-discard")
+    c.add_argument("--strategies", help="comma-separated subset of the config's strategies")
+
     sub.add_parser("models", help="list built-in models")
     sub.add_parser("datasets", help="list built-in data sets")
     sub.add_parser("methods", help="list fine-tuning methods")
@@ -71,7 +81,28 @@ def _train(args: argparse.Namespace) -> int:
         raise TunesmithError("train: --resume RUN_DIR already names the run directory; drop --out")
     summary = run(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     if summary.get("world_size", 1) == 1 or _is_main():
-        print(json.dumps({"run_dir": str(run_dir), "final": summary["final"]}, indent=2))
+        if summary.get("paused"):
+            print(json.dumps({"run_dir": str(run_dir), "paused": summary}, indent=2))
+        else:
+            print(json.dumps({"run_dir": str(run_dir), "final": summary["final"]}, indent=2))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tunesmith.compare import compare, load_compare_config
+
+    cfg = load_compare_config(args.config, args.seeds, args.vary)
+    out = Path(args.out or f"runs/compare-{Path(args.config).stem}")
+    if args.keep < 1:
+        raise TunesmithError("compare: --keep must be >= 1")
+    chosen = args.strategies.split(",") if args.strategies else None
+    unknown = [s for s in chosen or [] if s not in cfg.strategies]
+    if unknown:
+        raise TunesmithError(f"compare: no strategy {unknown[0]!r} in {args.config} "
+                             f"(it has {', '.join(cfg.strategies)})")
+    compare(cfg, out, args.early_discard, args.keep, chosen, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print((out / "report.md").read_text())
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}", file=sys.stderr)
     return 0
 
 
@@ -100,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "compare":
+            return _compare(args)
         if args.command == "merge":
             from tunesmith.infer import merge_run
 

@@ -18,7 +18,7 @@ from tunesmith.data.config import DataConfig, SplitConfig
 from tunesmith.errors import ConfigError
 
 __all__ = [
-    "RunConfig", "ModelConfig", "MethodConfig", "LoraConfig", "PromptConfig", "TrainConfig", "EarlyStopConfig", "DataConfig",
+    "RunConfig", "ModelConfig", "MethodConfig", "StageConfig", "LoraConfig", "PromptConfig", "TrainConfig", "EarlyStopConfig", "DataConfig",
     "SplitConfig", "load_config", "config_from_dict", "config_to_dict", "apply_overrides",
 ]
 
@@ -110,15 +110,36 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads; None: torch's default
     progress: bool = True  # tqdm progress bar
+    # stop (checkpoint, evaluate, write paused.json) after this fraction of all training steps; resume
+    # continues from there. `tunesmith compare --early-discard` uses it to triage seeds.
+    pause_at_fraction: float | None = None
+    eval_sets_during_training: bool = False  # also evaluate data.eval_sets (OOD sets) at every evaluation
+
+
+@dataclass
+class StageConfig:
+    """One stage of a multi-stage run (e.g. LP-FT: a linear probe, then fine-tuning from its head).
+    Each stage applies its own method to the model the previous stage left; unset fields take train.*"""
+
+    name: str = "stage"
+    method: MethodConfig = field(default_factory=MethodConfig)
+    epochs: float | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    head_lr: float | None = None
+    weight_decay: float | None = None
+    warmup_ratio: float | None = None
+    schedule: str | None = None
 
 
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)  # ignored when stages are given
     data: DataConfig = field(default_factory=DataConfig)
     objective: str = "classify"
     train: TrainConfig = field(default_factory=TrainConfig)
+    stages: list[StageConfig] = field(default_factory=list)  # empty: one stage, `method` with `train`
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -132,6 +153,10 @@ def _line_index(node: yaml.Node, prefix: str = "", out: dict[str, int] | None = 
             key = f"{prefix}{key_node.value}"
             out[key] = key_node.start_mark.line + 1
             _line_index(value_node, key + ".", out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[f"{prefix}{i}"] = item.start_mark.line + 1
+            _line_index(item, f"{prefix}{i}.", out)
     return out
 
 
@@ -215,6 +240,11 @@ def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, int]
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value if value is not None else {}, key + ".", source, lines)
+        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            if not isinstance(value, list):
+                raise ConfigError(f"{_where(source, lines, key)}: expected a list, got {value!r}")
+            kwargs[name] = [_build(typing.get_args(hint)[0], item, f"{key}.{i}.", source, lines)
+                            for i, item in enumerate(value)]
         else:
             kwargs[name] = _coerce(value, hint, _where(source, lines, key))
     return cls(**kwargs)
@@ -301,6 +331,24 @@ def _check(cfg: RunConfig, source: str, lines: dict[str, int]) -> None:
     from tunesmith.objectives import OBJECTIVES
 
     _choice(cfg.method.name, tuple(METHODS), w("method.name"))
+    import re
+
+    seen: set[str] = set()
+    for i, stage in enumerate(cfg.stages):
+        at = f"stages.{i}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", stage.name) or stage.name in seen:
+            raise ConfigError(f"{w(at + '.name')}: {stage.name!r}: give each stage a distinct name of letters, "
+                              "digits, - and _")
+        seen.add(stage.name)
+        _choice(stage.method.name, tuple(METHODS), w(at + ".method.name"))
+        if stage.schedule is not None:
+            _choice(stage.schedule, ("linear", "cosine", "constant"), w(at + ".schedule"))
+        for key in ("epochs", "max_steps", "lr", "head_lr"):
+            value = getattr(stage, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{w(f'{at}.{key}')}: must be > 0, got {value}")
+    if t.pause_at_fraction is not None and not 0 < t.pause_at_fraction < 1:
+        raise ConfigError(f"{w('train.pause_at_fraction')}: must be in (0, 1), got {t.pause_at_fraction}")
     _choice(cfg.objective, tuple(OBJECTIVES), w("objective"))
     _choice(cfg.method.prompt.init, ("vocab", "text"), w("method.prompt.init"))
     if cfg.method.name == "prompt" and t.packing:

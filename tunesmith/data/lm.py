@@ -107,6 +107,11 @@ def load_lm_data(cfg: DataConfig) -> LMData:
         raise DataError("give exactly one of data.builtin (a built-in data set) or data.train (a file)")
     _check_limit(cfg.max_train_samples, "max_train_samples")
     _check_limit(cfg.max_eval_samples, "max_eval_samples")
+    if cfg.eval_sets:
+        raise DataError(
+            f"data.eval_sets ({', '.join(map(str, cfg.eval_sets))}): extra evaluation sets are for "
+            "classification (text or images); language-model runs evaluate on validation and test only"
+        )
     carved = {s: getattr(cfg.split, s) for s in ("validation", "test") if getattr(cfg, s) is None}
     _check_fractions(carved.get("validation", 0.0), carved.get("test", 0.0))
     seed = cfg.split.seed

@@ -1,4 +1,5 @@
-"""Rows -> validated text-classification examples, split into train / validation / test.
+"""Rows -> validated text-classification examples, split into train / validation / test, plus named extra
+evaluation sets (data.eval_sets, or a built-in set's own, e.g. out-of-distribution ones).
 
 Nothing is dropped silently: a bad row either stops the run with a message naming file, line and field
 (on_bad_rows: error), or is counted in the report with its first messages shown (on_bad_rows: skip).
@@ -6,16 +7,19 @@ Nothing is dropped silently: a bad row either stops the run with a message namin
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tunesmith.data.builtin import get_dataset
+from tunesmith.data.builtin import BuiltinText, get_dataset
 from tunesmith.data.config import DataConfig
 from tunesmith.data.sources import Row, check_format, read_rows
 from tunesmith.errors import DataError
@@ -25,6 +29,7 @@ BAD_ROW_MODES = ("error", "skip")
 _SHOWN_SKIPS = 5
 _SHOWN_LABELS = 10
 _INT = re.compile(r"-?\d+")
+EVAL_SET_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +48,18 @@ class DataReport:
     label_counts: dict[str, dict[str, int]]
     skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    # names of the extra evaluation sets, in order; sources / counts / label_counts list them after test
+    eval_sets: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = []
         for split, count in self.counts.items():
             source = self.sources.get(split, "?")
+            title = f"eval set {split}" if split in self.eval_sets else split
             out.append(
-                f"{split}: {source}"
+                f"{title}: {source}"
                 if source.startswith("none")
-                else f"{split}: {count:,} examples from {source}"
+                else f"{title}: {count:,} examples from {source}"
             )
             labels = [f"{name}: {n:,}" for name, n in self.label_counts.get(split, {}).items()]
             if count and labels:
@@ -75,6 +83,8 @@ class TextData:
     test: list[TextExample]
     label_names: list[str]
     report: DataReport
+    # named extra evaluation sets (e.g. "ood-subpop"), in order: the built-in set's own, then data.eval_sets
+    eval_sets: dict[str, list[TextExample]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +230,60 @@ def _check_limit(value: int | None, name: str) -> None:
         )
 
 
+def eval_set_files(cfg: DataConfig) -> dict[str, str]:
+    """data.eval_sets checked before anything is read: a mapping of well-formed new names to paths."""
+    value = cfg.eval_sets
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DataError(
+            f"data.eval_sets is {value!r:.60}; give a mapping of names to files, e.g. "
+            "{ood-shift: data/ood.jsonl}"
+        )
+    files = {}
+    for name, path in value.items():
+        if isinstance(name, int) and not isinstance(name, bool):  # YAML reads a key 2024 as a number
+            name = str(name)
+        check_eval_set_name(name, f"data.eval_sets: name {name!r}")
+        if not isinstance(path, str | os.PathLike) or not str(path).strip():
+            raise DataError(
+                f"data.eval_sets.{name} is {path!r:.60}; give the path of a data file (images: a file "
+                "or an image folder)"
+            )
+        files[name] = os.fspath(path)
+    return files
+
+
+def check_eval_set_name(name: object, what: str) -> None:
+    if not isinstance(name, str) or not EVAL_SET_NAME.fullmatch(name):
+        raise DataError(
+            f"{what}: an eval set name is lower-case letters, digits and '-', starting with a letter or "
+            "digit (e.g. ood-subpop)"
+        )
+    if name in SPLITS:
+        raise DataError(
+            f"{what}: {name!r} is a split, not an extra eval set; pick another name (e.g. ood-{name})"
+        )
+
+
+def merge_eval_sets(builtin: Iterable[str], files: dict[str, str], dataset: str | None) -> list[str]:
+    """All eval set names, the built-in's first; a file may not reuse a built-in set's name."""
+    builtin = list(builtin)
+    for name in files:
+        if name in builtin:
+            raise DataError(
+                f"data.eval_sets.{name}: the built-in data set {dataset} already has an eval set named "
+                f"{name!r} ({', '.join(builtin)}); pick another name for your file"
+            )
+    return [*builtin, *files]
+
+
+def eval_stream(name: str) -> int:
+    """The seeded-subset stream of one eval set: from its name alone, so adding, removing or reordering
+    other eval sets never changes which of its examples max_eval_samples keeps."""
+    return len(SPLITS) + 1 + int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+
+
 def _label_list(names: list[str]) -> str:
     shown = ", ".join(repr(n) for n in names[:20])
     return shown + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
@@ -255,26 +319,58 @@ def load_text_classification(cfg: DataConfig) -> TextData:
         )
     _check_limit(cfg.max_train_samples, "max_train_samples")
     _check_limit(cfg.max_eval_samples, "max_eval_samples")
-    carved = {s: getattr(cfg.split, s) for s in ("validation", "test") if getattr(cfg, s) is None}
-    _check_fractions(carved.get("validation", 0.0), carved.get("test", 0.0))
+    eval_files = eval_set_files(cfg)
     seed = cfg.split.seed
 
     entry = get_dataset(cfg.builtin) if cfg.builtin is not None else None
+    # a built-in with official splits: its test split unless data.test names a file; its own eval sets
+    splits: BuiltinText | None = entry.load_splits() if entry and entry.load_splits else None
+    official_test = splits is not None and splits.test is not None and cfg.test is None
+    carved = {
+        s: getattr(cfg.split, s)
+        for s in ("validation", "test")
+        if getattr(cfg, s) is None and not (s == "test" and official_test)
+    }
+    _check_fractions(carved.get("validation", 0.0), carved.get("test", 0.0))
+    eval_names = merge_eval_sets(splits.eval_sets if splits else (), eval_files, cfg.builtin)
     text_field = cfg.text_field or (entry.text_field if entry else "text")
     label_field = cfg.label_field or (entry.label_field if entry else "label")
+    about = splits.about if splits else {}
     train_source = f"builtin:{entry.name}" if entry else str(cfg.train)
-    train_rows = entry.load() if entry else bad.read(str(cfg.train), cfg.format)
-    file_rows = {s: bad.read(getattr(cfg, s), cfg.format) for s in ("validation", "test") if s not in carved}
+    if "train" in about:
+        train_source += f": {about['train']}"
+    if splits is not None:
+        train_rows = splits.train
+    else:
+        train_rows = entry.load() if entry else bad.read(str(cfg.train), cfg.format)
+    file_rows = {
+        s: bad.read(getattr(cfg, s), cfg.format) if getattr(cfg, s) is not None else splits.test
+        for s in ("validation", "test")
+        if s not in carved
+    }  # splits.test: the official test split (official_test)
+    eval_rows = {
+        name: bad.read(eval_files[name], cfg.format) if name in eval_files else splits.eval_sets[name]
+        for name in eval_names
+    }
 
     # Validate in file order (so "error" mode reports the first bad line), split afterwards: the split
     # depends only on the number of rows, not on which of them are bad.
     train_parsed = [_parse(row, text_field, label_field, bad) for row in train_rows]
     indices = _split_indices(len(train_rows), carved.get("validation", 0.0), carved.get("test", 0.0), seed)
     parsed = {s: [p for i in indices[s] if (p := train_parsed[i]) is not None] for s in ("train", *carved)}
-    for split, rows in file_rows.items():
+    for split, rows in [*file_rows.items(), *eval_rows.items()]:
         parsed[split] = [p for row in rows if (p := _parse(row, text_field, label_field, bad)) is not None]
 
+    named = {s: rows for s, rows in file_rows.items() if not (s == "test" and official_test)}  # data.* files
     sources = _describe_sources(train_source, carved, file_rows, cfg)
+    if official_test:
+        assert entry is not None
+        ignored = "; data.split.test is ignored" if cfg.split.test else ""
+        sources["test"] = f"builtin:{entry.name}: {about.get('test', 'official test set')}{ignored}"
+    sources = {s: sources[s] for s in SPLITS}
+    for name in eval_names:
+        builtin_source = f"builtin:{cfg.builtin}: {about.get(name, name)}"
+        sources[name] = eval_files[name] if name in eval_files else builtin_source
     train_labels = {p.label for p in parsed["train"]}
     if not parsed["train"]:
         raise DataError(f"{sources['train']}: no usable training rows" + _skip_note(bad))
@@ -287,32 +383,43 @@ def load_text_classification(cfg: DataConfig) -> TextData:
     index = {name: i for i, name in enumerate(label_names)}
 
     examples = {"train": _to_examples(parsed["train"], index, bad, "never appears in training")}
-    for split in ("validation", "test"):
+    for split in ("validation", "test", *eval_names):
         examples[split] = _to_examples(
             parsed[split], index, bad, f"(field {label_field!r}) never appears in the training split"
         )
-        if split in file_rows and not examples[split]:
+        if split in named and not examples[split]:
             raise DataError(f"{getattr(cfg, split)}: no rows left for the {split} split" + _skip_note(bad))
+        if split in eval_names and not examples[split]:
+            raise DataError(f"{sources[split]}: no rows left for the eval set {split!r}" + _skip_note(bad))
 
     limits = {
         "train": cfg.max_train_samples,
         "validation": cfg.max_eval_samples,
         "test": cfg.max_eval_samples,
     }
-    for stream, split in enumerate(SPLITS, 1):
+    streams = {**{split: i for i, split in enumerate(SPLITS, 1)}, **{n: eval_stream(n) for n in eval_names}}
+    for split, stream in streams.items():
         before = len(examples[split])
-        examples[split] = _subset(examples[split], limits[split], seed, stream)
+        examples[split] = _subset(examples[split], limits.get(split, cfg.max_eval_samples), seed, stream)
         if len(examples[split]) < before:
             sources[split] += f"; seeded subset of {len(examples[split]):,} of {before:,} (seed {seed})"
 
     report = DataReport(
         sources=sources,
-        counts={s: len(examples[s]) for s in SPLITS},
-        label_counts={s: _label_counts(examples[s], label_names) for s in SPLITS},
+        counts={s: len(examples[s]) for s in streams},
+        label_counts={s: _label_counts(examples[s], label_names) for s in streams},
         skipped=bad.count,
         skipped_examples=list(bad.examples),
+        eval_sets=list(eval_names),
     )
-    return TextData(examples["train"], examples["validation"], examples["test"], label_names, report)
+    return TextData(
+        examples["train"],
+        examples["validation"],
+        examples["test"],
+        label_names,
+        report,
+        {name: examples[name] for name in eval_names},
+    )
 
 
 def _skip_note(bad: _BadRows) -> str:

@@ -58,7 +58,7 @@ def keep_in_eval(modules: Iterable[nn.Module]) -> int:
     marked = 0
     for module in modules:
         if not getattr(module, "_tunesmith_keeps_eval", False):
-            module.register_forward_pre_hook(_run_as_inference)
+            module._tunesmith_eval_hook = module.register_forward_pre_hook(_run_as_inference)
             module._tunesmith_keeps_eval = True
             marked += 1
     return marked
@@ -85,3 +85,12 @@ def frozen_subtrees(model: nn.Module) -> list[nn.Module]:
 
     visit(model)
     return found
+
+
+def release_eval(model: nn.Module) -> None:
+    """Undo keep_in_eval everywhere (the next stage of a multi-stage run may train those parts)."""
+    for module in model.modules():
+        handle = module.__dict__.pop("_tunesmith_eval_hook", None)
+        if handle is not None:
+            handle.remove()
+            module._tunesmith_keeps_eval = False

@@ -56,6 +56,7 @@ class TrainResult:
     last_eval: dict[str, float]
     train_seconds: float
     samples: int
+    paused: bool = False  # stopped at pause_at_step; resuming continues
 
     @property
     def samples_per_second(self) -> float:
@@ -248,6 +249,15 @@ class _Trainer:
         if self.stopper.update(self.last_eval[metric], self.step) and self.cfg.early_stopping.restore_best:
             self.save_best()
 
+    def peek(self, log: MetricsLog) -> None:
+        """Evaluate without telling early stopping (a pause must not change how the run ends)."""
+        assert self.task.evaluate is not None
+        self.model.eval()
+        self.last_eval = self.task.evaluate(self.model)
+        self.model.train()
+        log.log({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "pause": True}
+                | self.last_eval)
+
     def restore_best(self) -> dict[str, Any] | None:
         if self.stopper.best_step is None:
             return None
@@ -262,8 +272,12 @@ class _Trainer:
 
 
 def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, info: DistInfo,
-          resume_from: Path | None = None) -> TrainResult:
-    """Train `model` in place; returns what happened. Under DDP every process calls this."""
+          resume_from: Path | None = None, pause_at_step: int | None = None) -> TrainResult:
+    """Train `model` in place; returns what happened. Under DDP every process calls this.
+
+    With `pause_at_step`, stop there (evaluated and checkpointed) without ending the run: resuming
+    continues as if never paused (the schedule is the full run's); a run resumed at or past the pause
+    step runs to the end."""
     trainer = _Trainer(model, task, cfg, run_dir, info)
     if resume_from is not None:
         trainer.resume(resume_from)
@@ -275,6 +289,9 @@ def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, in
                disable=not (cfg.progress and info.is_main), desc="train")
     window_loss, window_count, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
     stopped_early = trainer.finished and trainer.step < trainer.total_steps
+    paused = False
+    if pause_at_step is not None and trainer.step >= pause_at_step:
+        pause_at_step = None  # resuming a paused run: continue to the end
     try:
         while trainer.step < trainer.total_steps and not trainer.finished:
             t0 = time.perf_counter()
@@ -302,9 +319,15 @@ def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, in
             if task.evaluate is not None and trainer.eval_due():
                 trainer.evaluate(log)
                 stopped_early = trainer.stopper.should_stop and trainer.step < trainer.total_steps
+            paused = (pause_at_step is not None and trainer.step >= pause_at_step and not stopped_early
+                      and trainer.step < trainer.total_steps)
+            if paused and task.evaluate is not None and not trainer.eval_due():
+                trainer.peek(log)  # the metric that decides whether the run continues
             every = cfg.checkpoint_every
-            if stopped_early or trainer.step == trainer.total_steps or (every and trainer.step % every == 0):
+            if paused or stopped_early or trainer.step == trainer.total_steps or (every and trainer.step % every == 0):
                 trainer.save(final=stopped_early or trainer.step == trainer.total_steps)
+            if paused:
+                break
             if stopped_early:
                 bar.write(f"early stop at step {trainer.step}: {trainer.stopper.metric} has not improved "
                           f"for {trainer.stopper.bad_evals} evaluations (best {trainer.stopper.best:.4f} "
@@ -313,7 +336,8 @@ def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, in
     finally:
         bar.close()
         log.close()
-    best = trainer.restore_best()
+    best = None if paused else trainer.restore_best()
     return TrainResult(steps=trainer.step, total_steps=trainer.total_steps,
                        epochs=trainer.step / trainer.steps_per_epoch, stopped_early=stopped_early, best=best,
-                       last_eval=trainer.last_eval, train_seconds=trainer.train_seconds, samples=trainer.samples)
+                       last_eval=trainer.last_eval, train_seconds=trainer.train_seconds, samples=trainer.samples,
+                       paused=paused)
