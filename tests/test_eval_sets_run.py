@@ -25,3 +25,4 @@ def test_eval_sets_are_evaluated_and_reported(tiny_bert, tmp_path):
     evals = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
     assert len(evals) == 2 and all("ood-shouting_accuracy" in e for e in evals)
     assert s["best"]["metric"] == "val_accuracy"
+    assert (tmp_path / "r" / "plots" / "accuracy.png").exists() and (tmp_path / "r" / "plots" / "metrics.png").exists()

@@ -250,9 +250,10 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
         else:
             save_hf_model(model, tokenizer, run_dir / "model")
         ckpt.write_json_atomic(run_dir / "summary.json", summary)
-        from tunesmith.report.plots import plot_run
+        from tunesmith.report.plots import plot_final_accuracy, plot_run
 
         plot_run(run_dir)
+        plot_final_accuracy(final, run_dir / "plots" / "accuracy.png")
         objective.plots(details, data.label_names, run_dir / "plots")
         say(info, f"run written to {run_dir}: " + json.dumps({k: round(v, 4) for k, v in final.items()}))
     return summary

@@ -34,14 +34,16 @@ def plot_run(run_dir: Path) -> list[Path]:
     fig.savefig(out_dir / "loss.png", dpi=110)
     plt.close(fig)
     written.append(out_dir / "loss.png")
-    names = sorted({k for r in evals for k in r if k.startswith("val_") and k != "val_loss"})
+    skip = ("step", "epoch", "pause", "stage")
+    names = sorted({k for r in evals for k in r if k not in skip and not k.endswith(("_loss", "_perplexity"))
+                    and isinstance(r[k], (int, float))})  # validation and any eval sets evaluated alongside
     if names:
         fig, ax = plt.subplots(figsize=(7, 4))
         for name in names:
             points = [(r["step"], r[name]) for r in evals if name in r]
             ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=name)
         ax.set_xlabel("optimizer step")
-        ax.set_title(f"{run_dir.name}: validation metrics")
+        ax.set_title(f"{run_dir.name}: evaluation metrics")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -68,6 +70,25 @@ def plot_confusion(confusion: list[list[int]], label_names: list[str], path: Pat
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_final_accuracy(final: dict[str, float], path: Path) -> Path | None:
+    """A bar per evaluated split (validation, test and every eval set): ID vs OOD at a glance."""
+    bars = [(k[: -len("_accuracy")], v) for k, v in final.items() if k.endswith("_accuracy")]
+    if len(bars) < 3:  # validation and test alone need no picture
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(bars) + 1.5), 3.6))
+    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=["C0" if b[0] in ("val", "test") else "C3" for b in bars])
+    for i, (_, v) in enumerate(bars):
+        ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{path.parent.parent.name}: final accuracy (blue: in distribution, red: eval sets)", fontsize=9)
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
