@@ -143,14 +143,16 @@ def main(argv: list[str] | None = None) -> int:
 
             rows = [("name", "kind", "params", "license", "what it is")]
             rows += [(m.name, m.kind, m.params, m.license, m.description) for m in MODELS.values()]
-            print(_table(rows) + "\n\nAny local Hugging Face-format directory works too: model.name: /path/to/dir")
+            print(_table(rows) + "\n\nAny local Hugging Face-format directory works too: model.name: /path/to/dir; "
+                  "or your own torch image model: model.name: package.module:factory + model.weights")
             return 0
         if args.command == "datasets":
             from tunesmith.data import DATASETS
 
             rows = [("name", "task", "license", "what it is")]
             rows += [(d.name, d.task, d.license, d.description) for d in DATASETS.values()]
-            print(_table(rows) + "\n\nYour own files: data.train / data.validation / data.test (.jsonl .csv .tsv .parquet)")
+            print(_table(rows) + "\n\nYour own files: data.train / data.validation / data.test (.jsonl .csv .tsv .parquet; "
+                  "images: a folder with one subfolder per class, or a file of path,label); data.eval_sets for more")
             return 0
         if args.command == "methods":
             from tunesmith.methods import METHODS
