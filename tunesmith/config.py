@@ -91,6 +91,11 @@ class TrainConfig:
     group_by_length: bool = True  # batch items of similar length together: less padding, faster
     packing: bool = False  # causal_lm: several samples per row (no attention across them)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    # freeze / linear_probe: compute the frozen embeddings-or-stem + leading blocks once per training
+    # example and reuse them every epoch (classification objectives, no data augmentation)
+    cache_frozen_prefix: bool = True
+    prefix_cache_mb: float = 2048.0  # the cache is dropped (training recomputes) above this size
+    fused_optimizer: bool = True  # AdamW's fused kernel (one pass over each tensor) where torch has it
     exact_match: bool = True  # causal_lm: greedy answers on the test split vs the expected answers
     lr: float = 5e-5
     head_lr: float | None = None  # learning rate of the newly initialised head (default: lr)

@@ -194,18 +194,30 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
                          head_params=set(loaded.head_params), lengths=lengths)
         if info.is_main:
             stage.dir.mkdir(parents=True, exist_ok=True)
+        stage_started = time.perf_counter()
         resume_from = ckpt.latest_checkpoint(stage.dir / "checkpoints") if resume else None
+        finished = resume_from is not None and json.loads((resume_from / "meta.json").read_text()).get("final")
+        cache = None if finished else _prefix_cache(cfg, objective, model, encoded["train"], pad_id, info)
         resumed |= resume_from is not None
         local_pause = None if pause_at is None else pause_at - steps_before
         if local_pause is not None and local_pause <= 0:
             local_pause = None
-        result = train(model, task, stage.train, stage.dir, info, resume_from=resume_from,
-                       pause_at_step=local_pause)
+        try:
+            result = train(model, task, stage.train, stage.dir, info, resume_from=resume_from,
+                           pause_at_step=local_pause)
+        finally:
+            if cache is not None:
+                cache.detach()  # the next stage may train what this one froze
         results.append(result)
         stage_rows.append({"name": stage.name, "method": stage.method.name, "trainable_params": trainable,
                            "steps": result.steps, "total_steps": result.total_steps,
                            "train_seconds": round(result.train_seconds, 2), "best": result.best,
-                           "stopped_early": result.stopped_early})
+                           "stopped_early": result.stopped_early,
+                           # this attempt's wall time: cache fill, steps, evaluations, checkpoints
+                           "stage_wall_seconds": round(time.perf_counter() - stage_started, 2),
+                           "prefix_cache": None if cache is None else {
+                               "blocks": cache.frozen_blocks, "examples": cache.examples,
+                               "mb": round(cache.megabytes, 1), "seconds": round(cache.fill_seconds, 2)}})
         steps_before += result.total_steps
         if result.paused:
             return _pause(run_dir, info, stage, result, steps_before - result.total_steps + result.steps, pause_at,
@@ -231,6 +243,8 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
         "label_names": data.label_names, "steps": last.steps, "total_steps": last.total_steps,
         "epochs": round(last.epochs, 4), "stopped_early": last.stopped_early, "best": last.best, "final": final,
         "details": details, "train_seconds": round(train_seconds, 2),
+        "stage_wall_seconds": round(sum(row["stage_wall_seconds"] for row in stage_rows), 2),
+        "prefix_cache": [row["prefix_cache"] for row in stage_rows],
         "samples_per_s": round(sum(r.samples for r in results) / train_seconds, 2) if train_seconds else 0.0,
         "wall_seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
         "world_size": info.world_size, "data": asdict(data.report), "encoding": encode_stats,
@@ -257,6 +271,21 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
         objective.plots(details, data.label_names, run_dir / "plots")
         say(info, f"run written to {run_dir}: " + json.dumps({k: round(v, 4) for k, v in final.items()}))
     return summary
+
+
+def _prefix_cache(cfg: RunConfig, objective, model: torch.nn.Module, items: list, pad_id: int | None,
+                  info: DistInfo):
+    """Frozen-prefix caching where it is exact: classification objectives with deterministic inputs."""
+    t = cfg.train
+    if not t.cache_frozen_prefix or cfg.objective not in ("classify", "image_classify") or not items:
+        return None
+    if cfg.data.augment or t.gradient_checkpointing:
+        return None  # augmented inputs differ every epoch; checkpointing re-runs blocks in backward
+    from tunesmith.train.prefix_cache import attach_prefix_cache
+
+    return attach_prefix_cache(model, items, lambda batch: objective.collate(batch, pad_id), objective.loss_sum,
+                               info.device, batch_size=t.eval_batch_size, budget_mb=t.prefix_cache_mb,
+                               say=lambda message: say(info, message), progress=t.progress and info.is_main)
 
 
 def peak_rss_mb() -> float:

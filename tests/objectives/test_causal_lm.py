@@ -70,3 +70,35 @@ def test_packed_batch_gives_the_same_per_sample_loss(model_and_tokenizer):
     leaky = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"]))
     with torch.no_grad():
         assert not torch.allclose(lm.token_losses(model, leaky), losses, atol=1e-4)
+
+
+def test_target_only_logits_equal_the_full_forward(model_and_tokenizer, monkeypatch):
+    """The output layer on target positions only gives the same losses and gradients as the model's own
+    forward over every position, and eval metrics agree."""
+    model, tok = model_and_tokenizer
+    model = model.train()
+    examples = [LMExample("prompt", f"x:{i}", prompt="review " + "good film " * (i + 1), completion=answer)
+                for i, answer in enumerate(["fresh", "rotten", "fresh and fun"])]
+    items, _ = lm.encode(examples, tok, max_length=64)
+    batch = lm.collate(items, pad_id=tok.pad_token_id)
+    assert lm._body_and_head(model) is not None  # a plain causal LM takes the fast path
+
+    def run():
+        model.zero_grad()
+        losses = lm.token_losses(model, batch)
+        losses.sum().backward()
+        return losses.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fast, fast_grads = run()
+    monkeypatch.setattr(lm, "TARGET_ONLY_LOGITS", False)
+    slow, slow_grads = run()
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    assert (fast > 0).sum() == lm.count(batch)
+    assert fast_grads.keys() == slow_grads.keys()
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-4, atol=1e-6)
+    slow_metrics = lm.metrics(lm.eval_sums(model, items, 2, tok.pad_token_id, torch.device("cpu")))
+    monkeypatch.setattr(lm, "TARGET_ONLY_LOGITS", True)
+    fast_metrics = lm.metrics(lm.eval_sums(model, items, 2, tok.pad_token_id, torch.device("cpu")))
+    assert fast_metrics == pytest.approx(slow_metrics, rel=1e-5)
+    assert 0.0 <= fast_metrics["token_accuracy"] <= 1.0

@@ -21,8 +21,11 @@ from torch import nn
 
 from tunesmith.errors import DataError
 
-DESCRIPTION = "next-token cross-entropy on completions / assistant turns / text; loss and perplexity"
+DESCRIPTION = "next-token cross-entropy on completions / assistant turns / text; loss, perplexity, token accuracy"
 IGNORE = -100
+# Run the output layer on target positions only (see target_logits); False restores the model's own
+# forward over every position, which benchmarks/anchor.py uses to measure what this saves.
+TARGET_ONLY_LOGITS = True
 
 
 @dataclass(frozen=True)
@@ -156,11 +159,56 @@ def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**inputs, use_cache=False).logits
 
 
+def target_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits at the target positions (n, vocab), their targets (n,), where they are (batch, length - 1))."""
+    targets = batch["labels"][:, 1:]
+    wanted = targets != IGNORE
+    split = _body_and_head(model) if TARGET_ONLY_LOGITS else None
+    if split is not None:
+        # the output layer runs on target positions only: with short answers after long prompts
+        # (chat SFT) that skips most of a vocabulary-sized matmul, its softmax and their memory
+        body, head = split
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1]
+        return head(hidden[wanted]).float(), targets[wanted], wanted
+    logits = _forward(model, batch)[:, :-1]
+    return logits[wanted].float(), targets[wanted], wanted
+
+
 def token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-token loss (0 where not a target), shape (batch, length - 1)."""
-    logits = _forward(model, batch)[:, :-1].float()
-    targets = batch["labels"][:, 1:]
-    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+    logits, targets, wanted = target_logits(model, batch)
+    losses = torch.zeros(wanted.shape, dtype=torch.float32, device=wanted.device)
+    return losses.masked_scatter(wanted, F.cross_entropy(logits, targets, reduction="none"))
+
+
+def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(the transformer that gives final hidden states, the output layer) of a plain transformers causal
+    LM whose logits are exactly head(hidden); None for anything else (then the model's own forward runs).
+    Checked once per model on a short input, so an architecture that scales or caps its logits is caught."""
+    known = model.__dict__.get("_tunesmith_body_head")
+    if known is not None:
+        return known or None
+    split = None
+    prefix = getattr(model, "base_model_prefix", None)
+    body = getattr(model, prefix, None) if prefix else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(body, nn.Module) and isinstance(head, nn.Linear) and type(model).__name__.endswith("ForCausalLM"):
+        ids = torch.arange(1, 9, device=head.weight.device).view(1, -1) % head.out_features
+        was_training = model.training
+        model.eval()  # no dropout, so the two forwards are comparable
+        try:
+            with torch.no_grad():
+                full = model(input_ids=ids, use_cache=False).logits.float()
+                ours = head(body(input_ids=ids, use_cache=False).last_hidden_state).float()
+            if torch.allclose(full, ours, rtol=1e-4, atol=1e-4):
+                split = (body, head)
+        except (TypeError, AttributeError, RuntimeError):
+            split = None
+        finally:
+            model.train(was_training)
+    model.__dict__["_tunesmith_body_head"] = split or ()
+    return split
 
 
 def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -172,13 +220,16 @@ def eval_sums(model: nn.Module, items: Sequence[LMItem], batch_size: int, pad_id
               num_labels: int = 0) -> dict[str, torch.Tensor]:
     loss = torch.zeros((), dtype=torch.float64)
     tokens = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.float64)
     order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     for start in range(0, len(order), batch_size):
         batch = collate([items[i] for i in order[start : start + batch_size]], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
-        loss += loss_sum(model, batch).double().cpu()
-        tokens += count(batch)
-    return {"loss": loss, "tokens": tokens}
+        logits, targets, _ = target_logits(model, batch)
+        loss += F.cross_entropy(logits, targets, reduction="sum").double().cpu()
+        correct += (logits.argmax(-1) == targets).sum().double().cpu()
+        tokens += targets.numel()
+    return {"loss": loss, "tokens": tokens, "correct": correct}
 
 
 def metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -186,7 +237,8 @@ def metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     if not n:
         return {}
     mean = sums["loss"].item() / n
-    return {"loss": mean, "perplexity": float(torch.tensor(mean).exp())}
+    return {"loss": mean, "perplexity": float(torch.tensor(mean).exp()),
+            "token_accuracy": sums["correct"].item() / n}
 
 
 def details(sums: dict[str, torch.Tensor], label_names) -> dict:

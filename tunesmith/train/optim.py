@@ -30,7 +30,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, head_params: set[str]) -
     groups = param_groups(model, cfg, head_params)
     if not groups:
         raise ValueError("no trainable parameters: the method froze everything")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    fused = cfg.fused_optimizer and _fused_supported(groups)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
+
+
+def _fused_supported(groups: list[dict]) -> bool:
+    """torch's fused AdamW takes floating-point tensors on CPU or CUDA (not sparse, not complex)."""
+    params = [p for g in groups for p in g["params"]]
+    return all(p.is_floating_point() and not p.is_sparse and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:

@@ -1,0 +1,193 @@
+"""The jobs `python -m benchmarks.anchor` runs: one setting, run by tunesmith and by an anchor.
+
+A case fixes everything that decides the result (model, data, sizes, batch, sequence length, epochs,
+learning rate, schedule, LoRA shape); a *variant* is who runs it: the anchor, tunesmith, or tunesmith
+with one optimisation turned off (to measure that optimisation on its own). Every variant returns the
+wall time of its training phase and the held-out metric computed by the same tunesmith evaluation
+function (`eval_sums`) on the same held-out examples, so metrics are comparable by construction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything both sides share. Defaults per case in CASES; the CLI may override sizes."""
+
+    model: str
+    data: str  # a tunesmith built-in data set
+    train: int
+    test: int
+    epochs: float
+    batch_size: int
+    lr: float
+    max_length: int = 64
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    method: dict = field(default_factory=dict)  # tunesmith's method block (the anchor mirrors it)
+    image_size: int = 64
+
+
+Runner = Callable[[Setup, int, Path], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    title: str
+    objective: str  # classify | causal_lm | image_classify
+    metric: str  # the key in tunesmith's evaluation metrics, e.g. accuracy / loss
+    higher_is_better: bool
+    setup: Setup
+    anchor: str  # what the anchor is, for the table
+    variants: dict[str, Runner]  # "anchor" and "tunesmith" first, then ablations
+    ablations: dict[str, str] = field(default_factory=dict)  # variant -> what it turns off
+
+
+# -- the data and configs both sides use ------------------------------------------------------------
+def data_block(s: Setup) -> dict:
+    split = {"validation": 0.0, "test": 0.15, "seed": 0}
+    if s.data.startswith("fashion-mnist"):
+        split = {"validation": 0.0, "seed": 0}  # the official test set
+    return {"builtin": s.data, "split": split, "max_train_samples": s.train, "max_eval_samples": s.test}
+
+
+def run_config(s: Setup, objective: str, seed: int, overrides: dict | None = None) -> dict:
+    train = {"epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr, "weight_decay": s.weight_decay,
+             "warmup_ratio": s.warmup_ratio, "schedule": "linear", "max_grad_norm": 1.0, "init_seed": seed,
+             "data_seed": seed, "progress": False, "log_every": 50, "eval_every": "epoch",
+             "eval_batch_size": 64}
+    model = {"name": s.model, "max_length": s.max_length}
+    if objective == "image_classify":
+        model = {"name": s.model, "image_size": s.image_size}
+    if objective == "causal_lm":
+        train["exact_match"] = False  # the shared held-out metric is loss / token accuracy
+    config = {"model": model, "method": s.method, "objective": objective, "data": data_block(s), "train": train}
+    for key, value in (overrides or {}).items():  # "train.group_by_length": False
+        section, name = key.split(".")
+        config[section] = {**config[section], name: value}
+    return config
+
+
+def load_data(s: Setup, objective: str):
+    """The exact examples tunesmith trains and tests on, for the anchor to use too."""
+    from tunesmith.config import config_from_dict
+    from tunesmith.objectives import OBJECTIVES
+
+    cfg = config_from_dict(run_config(s, objective, 0), source="benchmark")
+    return OBJECTIVES[objective].load_data(cfg)
+
+
+def held_out(objective: str, model, items, pad_id, num_labels: int = 0) -> dict[str, float]:
+    """The shared yardstick: tunesmith's own evaluation sums on the held-out items."""
+    import torch
+
+    from tunesmith.objectives import OBJECTIVES
+
+    module = OBJECTIVES[objective]
+    model.eval()
+    return module.metrics(module.eval_sums(model, items, 64, pad_id, torch.device("cpu"), num_labels))
+
+
+# -- tunesmith --------------------------------------------------------------------------------------
+def tunesmith_runner(objective: str, overrides: dict | None = None, setup: Callable[[], None] | None = None
+                     ) -> Runner:
+    def run_tunesmith(s: Setup, seed: int, out: Path) -> dict[str, Any]:
+        from tunesmith.config import config_from_dict
+        from tunesmith.run import run
+
+        if setup is not None:
+            setup()
+        cfg = config_from_dict(run_config(s, objective, seed, overrides), source="benchmark")
+        summary = run(cfg, out, overwrite=True)
+        metrics = {k.removeprefix("test_"): v for k, v in summary["final"].items() if k.startswith("test_")}
+        cache = [c for c in summary.get("prefix_cache", []) if c]
+        return {"train_seconds": summary["stage_wall_seconds"], "metrics": metrics,
+                "notes": f"frozen prefix cached ({cache[0]['mb']:.0f} MB)" if cache else ""}
+
+    return run_tunesmith
+
+
+def _full_logits() -> None:
+    from tunesmith.objectives import causal_lm
+
+    causal_lm.TARGET_ONLY_LOGITS = False
+
+
+# -- the cases --------------------------------------------------------------------------------------
+def _cases() -> dict[str, Case]:
+    from benchmarks import hf_anchors as hf
+
+    lora_qv = {"name": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["query", "value"],
+                                        "modules_to_save": ["bert.pooler"]}}
+    no_grouping = {"train.group_by_length": False}
+    no_fused = {"train.fused_optimizer": False}
+    text_ablations = {"no-grouping": "length-grouped batches",
+                      "plain-adamw": "the fused AdamW kernel"}
+    return {
+        "minilm-lora": Case(
+            "minilm-lora", "minilm-l6 + LoRA r=8 (query, value; pooler trained) on rotten-tomatoes",
+            "classify", "accuracy", True,
+            Setup("minilm-l6", "rotten-tomatoes", train=3000, test=1000, epochs=1, batch_size=32, lr=2e-3,
+                  method=lora_qv),
+            "PEFT LoRA + transformers Trainer",
+            {"anchor": hf.trainer_classify, "tunesmith": tunesmith_runner("classify"),
+             "no-grouping": tunesmith_runner("classify", no_grouping),
+             "plain-adamw": tunesmith_runner("classify", no_fused)},
+            text_ablations),
+        "minilm-full": Case(
+            "minilm-full", "minilm-l6 full fine-tuning on rotten-tomatoes", "classify", "accuracy", True,
+            Setup("minilm-l6", "rotten-tomatoes", train=1500, test=1000, epochs=1, batch_size=32, lr=1e-4,
+                  method={"name": "full"}),
+            "transformers Trainer",
+            {"anchor": hf.trainer_classify, "tunesmith": tunesmith_runner("classify"),
+             "no-grouping": tunesmith_runner("classify", no_grouping),
+             "plain-adamw": tunesmith_runner("classify", no_fused)},
+            text_ablations),
+        "smollm2-lora-sft": Case(
+            "smollm2-lora-sft", "smollm2-135m + LoRA r=8 (q, k, v, o) SFT on rotten-tomatoes-chat",
+            "causal_lm", "loss", False,
+            Setup("smollm2-135m", "rotten-tomatoes-chat", train=120, test=200, epochs=1, batch_size=8, lr=1e-3,
+                  max_length=128, weight_decay=0.0, warmup_ratio=0.05,
+                  method={"name": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
+                                                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}),
+            "TRL SFTTrainer + PEFT LoRA",
+            {"anchor": hf.trl_sft, "tunesmith": tunesmith_runner("causal_lm"),
+             "all-logits": tunesmith_runner("causal_lm", setup=_full_logits),
+             "no-grouping": tunesmith_runner("causal_lm", no_grouping)},
+            {"all-logits": "the output layer on target positions only",
+             "no-grouping": "length-grouped batches"}),
+        "efficientnet-freeze": Case(
+            "efficientnet-freeze", "efficientnet-lite0, stem + 8 of 16 blocks frozen, on fashion-mnist (64 px)",
+            "image_classify", "accuracy", True,
+            Setup("efficientnet-lite0", "fashion-mnist", train=2000, test=1000, epochs=3, batch_size=64, lr=1e-3,
+                  warmup_ratio=0.05, method={"name": "freeze", "freeze_embeddings": True, "freeze_layers": 8}),
+            "plain PyTorch loop",
+            {"anchor": hf.plain_image_loop, "tunesmith": tunesmith_runner("image_classify"),
+             "no-cache": tunesmith_runner("image_classify", {"train.cache_frozen_prefix": False})},
+            {"no-cache": "frozen-prefix caching"}),
+    }
+
+
+def get_case(name: str, **sizes: Any) -> Case:
+    cases = _cases()
+    if name not in cases:
+        raise SystemExit(f"--case: {name!r} is not one of {', '.join(cases)}")
+    case = cases[name]
+    changed = {k: v for k, v in sizes.items() if v is not None}
+    return replace(case, setup=replace(case.setup, **changed)) if changed else case
+
+
+CASE_NAMES = ("minilm-lora", "minilm-full", "smollm2-lora-sft", "efficientnet-freeze")
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start

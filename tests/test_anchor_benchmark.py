@@ -1,0 +1,34 @@
+"""The side-by-side benchmark harness runs both sides of a case end to end (tiny models, tiny data):
+each in its own process, alternating, with the same held-out yardstick, and writes its table and JSON."""
+
+import json
+
+import pytest
+from helpers import ROOT, cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("case, model, repeats", [("minilm-lora", "tiny_bert", 2), ("smollm2-lora-sft", "tiny_llama", 1)])
+def test_anchor_benchmark_runs_both_sides(case, model, repeats, request, tmp_path):
+    model_dir = request.getfixturevalue(model)
+    out = tmp_path / "bench"
+    result = cli("--case", case, "--model", str(model_dir), "--train", "32", "--test", "16", "--repeats", str(repeats),
+                 "--variants", "anchor,tunesmith", "--out", str(out), module="benchmarks.anchor", cwd=ROOT,
+                 timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / f"{case}.json").read_text())
+    runs = record["runs"]
+    # alternating order: seed 0 runs anchor first, seed 1 tunesmith first
+    order = [("anchor", 0), ("tunesmith", 0), ("tunesmith", 1), ("anchor", 1)]
+    assert [(r["variant"], r["seed"]) for r in runs] == order[: 2 * repeats]
+    metric = "accuracy" if case == "minilm-lora" else "loss"
+    for r in runs:
+        assert r["train_seconds"] > 0 and r["peak_rss_mb"] > 100
+        assert metric in r["metrics"] and r["metrics"][metric] >= 0
+    assert record["workload"]["samples_per_epoch"] == 32 and record["workload"]["flops_per_sample"] > 0
+    rows = {row["variant"]: row for row in record["rows"]}
+    assert rows["anchor"]["speed_vs_anchor"] == pytest.approx(1.0)
+    assert rows["tunesmith"]["speed_vs_anchor"] > 0 and 0 < rows["tunesmith"]["mfu"]
+    table = (out / f"{case}.md").read_text()
+    assert "| tunesmith |" in table and "| anchor |" in table and "GFLOP/s" in table
