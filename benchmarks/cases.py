@@ -164,10 +164,10 @@ def _cases() -> dict[str, Case]:
             {"all-logits": "the output layer on target positions only",
              "no-grouping": "length-grouped batches"}),
         "efficientnet-freeze": Case(
-            "efficientnet-freeze", "efficientnet-lite0, stem + 8 of 16 blocks frozen, on fashion-mnist (64 px)",
+            "efficientnet-freeze", "efficientnet-lite0, stem + 12 of 16 blocks frozen, on fashion-mnist (64 px)",
             "image_classify", "accuracy", True,
             Setup("efficientnet-lite0", "fashion-mnist", train=2000, test=1000, epochs=3, batch_size=64, lr=1e-3,
-                  warmup_ratio=0.05, method={"name": "freeze", "freeze_embeddings": True, "freeze_layers": 8}),
+                  warmup_ratio=0.05, method={"name": "freeze", "freeze_embeddings": True, "freeze_layers": 12}),
             "plain PyTorch loop",
             {"anchor": hf.plain_image_loop, "tunesmith": tunesmith_runner("image_classify"),
              "no-cache": tunesmith_runner("image_classify", {"train.cache_frozen_prefix": False})},

@@ -197,3 +197,21 @@ def test_target_errors_name_the_module(tiny_bert):
     cnn = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4))
     with pytest.raises(ConfigError, match="grouped convolution"):
         L.resolve_targets(cnn, ["0"], set())
+
+
+def test_lora_wraps_the_base_weights_in_place(tiny_bert_nodrop):
+    """No second copy of the pretrained weights: every wrapped layer holds the original tensor."""
+    loaded = load_text_classifier(str(tiny_bert_nodrop), ["a", "b"], init_seed=0)
+    model = loaded.model
+    before = {name: p.data_ptr() for name, p in model.named_parameters()}
+    base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    METHODS["lora"].apply(loaded, MethodConfig(name="lora", lora=LoraConfig(r=4, alpha=8,
+                                                                         target_modules="all-linear")))
+    wrapped = list(L.lora_layers(model))
+    assert wrapped
+    after = {name.replace(".base_layer", ""): p.data_ptr() for name, p in model.named_parameters()
+             if "lora_" not in name}
+    assert after == before  # same storage, not copies
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    adapters = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "lora_" in n)
+    assert sum(storages.values()) == base_bytes + adapters
