@@ -211,7 +211,9 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
         results.append(result)
         stage_rows.append({"name": stage.name, "method": stage.method.name, "trainable_params": trainable,
                            "steps": result.steps, "total_steps": result.total_steps,
-                           "train_seconds": round(result.train_seconds, 2), "best": result.best,
+                           # the frozen-prefix cache fill is training work too
+                           "train_seconds": round(result.train_seconds + (cache.fill_seconds if cache else 0.0), 2),
+                           "best": result.best,
                            "stopped_early": result.stopped_early,
                            # this attempt's wall time: cache fill, steps, evaluations, checkpoints
                            "stage_wall_seconds": round(time.perf_counter() - stage_started, 2),
@@ -236,7 +238,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
     if cfg.objective == "causal_lm" and cfg.train.exact_match and data.test:
         final |= _exact_match(model, tokenizer, data.test, info)
     last = results[-1]
-    train_seconds = sum(r.train_seconds for r in results)
+    train_seconds = sum(row["train_seconds"] for row in stage_rows)
     summary = {
         "model": cfg.model.name, "method": stages[-1].method.name, "objective": cfg.objective,
         "trainable_params": stage_rows[-1]["trainable_params"], "total_params": total,
