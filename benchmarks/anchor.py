@@ -171,7 +171,8 @@ def table(case: Case, rows: list[dict], work: dict, peak: float, repeats: int) -
     better = "higher" if case.higher_is_better else "lower"
     lines = [f"### {case.name}: {case.title}", "",
              f"{work['samples_per_epoch']:,} training samples x {s.epochs:g} epoch(s), batch {s.batch_size}, "
-             f"max length {s.max_length}, lr {s.lr:g}; held-out {case.metric} ({better} is better) on {s.test:,} "
+             + (f"max length {s.max_length}, " if case.objective != "image_classify" else "")
+             + f"lr {s.lr:g}; held-out {case.metric} ({better} is better) on {s.test:,} "
              f"examples; anchor: {case.anchor}; {repeats} repeat(s), seeds 0..{repeats - 1}, medians", "",
              f"| variant | samples/s | real tokens/s | MFU | peak RSS MB | held-out {case.metric} | speed vs anchor "
              "| RSS vs anchor |", "|---|---|---|---|---|---|---|---|"]
