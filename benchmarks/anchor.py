@@ -12,7 +12,12 @@ Columns: samples/s and real (non-pad) tokens/s of the training phase (tunesmith:
 stage, frozen-prefix cache fill included, to its last checkpoint; anchor: the `train()` call), model
 FLOPs utilisation (the FLOPs of the standard forward + backward of those samples, counted by torch's
 FlopCounterMode, per second, over a measured fp32 matmul peak), peak RSS, and the held-out metric from
-the same evaluation code for every side. Writes OUT/CASE.json (every run) and OUT/CASE.md (the table).
+the same evaluation code for every side, with its difference from the anchor paired by seed (mean ±
+standard error). Writes OUT/CASE.json (every run) and OUT/CASE.md (the table).
+
+Besides tunesmith's ablations (one optimisation off each), every case has the A/B check `same-order`:
+the anchor fed tunesmith's own batches. Two runs that see different shuffles differ by more than half
+a point on these small held-out sets by chance alone; with the order fixed, what remains is the code.
 """
 
 from __future__ import annotations
@@ -162,6 +167,11 @@ def summarise(case: Case, runs: list[dict], work: dict, peak: float) -> list[dic
         rss = [r["peak_rss_mb"] / anchor[r["seed"]]["peak_rss_mb"] for r in mine if r["seed"] in anchor]
         row["speed_vs_anchor"] = statistics.median(ratios) if ratios else None
         row["rss_vs_anchor"] = statistics.median(rss) if rss else None
+        diffs = [r["metrics"][case.metric] - anchor[r["seed"]]["metrics"][case.metric] for r in mine if r["seed"] in anchor]
+        row["metric_mean"] = statistics.fmean(r["metrics"][case.metric] for r in mine)
+        row["metric_diffs"] = diffs  # paired by seed: the same seed's anchor run
+        row["metric_diff_mean"] = statistics.fmean(diffs) if diffs else None
+        row["metric_diff_se"] = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
         rows.append(row)
     return rows
 
@@ -174,21 +184,33 @@ def table(case: Case, rows: list[dict], work: dict, peak: float, repeats: int) -
              + (f"max length {s.max_length}, " if case.objective != "image_classify" else "")
              + f"lr {s.lr:g}; held-out {case.metric} ({better} is better) on {s.test:,} "
              f"examples; anchor: {case.anchor}; {repeats} repeat(s), seeds 0..{repeats - 1}, medians", "",
-             f"| variant | samples/s | real tokens/s | MFU | peak RSS MB | held-out {case.metric} | speed vs anchor "
-             "| RSS vs anchor |", "|---|---|---|---|---|---|---|---|"]
+             f"| variant | samples/s | real tokens/s | MFU | peak RSS MB | held-out {case.metric} | {case.metric} vs anchor "
+             "| speed vs anchor | RSS vs anchor |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tokens = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"
         speed = f"{r['speed_vs_anchor']:.2f}x" if r["speed_vs_anchor"] else "-"
         rss = f"{r['rss_vs_anchor']:.2f}x" if r["rss_vs_anchor"] else "-"
-        name = r["variant"] if r["variant"] in ("anchor", "tunesmith") else f"tunesmith without {case.ablations[r['variant']]}"
+        name = case.label(r["variant"])
         name += f" ({r['notes']})" if r["notes"] else ""
         lines.append(f"| {name} | {r['samples_per_s']:.1f} | {tokens} | {100 * r['mfu']:.1f}% | "
                      f"{r['peak_rss_mb']:,.0f} | {r['metric']:.4f} ({', '.join(f'{m:.4f}' for m in r['metrics_per_seed'])}) "
-                     f"| {speed} | {rss} |")
+                     f"| {metric_difference(case, r)} | {speed} | {rss} |")
     lines.append("")
+    lines.append(f"{case.metric} vs anchor: the mean over seeds of (variant - anchor on the same seed) ± its standard "
+                 "error" + (", in accuracy points" if case.metric == "accuracy" else "") + ".")
     lines.append(f"MFU: model FLOPs of the standard forward + backward ({work['flops_per_sample'] / 1e9:.2f} "
                  f"GFLOP per sample) per second over the measured fp32 matmul peak, {peak / 1e9:.1f} GFLOP/s.")
     return "\n".join(lines)
+
+
+def metric_difference(case: Case, row: dict) -> str:
+    if row["variant"] == "anchor" or row["metric_diff_mean"] is None:
+        return "-"
+    scale, unit, digits = (100, " pt", 2) if case.metric == "accuracy" else (1, "", 4)
+    text = f"{scale * row['metric_diff_mean']:+.{digits}f}"
+    if row["metric_diff_se"] is not None:
+        text += f" ± {scale * row['metric_diff_se']:.{digits}f}"
+    return text + unit
 
 
 def bench(case: Case, repeats: int, out: Path, sizes: dict, variants: list[str] | None, peak: float) -> str:
@@ -218,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="runs/anchor")
     p.add_argument("--variants", help="comma-separated subset: anchor, tunesmith and the case's ablations "
-                   "(no-grouping, plain-adamw, all-logits, no-cache; default: all)")
+                   "(no-grouping, plain-adamw, all-logits, no-cache) and A/B checks (same-order); default: all)")
     for size in ("train", "test", "batch_size"):
         p.add_argument(f"--{size.replace('_', '-')}", dest=size, type=int)
     p.add_argument("--epochs", type=float)

@@ -9,9 +9,11 @@ function (`eval_sums`) on the same held-out examples, so metrics are comparable 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,11 @@ class Case:
     higher_is_better: bool
     setup: Setup
     anchor: str  # what the anchor is, for the table
-    variants: dict[str, Runner]  # "anchor" and "tunesmith" first, then ablations
-    ablations: dict[str, str] = field(default_factory=dict)  # variant -> what it turns off
+    variants: dict[str, Runner]  # "anchor" and "tunesmith" first, then ablations and A/B checks
+    labels: dict[str, str] = field(default_factory=dict)  # variant -> its row's name in the table
+
+    def label(self, variant: str) -> str:
+        return self.labels.get(variant, variant)
 
 
 # -- the data and configs both sides use ------------------------------------------------------------
@@ -82,6 +87,17 @@ def load_data(s: Setup, objective: str):
 
     cfg = config_from_dict(run_config(s, objective, 0), source="benchmark")
     return OBJECTIVES[objective].load_data(cfg)
+
+
+def tunesmith_batches(s: Setup, seed: int, items: list) -> list[list[list[int]]]:
+    """The batches tunesmith trains on, epoch by epoch, for an anchor fed the same order."""
+    from tunesmith.config import TrainConfig
+    from tunesmith.train.loop import epoch_batches
+
+    lengths = [len(it.input_ids) for it in items] if items and hasattr(items[0], "input_ids") else None
+    if not TrainConfig().group_by_length:
+        lengths = None
+    return [epoch_batches(len(items), s.batch_size, seed, epoch, lengths) for epoch in range(math.ceil(s.epochs))]
 
 
 def held_out(objective: str, model, items, pad_id, num_labels: int = 0) -> dict[str, float]:
@@ -128,8 +144,9 @@ def _cases() -> dict[str, Case]:
                                         "modules_to_save": ["bert.pooler"]}}
     no_grouping = {"train.group_by_length": False}
     no_fused = {"train.fused_optimizer": False}
-    text_ablations = {"no-grouping": "length-grouped batches",
-                      "plain-adamw": "the fused AdamW kernel"}
+    same_order = "anchor fed tunesmith's batch order"
+    text_labels = {"no-grouping": "tunesmith without length-grouped batches",
+                   "plain-adamw": "tunesmith without the fused AdamW kernel", "same-order": same_order}
     return {
         "minilm-lora": Case(
             "minilm-lora", "minilm-l6 + LoRA r=8 (query, value; pooler trained) on rotten-tomatoes",
@@ -139,8 +156,9 @@ def _cases() -> dict[str, Case]:
             "PEFT LoRA + transformers Trainer",
             {"anchor": hf.trainer_classify, "tunesmith": tunesmith_runner("classify"),
              "no-grouping": tunesmith_runner("classify", no_grouping),
-             "plain-adamw": tunesmith_runner("classify", no_fused)},
-            text_ablations),
+             "plain-adamw": tunesmith_runner("classify", no_fused),
+             "same-order": partial(hf.trainer_classify, same_order=True)},
+            text_labels),
         "minilm-full": Case(
             "minilm-full", "minilm-l6 full fine-tuning on rotten-tomatoes", "classify", "accuracy", True,
             Setup("minilm-l6", "rotten-tomatoes", train=1500, test=1000, epochs=1, batch_size=32, lr=1e-4,
@@ -148,8 +166,9 @@ def _cases() -> dict[str, Case]:
             "transformers Trainer",
             {"anchor": hf.trainer_classify, "tunesmith": tunesmith_runner("classify"),
              "no-grouping": tunesmith_runner("classify", no_grouping),
-             "plain-adamw": tunesmith_runner("classify", no_fused)},
-            text_ablations),
+             "plain-adamw": tunesmith_runner("classify", no_fused),
+             "same-order": partial(hf.trainer_classify, same_order=True)},
+            text_labels),
         "smollm2-lora-sft": Case(
             "smollm2-lora-sft", "smollm2-135m + LoRA r=8 (q, k, v, o) SFT on rotten-tomatoes-chat",
             "causal_lm", "loss", False,
@@ -160,9 +179,10 @@ def _cases() -> dict[str, Case]:
             "TRL SFTTrainer + PEFT LoRA",
             {"anchor": hf.trl_sft, "tunesmith": tunesmith_runner("causal_lm"),
              "all-logits": tunesmith_runner("causal_lm", setup=_full_logits),
-             "no-grouping": tunesmith_runner("causal_lm", no_grouping)},
-            {"all-logits": "the output layer on target positions only",
-             "no-grouping": "length-grouped batches"}),
+             "no-grouping": tunesmith_runner("causal_lm", no_grouping),
+             "same-order": partial(hf.trl_sft, same_order=True)},
+            {"all-logits": "tunesmith without the output layer on target positions only",
+             "no-grouping": "tunesmith without length-grouped batches", "same-order": same_order}),
         "efficientnet-freeze": Case(
             "efficientnet-freeze", "efficientnet-lite0, stem + 12 of 16 blocks frozen, on fashion-mnist (64 px)",
             "image_classify", "accuracy", True,
@@ -170,8 +190,9 @@ def _cases() -> dict[str, Case]:
                   warmup_ratio=0.05, method={"name": "freeze", "freeze_embeddings": True, "freeze_layers": 12}),
             "plain PyTorch loop",
             {"anchor": hf.plain_image_loop, "tunesmith": tunesmith_runner("image_classify"),
-             "no-cache": tunesmith_runner("image_classify", {"train.cache_frozen_prefix": False})},
-            {"no-cache": "frozen-prefix caching"}),
+             "no-cache": tunesmith_runner("image_classify", {"train.cache_frozen_prefix": False}),
+             "same-order": partial(hf.plain_image_loop, same_order=True)},
+            {"no-cache": "tunesmith without frozen-prefix caching", "same-order": same_order}),
     }
 
 

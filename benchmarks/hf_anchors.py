@@ -5,6 +5,9 @@
   completion only, as tunesmith trains the assistant turn);
 - images: a plain PyTorch loop (frozen part in eval mode, AdamW, the same schedule).
 
+With `same_order=True` an anchor is fed tunesmith's own batches (`cases.tunesmith_batches`) instead of
+its shuffled ones: the A/B that separates "different result" from "different draw of the data order".
+
 Settings that change the work are pinned to tunesmith's (batch, length, epochs, learning rate, warmup,
 schedule, weight decay, grad clipping, fp32, no gradient checkpointing, no evaluation or saving while
 training); everything else is the library's default. These imports are benchmark-only dependencies
@@ -20,7 +23,29 @@ from typing import Any
 
 import torch
 
-from benchmarks.cases import Setup, data_block, held_out, load_data
+from benchmarks.cases import Setup, data_block, held_out, load_data, tunesmith_batches
+
+
+class FixedOrder(torch.utils.data.Sampler):
+    """Yields one fixed order per epoch (tunesmith's batches, flattened), then repeats the last."""
+
+    def __init__(self, epochs: list[list[list[int]]]) -> None:
+        self.orders = [[i for batch in batches for i in batch] for batches in epochs]
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.orders[0])
+
+    def __iter__(self):
+        order = self.orders[min(self.epoch, len(self.orders) - 1)]
+        self.epoch += 1
+        return iter(order)
+
+
+def _fixed_order_trainer(base: type, order: FixedOrder | None) -> type:
+    if order is None:
+        return base
+    return type(f"SameOrder{base.__name__}", (base,), {"_get_train_sampler": lambda self, dataset=None: order})
 
 
 def warmup_steps(s: Setup, n_train: int) -> int:
@@ -36,7 +61,7 @@ def _trainer_args(s: Setup, seed: int, out: Path, n_train: int, **extra: Any) ->
                 dataloader_num_workers=0, **extra)
 
 
-def trainer_classify(s: Setup, seed: int, out: Path) -> dict[str, Any]:
+def trainer_classify(s: Setup, seed: int, out: Path, same_order: bool = False) -> dict[str, Any]:
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -65,17 +90,22 @@ def trainer_classify(s: Setup, seed: int, out: Path) -> dict[str, Any]:
     encoded = tokenizer([e.text for e in data.train], truncation=True, max_length=s.max_length)
     train = [{"input_ids": ids, "attention_mask": mask, "labels": e.label}
              for ids, mask, e in zip(encoded["input_ids"], encoded["attention_mask"], data.train, strict=True)]
-    trainer = Trainer(model=model, args=TrainingArguments(**_trainer_args(s, seed, out, len(train))), train_dataset=train,
-                      data_collator=DataCollatorWithPadding(tokenizer))
+    order = None
+    if same_order:
+        order = FixedOrder(tunesmith_batches(s, seed, classify.encode(data.train, tokenizer, s.max_length)[0]))
+    trainer = _fixed_order_trainer(Trainer, order)(
+        model=model, args=TrainingArguments(**_trainer_args(s, seed, out, len(train))), train_dataset=train,
+        data_collator=DataCollatorWithPadding(tokenizer))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
+    _check_consumed(order)
     test, _ = classify.encode(data.test, tokenizer, s.max_length)
     metrics = held_out("classify", model, test, tokenizer.pad_token_id, len(data.label_names))
     return {"train_seconds": seconds, "metrics": metrics}
 
 
-def trl_sft(s: Setup, seed: int, out: Path) -> dict[str, Any]:
+def trl_sft(s: Setup, seed: int, out: Path, same_order: bool = False) -> dict[str, Any]:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
@@ -93,18 +123,22 @@ def trl_sft(s: Setup, seed: int, out: Path) -> dict[str, Any]:
     lora = s.method["lora"]
     args = SFTConfig(**_trainer_args(s, seed, out, len(rows)), max_length=s.max_length, gradient_checkpointing=False,
                      bf16=False, fp16=False)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+    order = None
+    if same_order:
+        order = FixedOrder(tunesmith_batches(s, seed, causal_lm.encode(data.train, tokenizer, s.max_length)[0]))
+    trainer = _fixed_order_trainer(SFTTrainer, order)(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=LoraConfig(task_type="CAUSAL_LM", r=lora["r"], lora_alpha=lora["alpha"],
                                                 lora_dropout=lora["dropout"], target_modules=lora["target_modules"]))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
+    _check_consumed(order)
     merged = trainer.model.merge_and_unload()
     test, _ = causal_lm.encode(data.test, tokenizer, s.max_length)
     return {"train_seconds": seconds, "metrics": held_out("causal_lm", merged, test, tokenizer.pad_token_id)}
 
 
-def plain_image_loop(s: Setup, seed: int, out: Path) -> dict[str, Any]:
+def plain_image_loop(s: Setup, seed: int, out: Path, same_order: bool = False) -> dict[str, Any]:
     """What a careful PyTorch user writes: preprocessed tensors, a DataLoader, the frozen part in eval."""
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
@@ -119,8 +153,10 @@ def plain_image_loop(s: Setup, seed: int, out: Path) -> dict[str, Any]:
     items, _ = image_classify.encode(data.train, prep, 0)
     start = time.perf_counter()  # from decoded images, as tunesmith's stage time: inputs are part of the job
     batch = image_classify.collate(items)
-    loader = DataLoader(TensorDataset(batch["pixel_values"], batch["labels"]), batch_size=s.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+    dataset = TensorDataset(batch["pixel_values"], batch["labels"])
+    order = FixedOrder(tunesmith_batches(s, seed, items)) if same_order else None
+    loader = DataLoader(dataset, batch_size=s.batch_size, shuffle=order is None, sampler=order,
+                        generator=None if order else torch.Generator().manual_seed(seed))
     frozen: list[nn.Module] = [model._conv_stem, model._bn0, *model._blocks[: s.method["freeze_layers"]]]
     for module in frozen:
         module.requires_grad_(False)
@@ -142,8 +178,15 @@ def plain_image_loop(s: Setup, seed: int, out: Path) -> dict[str, Any]:
             optimizer.step()
             schedule.step()
     seconds = time.perf_counter() - start
+    _check_consumed(order)
     test, _ = image_classify.encode(data.test, prep, 0)
     return {"train_seconds": seconds, "metrics": held_out("image_classify", model, test, None, len(data.label_names))}
+
+
+def _check_consumed(order: FixedOrder | None) -> None:
+    """The same-order A/B means nothing if the anchor did not actually iterate our sampler."""
+    if order is not None and order.epoch < len(order.orders):
+        raise RuntimeError(f"the anchor drew {order.epoch} of {len(order.orders)} epochs from the fixed order")
 
 
 __all__ = ["trainer_classify", "trl_sft", "plain_image_loop", "data_block"]

@@ -14,14 +14,14 @@ def test_anchor_benchmark_runs_both_sides(case, model, repeats, request, tmp_pat
     model_dir = request.getfixturevalue(model)
     out = tmp_path / "bench"
     result = cli("--case", case, "--model", str(model_dir), "--train", "32", "--test", "16", "--repeats", str(repeats),
-                 "--variants", "anchor,tunesmith", "--out", str(out), module="benchmarks.anchor", cwd=ROOT,
+                 "--variants", "anchor,tunesmith,same-order", "--out", str(out), module="benchmarks.anchor", cwd=ROOT,
                  timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / f"{case}.json").read_text())
     runs = record["runs"]
-    # alternating order: seed 0 runs anchor first, seed 1 tunesmith first
-    order = [("anchor", 0), ("tunesmith", 0), ("tunesmith", 1), ("anchor", 1)]
-    assert [(r["variant"], r["seed"]) for r in runs] == order[: 2 * repeats]
+    # alternating order: seed 0 runs anchor first, seed 1 last
+    order = [("anchor", 0), ("tunesmith", 0), ("same-order", 0), ("same-order", 1), ("tunesmith", 1), ("anchor", 1)]
+    assert [(r["variant"], r["seed"]) for r in runs] == order[: 3 * repeats]
     metric = "accuracy" if case == "minilm-lora" else "loss"
     for r in runs:
         assert r["train_seconds"] > 0 and r["peak_rss_mb"] > 100
@@ -30,5 +30,10 @@ def test_anchor_benchmark_runs_both_sides(case, model, repeats, request, tmp_pat
     rows = {row["variant"]: row for row in record["rows"]}
     assert rows["anchor"]["speed_vs_anchor"] == pytest.approx(1.0)
     assert rows["tunesmith"]["speed_vs_anchor"] > 0 and 0 < rows["tunesmith"]["mfu"]
+    by_seed = {(r["variant"], r["seed"]): r["metrics"][metric] for r in runs}
+    diffs = [by_seed["tunesmith", s] - by_seed["anchor", s] for s in range(repeats)]
+    assert rows["tunesmith"]["metric_diff_mean"] == pytest.approx(sum(diffs) / repeats)
+    assert rows["tunesmith"]["metric_diff_se"] is None if repeats == 1 else rows["tunesmith"]["metric_diff_se"] >= 0
     table = (out / f"{case}.md").read_text()
     assert "| tunesmith |" in table and "| anchor |" in table and "GFLOP/s" in table
+    assert "| anchor fed tunesmith's batch order |" in table
