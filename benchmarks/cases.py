@@ -36,7 +36,7 @@ class Setup:
     image_size: int = 64
 
 
-Runner = Callable[[Setup, int, Path], dict[str, Any]]
+Runner = Callable[..., dict[str, Any]]  # (setup, seed, out dir, step_losses=False) -> outcome
 
 
 @dataclass(frozen=True)
@@ -114,18 +114,23 @@ def held_out(objective: str, model, items, pad_id, num_labels: int = 0) -> dict[
 # -- tunesmith --------------------------------------------------------------------------------------
 def tunesmith_runner(objective: str, overrides: dict | None = None, setup: Callable[[], None] | None = None
                      ) -> Runner:
-    def run_tunesmith(s: Setup, seed: int, out: Path) -> dict[str, Any]:
+    def run_tunesmith(s: Setup, seed: int, out: Path, step_losses: bool = False) -> dict[str, Any]:
+        import json
+
         from tunesmith.config import config_from_dict
         from tunesmith.run import run
 
         if setup is not None:
             setup()
-        cfg = config_from_dict(run_config(s, objective, seed, overrides), source="benchmark")
+        logging = {"train.log_every": 1} if step_losses else {}
+        cfg = config_from_dict(run_config(s, objective, seed, {**(overrides or {}), **logging}), source="benchmark")
         summary = run(cfg, out, overwrite=True)
         metrics = {k.removeprefix("test_"): v for k, v in summary["final"].items() if k.startswith("test_")}
         cache = [c for c in summary.get("prefix_cache", []) if c]
+        lines = (out / "metrics.jsonl").read_text().splitlines() if step_losses else []
         return {"train_seconds": summary["stage_wall_seconds"], "metrics": metrics,
-                "notes": f"frozen prefix cached ({cache[0]['mb']:.0f} MB)" if cache else ""}
+                "notes": f"frozen prefix cached ({cache[0]['mb']:.0f} MB)" if cache else "",
+                "step_losses": [row["train_loss"] for row in map(json.loads, lines) if "train_loss" in row]}
 
     return run_tunesmith
 
@@ -169,6 +174,16 @@ def _cases() -> dict[str, Case]:
              "plain-adamw": tunesmith_runner("classify", no_fused),
              "same-order": partial(hf.trainer_classify, same_order=True)},
             text_labels),
+        "minilm-probe": Case(
+            "minilm-probe", "minilm-l6 linear probe (only the new head trains) on rotten-tomatoes",
+            "classify", "accuracy", True,
+            Setup("minilm-l6", "rotten-tomatoes", train=2000, test=1000, epochs=3, batch_size=32, lr=1e-2,
+                  weight_decay=0.0, method={"name": "linear_probe"}),
+            "transformers Trainer, pretrained weights frozen",
+            {"anchor": hf.trainer_classify, "tunesmith": tunesmith_runner("classify"),
+             "no-cache": tunesmith_runner("classify", {"train.cache_frozen_prefix": False}),
+             "same-order": partial(hf.trainer_classify, same_order=True)},
+            {"no-cache": "tunesmith without frozen-prefix caching", "same-order": same_order}),
         "smollm2-lora-sft": Case(
             "smollm2-lora-sft", "smollm2-135m + LoRA r=8 (q, k, v, o) SFT on rotten-tomatoes-chat",
             "causal_lm", "loss", False,
@@ -205,7 +220,7 @@ def get_case(name: str, **sizes: Any) -> Case:
     return replace(case, setup=replace(case.setup, **changed)) if changed else case
 
 
-CASE_NAMES = ("minilm-lora", "minilm-full", "smollm2-lora-sft", "efficientnet-freeze")
+CASE_NAMES = ("minilm-lora", "minilm-full", "minilm-probe", "smollm2-lora-sft", "efficientnet-freeze")
 
 
 def timed(fn: Callable[[], Any]) -> float:

@@ -1,6 +1,7 @@
 """The anchors: the same jobs run the way our users run them today.
 
-- classification: transformers `Trainer` (+ PEFT `get_peft_model` for LoRA), `DataCollatorWithPadding`;
+- classification: transformers `Trainer` (+ PEFT `get_peft_model` for LoRA; for a linear probe, every
+  pretrained weight set to `requires_grad=False`), `DataCollatorWithPadding`;
 - chat SFT: TRL `SFTTrainer` with a PEFT `LoraConfig`, prompt/completion conversations (loss on the
   completion only, as tunesmith trains the assistant turn);
 - images: a plain PyTorch loop (frozen part in eval mode, AdamW, the same schedule).
@@ -53,15 +54,21 @@ def warmup_steps(s: Setup, n_train: int) -> int:
     return int(s.warmup_ratio * math.ceil(s.epochs * math.ceil(n_train / s.batch_size)))
 
 
-def _trainer_args(s: Setup, seed: int, out: Path, n_train: int, **extra: Any) -> dict:
+def _trainer_args(s: Setup, seed: int, out: Path, n_train: int, step_losses: bool = False, **extra: Any) -> dict:
+    logging = {"logging_strategy": "steps", "logging_steps": 1} if step_losses else {"logging_strategy": "no"}
     return dict(output_dir=str(out), per_device_train_batch_size=s.batch_size, num_train_epochs=s.epochs,
                 learning_rate=s.lr, weight_decay=s.weight_decay, warmup_steps=warmup_steps(s, n_train),
                 lr_scheduler_type="linear", max_grad_norm=1.0, seed=seed, data_seed=seed, save_strategy="no",
-                eval_strategy="no", logging_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
-                dataloader_num_workers=0, **extra)
+                eval_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+                dataloader_num_workers=0, **logging, **extra)
 
 
-def trainer_classify(s: Setup, seed: int, out: Path, same_order: bool = False) -> dict[str, Any]:
+def _logged_losses(trainer) -> list[float]:
+    return [row["loss"] for row in trainer.state.log_history if "loss" in row]
+
+
+def trainer_classify(s: Setup, seed: int, out: Path, same_order: bool = False, step_losses: bool = False
+                     ) -> dict[str, Any]:
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -87,6 +94,9 @@ def trainer_classify(s: Setup, seed: int, out: Path, same_order: bool = False) -
             task_type="SEQ_CLS", r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
             target_modules=lora["target_modules"],
             modules_to_save=[m.split(".")[-1] for m in lora.get("modules_to_save", [])]))
+    if s.method["name"] == "linear_probe":  # what a Trainer user writes: freeze all but the new head
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.split(".")[0] in ("classifier", "score"))
     encoded = tokenizer([e.text for e in data.train], truncation=True, max_length=s.max_length)
     train = [{"input_ids": ids, "attention_mask": mask, "labels": e.label}
              for ids, mask, e in zip(encoded["input_ids"], encoded["attention_mask"], data.train, strict=True)]
@@ -94,7 +104,7 @@ def trainer_classify(s: Setup, seed: int, out: Path, same_order: bool = False) -
     if same_order:
         order = FixedOrder(tunesmith_batches(s, seed, classify.encode(data.train, tokenizer, s.max_length)[0]))
     trainer = _fixed_order_trainer(Trainer, order)(
-        model=model, args=TrainingArguments(**_trainer_args(s, seed, out, len(train))), train_dataset=train,
+        model=model, args=TrainingArguments(**_trainer_args(s, seed, out, len(train), step_losses)), train_dataset=train,
         data_collator=DataCollatorWithPadding(tokenizer))
     start = time.perf_counter()
     trainer.train()
@@ -102,10 +112,10 @@ def trainer_classify(s: Setup, seed: int, out: Path, same_order: bool = False) -
     _check_consumed(order)
     test, _ = classify.encode(data.test, tokenizer, s.max_length)
     metrics = held_out("classify", model, test, tokenizer.pad_token_id, len(data.label_names))
-    return {"train_seconds": seconds, "metrics": metrics}
+    return {"train_seconds": seconds, "metrics": metrics, "step_losses": _logged_losses(trainer)}
 
 
-def trl_sft(s: Setup, seed: int, out: Path, same_order: bool = False) -> dict[str, Any]:
+def trl_sft(s: Setup, seed: int, out: Path, same_order: bool = False, step_losses: bool = False) -> dict[str, Any]:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
@@ -121,7 +131,7 @@ def trl_sft(s: Setup, seed: int, out: Path, same_order: bool = False) -> dict[st
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     rows = [{"prompt": list(e.messages[:-1]), "completion": [e.messages[-1]]} for e in data.train]
     lora = s.method["lora"]
-    args = SFTConfig(**_trainer_args(s, seed, out, len(rows)), max_length=s.max_length, gradient_checkpointing=False,
+    args = SFTConfig(**_trainer_args(s, seed, out, len(rows), step_losses), max_length=s.max_length, gradient_checkpointing=False,
                      bf16=False, fp16=False)
     order = None
     if same_order:
@@ -135,10 +145,12 @@ def trl_sft(s: Setup, seed: int, out: Path, same_order: bool = False) -> dict[st
     _check_consumed(order)
     merged = trainer.model.merge_and_unload()
     test, _ = causal_lm.encode(data.test, tokenizer, s.max_length)
-    return {"train_seconds": seconds, "metrics": held_out("causal_lm", merged, test, tokenizer.pad_token_id)}
+    return {"train_seconds": seconds, "metrics": held_out("causal_lm", merged, test, tokenizer.pad_token_id),
+            "step_losses": _logged_losses(trainer)}
 
 
-def plain_image_loop(s: Setup, seed: int, out: Path, same_order: bool = False) -> dict[str, Any]:
+def plain_image_loop(s: Setup, seed: int, out: Path, same_order: bool = False, step_losses: bool = False
+                     ) -> dict[str, Any]:
     """What a careful PyTorch user writes: preprocessed tensors, a DataLoader, the frozen part in eval."""
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
@@ -166,12 +178,14 @@ def plain_image_loop(s: Setup, seed: int, out: Path, same_order: bool = False) -
     warm = int(s.warmup_ratio * total)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: (step + 1) / (warm + 1) if step < warm else max(0.0, 1 - (step - warm) / max(1, total - warm)))
+    losses = []
     for _ in range(math.ceil(s.epochs)):
         model.train()
         for module in frozen:
             module.eval()
         for x, y in loader:
             loss = nn.functional.cross_entropy(model(x), y)
+            losses.append(loss.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -180,7 +194,8 @@ def plain_image_loop(s: Setup, seed: int, out: Path, same_order: bool = False) -
     seconds = time.perf_counter() - start
     _check_consumed(order)
     test, _ = image_classify.encode(data.test, prep, 0)
-    return {"train_seconds": seconds, "metrics": held_out("image_classify", model, test, None, len(data.label_names))}
+    return {"train_seconds": seconds, "metrics": held_out("image_classify", model, test, None, len(data.label_names)),
+            "step_losses": losses}
 
 
 def _check_consumed(order: FixedOrder | None) -> None:

@@ -102,3 +102,43 @@ def test_target_only_logits_equal_the_full_forward(model_and_tokenizer, monkeypa
     fast_metrics = lm.metrics(lm.eval_sums(model, items, 2, tok.pad_token_id, torch.device("cpu")))
     assert fast_metrics == pytest.approx(slow_metrics, rel=1e-5)
     assert 0.0 <= fast_metrics["token_accuracy"] <= 1.0
+
+
+def test_target_only_logits_under_ddp(model_and_tokenizer, monkeypatch, tmp_path):
+    """Under DDP the wrapper's own forward must run (it syncs gradients), so the model slices its logits
+    with a boolean logits_to_keep mask: the output layer still sees only the target positions, and the
+    losses and gradients equal the full forward's."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model, tok = model_and_tokenizer
+    examples = [LMExample("prompt", f"x:{i}", prompt="review " + "good film " * (i + 1), completion=answer)
+                for i, answer in enumerate(["fresh", "rotten", "fresh and fun"])]
+    items, _ = lm.encode(examples, tok, max_length=64)
+    batch = lm.collate(items, pad_id=tok.pad_token_id)
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(model.train())
+
+        def run():
+            ddp.zero_grad()
+            losses = lm.token_losses(ddp, batch)
+            losses.sum().backward()
+            return losses.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+        assert lm._body_and_head(ddp) is None and lm._keeps_masked_logits(ddp)
+        rows.clear()
+        fast, fast_grads = run()
+        assert rows == [lm.count(batch)]  # one call, on the target positions only
+        monkeypatch.setattr(lm, "TARGET_ONLY_LOGITS", False)
+        slow, slow_grads = run()
+    finally:
+        dist.destroy_process_group()
+        hook.remove()
+        model.eval()
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    assert fast_grads.keys() == slow_grads.keys() and fast_grads
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-4, atol=1e-6)

@@ -12,6 +12,7 @@ is never a target of the sample before it. A test proves per-sample losses equal
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -171,6 +172,13 @@ def target_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[tor
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1]
         return head(hidden[wanted]).float(), targets[wanted], wanted
+    if TARGET_ONLY_LOGITS and _keeps_masked_logits(model):
+        # a wrapper (DDP) must run its own forward, so the model slices: transformers' logits_to_keep
+        # with a boolean mask gives the logits of the True positions only, flattened
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        keep = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+        keep[:, :-1] = wanted
+        return model(**inputs, use_cache=False, logits_to_keep=keep).logits.float(), targets[wanted], wanted
     logits = _forward(model, batch)[:, :-1]
     return logits[wanted].float(), targets[wanted], wanted
 
@@ -180,6 +188,35 @@ def token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     logits, targets, wanted = target_logits(model, batch)
     losses = torch.zeros(wanted.shape, dtype=torch.float32, device=wanted.device)
     return losses.masked_scatter(wanted, F.cross_entropy(logits, targets, reduction="none"))
+
+
+def _keeps_masked_logits(model: nn.Module) -> bool:
+    """Whether the model DDP wraps takes a boolean `logits_to_keep` mask (transformers >= 5) and returns
+    exactly the full logits at those positions; checked once per model on a short input."""
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return False
+    inner = model.module
+    known = inner.__dict__.get("_tunesmith_masked_logits")
+    if known is not None:
+        return known
+    ok = False
+    if "logits_to_keep" in inspect.signature(inner.forward).parameters:
+        device = next(inner.parameters()).device
+        ids = (torch.arange(1, 9, device=device).view(1, -1) * 7) % max(2, getattr(inner.config, "vocab_size", 2))
+        keep = torch.tensor([[False, True, True, False, False, True, False, False]], device=device)
+        was_training = inner.training
+        inner.eval()
+        try:
+            with torch.no_grad():
+                full = inner(input_ids=ids, use_cache=False).logits.float()
+                kept = inner(input_ids=ids, use_cache=False, logits_to_keep=keep).logits.float()
+            ok = kept.shape == full[keep].shape and torch.allclose(kept, full[keep], rtol=1e-4, atol=1e-4)
+        except (TypeError, AttributeError, RuntimeError, IndexError):
+            ok = False
+        finally:
+            inner.train(was_training)
+    inner.__dict__["_tunesmith_masked_logits"] = ok
+    return ok
 
 
 def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
