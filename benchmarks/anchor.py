@@ -234,9 +234,17 @@ def bench(case: Case, repeats: int, out: Path, sizes: dict, variants: list[str] 
     return text
 
 
+def render(path: Path) -> str:
+    record = json.loads(path.read_text())
+    case = get_case(record["case"], **{k: record["setup"][k] for k in ("train", "test", "epochs", "batch_size", "model")})
+    repeats = len({r["seed"] for r in record["runs"]})
+    rows = summarise(case, record["runs"], record["workload"], record["matmul_peak_flops"])
+    return f"machine: {record['machine']}\n\n" + table(case, rows, record["workload"], record["matmul_peak_flops"], repeats)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--case", required=True, help=f"one of {', '.join(CASE_NAMES)}, or all")
+    p.add_argument("--case", help=f"one of {', '.join(CASE_NAMES)}, or all")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="runs/anchor")
     p.add_argument("--variants", help="comma-separated subset: anchor, tunesmith and the case's ablations "
@@ -248,7 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--render", metavar="CASE_JSON", help="print the table of an earlier run's OUT/CASE.json again "
+                   "(with this version's columns), measuring nothing")
     a = p.parse_args(argv)
+    if a.render:
+        print(render(Path(a.render)))
+        return 0
+    if not a.case:
+        p.error("--case is required (or --render)")
     sizes = {k: getattr(a, k) for k in ("train", "test", "batch_size", "epochs", "model")}
     if a.child:
         run_child(a.case, a.child, a.seed, Path(a.result), sizes)

@@ -1,6 +1,6 @@
 """Does torch.compile help tunesmith's training steps on this machine? Eager vs regional compile.
 
-    .venv/bin/python -m benchmarks.compile_probe --case minilm-lora [--steps 40] [--repeats 3]
+    .venv/bin/python -m benchmarks.compile_probe --case minilm-lora [--steps 40] [--repeats 3] [--out DIR]
 
 For a case of `benchmarks.anchor`, builds tunesmith's model, method and batches (length-grouped, as a
 run trains), then times the same optimizer steps eager and with every repeated block compiled
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", default="minilm-lora")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--child")
+    p.add_argument("--out", default="runs/compile-probe")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.child:
@@ -91,15 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     overhead = total["compiled"] - total["eager"] + gain * a.steps
     same_loss = max(abs(x - y) for x, y in zip(results["eager"][0]["losses"], results["compiled"][0]["losses"],
                                                 strict=True))
-    print(f"machine: {platform()}; case {a.case}; {a.steps} optimizer steps x {a.repeats} repeats per mode; "
-          f"{results['compiled'][0]['blocks']} blocks compiled (dynamic shapes)")
-    print("| mode | first step s | median step s (after 5) | total s |")
-    print("|---|---|---|---|")
-    for m in ("eager", "compiled"):
-        print(f"| {m} | {first[m]:.1f} | {warm[m]:.3f} | {total[m]:.1f} |")
-    print(f"steady-state speed-up {warm['eager'] / warm['compiled']:.2f}x; compile overhead ~{overhead:.0f} s; "
-          + (f"break-even after ~{overhead / gain:.0f} steps" if gain > 0 else "never breaks even")
-          + f"; max |loss difference| over the steps {same_loss:.2e}")
+    lines = [f"machine: {platform()}; case {a.case}; {a.steps} optimizer steps x {a.repeats} repeats per mode "
+             f"(medians); {results['compiled'][0]['blocks']} blocks compiled (dynamic shapes)", "",
+             "| mode | first step s | median step s (after 5) | total s |", "|---|---|---|---|"]
+    lines += [f"| {m} | {first[m]:.1f} | {warm[m]:.3f} | {total[m]:.1f} |" for m in ("eager", "compiled")]
+    lines += ["", f"steady-state speed-up {warm['eager'] / warm['compiled']:.2f}x; compile overhead ~{overhead:.0f} s; "
+              + (f"break-even after ~{overhead / gain:.0f} steps" if gain > 0 else "never breaks even")
+              + f"; max |loss difference| over the steps {same_loss:.2e} (dropout masks differ: inductor draws "
+              "its own random numbers)"]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{a.case}.md").write_text(text + "\n")
+    (out / f"{a.case}.json").write_text(json.dumps(results))
     return 0
 
 

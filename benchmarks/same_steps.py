@@ -8,6 +8,10 @@ that differ only in the shuffle or the dropout masks land a point or more apart.
 connect) off, and the anchor fed tunesmith's own batches. What is left is the arithmetic of each side's
 training step (loss, gradient clipping, AdamW, schedule, frozen parts). Prints the training loss of every
 step side by side, the largest relative difference, and both held-out metrics.
+
+Warmup is off here, on both sides: the one place where tunesmith differs by design. Its warmup starts
+at lr/(w+1) and reaches lr at step w; Hugging Face's (and torchtune's) starts at 0, so their first step
+moves no weight.
 """
 
 from __future__ import annotations
@@ -67,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", type=int, default=512)
     p.add_argument("--test", type=int, default=500)
     p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--model", help="another model (name or local HF directory) for the same job")
     p.add_argument("--out", default="runs/same-steps")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    sizes = {"train": a.train, "test": a.test, "epochs": a.epochs}
+    sizes = {"train": a.train, "test": a.test, "epochs": a.epochs, "model": a.model, "warmup_ratio": 0.0}
     out = Path(a.out).resolve()
     if a.child:
         print(json.dumps(child(a.case, a.child, sizes, out / a.child)))
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     for side in ("anchor", "tunesmith"):
         print(f"== {side}", file=sys.stderr, flush=True)
         run = subprocess.run([sys.executable, "-m", "benchmarks.same_steps", "--case", a.case, "--train", str(a.train),
-                              "--test", str(a.test), "--epochs", str(a.epochs), "--out", str(out), "--child", side],
+                              "--test", str(a.test), "--epochs", str(a.epochs), "--out", str(out), "--child", side]
+                             + (["--model", a.model] if a.model else []),
                              cwd=ROOT, capture_output=True, text=True)
         if run.returncode != 0:
             raise SystemExit(f"{side} failed:\n{run.stderr[-3000:]}")
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     metric = case.metric
     lines = [f"machine: {machine()}",
              f"### same steps: {case.name} ({case.title}), {a.train} training samples x {a.epochs:g} epoch(s), "
-             f"dropout off, the anchor ({case.anchor}) fed tunesmith's batches, seed 0", "",
+             f"dropout and warmup off, the anchor ({case.anchor}) fed tunesmith's batches, seed 0", "",
              "| step | anchor loss | tunesmith loss | relative difference |", "|---|---|---|---|"]
     for i, (x, y, r) in enumerate(zip(a_loss, t_loss, rel, strict=True)):
         if i < 5 or i >= len(rel) - 3 or i % max(1, len(rel) // 8) == 0:
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{case.name}.md").write_text(text + "\n")
-    (out / f"{case.name}.json").write_text(json.dumps(sides, indent=2))
+    (out / f"{case.name}.json").write_text(json.dumps(sides | {"max_relative_difference": max(rel)}, indent=2))
     return 0
 
 

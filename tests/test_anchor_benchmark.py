@@ -37,3 +37,21 @@ def test_anchor_benchmark_runs_both_sides(case, model, repeats, request, tmp_pat
     table = (out / f"{case}.md").read_text()
     assert "| tunesmith |" in table and "| anchor |" in table and "GFLOP/s" in table
     assert "| anchor fed tunesmith's batch order |" in table
+    rendered = cli("--render", str(out / f"{case}.json"), module="benchmarks.anchor", cwd=ROOT)
+    assert rendered.returncode == 0 and table.strip() in rendered.stdout  # the stored runs give the same table
+
+
+@pytest.mark.parametrize("case, model", [("minilm-lora", "tiny_bert"), ("smollm2-lora-sft", "tiny_llama")])
+def test_same_steps_as_the_anchor_without_randomness(case, model, request, tmp_path):
+    """With dropout off and the anchor fed tunesmith's batches, tunesmith's training steps are the
+    reference library's (PEFT + Trainer, TRL): the same loss at every step and the same held-out metric."""
+    out = tmp_path / "same"
+    result = cli("--case", case, "--model", str(request.getfixturevalue(model)), "--train", "160", "--test", "16",
+                 "--out", str(out), module="benchmarks.same_steps", cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / f"{case}.json").read_text())
+    anchor, ours = record["anchor"], record["tunesmith"]
+    assert len(ours["step_losses"]) == len(anchor["step_losses"]) >= 4
+    assert ours["step_losses"] == pytest.approx(anchor["step_losses"], rel=1e-4)
+    metric = "accuracy" if case == "minilm-lora" else "loss"
+    assert ours["metrics"][metric] == pytest.approx(anchor["metrics"][metric], rel=1e-3)

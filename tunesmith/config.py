@@ -96,6 +96,9 @@ class TrainConfig:
     cache_frozen_prefix: bool = True
     prefix_cache_mb: float = 2048.0  # the cache is dropped (training recomputes) above this size
     fused_optimizer: bool = True  # AdamW's fused kernel (one pass over each tensor) where torch has it
+    # torch.compile each repeated block that trains (see tunesmith/train/compile.py). Off by default:
+    # compiling costs minutes and on a 2-core CPU paid back only after ~2,000 MiniLM steps
+    compile: bool = False
     exact_match: bool = True  # causal_lm: greedy answers on the test split vs the expected answers
     lr: float = 5e-5
     head_lr: float | None = None  # learning rate of the newly initialised head (default: lr)

@@ -185,6 +185,8 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
         keep_in_eval(frozen_batchnorms(model))  # a frozen BatchNorm keeps its statistics too
         if cfg.train.gradient_checkpointing:
             _enable_gradient_checkpointing(model)
+        if cfg.train.compile:
+            _compile(model, info)
         trainable, total = count_parameters(loaded.model)
         say(info, f"{'' if len(stages) == 1 else f'stage {stage.name}: '}model {cfg.model.name} ({loaded.source}), "
                   f"method {stage.method.name}: {trainable:,} trainable of {total:,} parameters "
@@ -296,6 +298,18 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _compile(model: torch.nn.Module, info: DistInfo) -> None:
+    from tunesmith.train.compile import compile_available, compile_blocks
+
+    ok, why = compile_available()
+    if not ok:
+        raise ConfigError(f"train.compile: {why}; set train.compile: false")
+    n = compile_blocks(model)
+    say(info, f"train.compile: {n} repeated blocks that train will be compiled on first use (dynamic shapes); "
+              "the first steps include the compilation" if n else
+              "train.compile: no repeated block trains here, so nothing was compiled")
 
 
 def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
