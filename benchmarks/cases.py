@@ -141,6 +141,12 @@ def _full_logits() -> None:
     causal_lm.TARGET_ONLY_LOGITS = False
 
 
+def _full_last_layer() -> None:
+    from tunesmith.objectives import classify
+
+    classify.FIRST_TOKEN_ONLY = False
+
+
 # -- the cases --------------------------------------------------------------------------------------
 def _cases() -> dict[str, Case]:
     from benchmarks import hf_anchors as hf
@@ -151,7 +157,8 @@ def _cases() -> dict[str, Case]:
     no_fused = {"train.fused_optimizer": False}
     same_order = "anchor fed tunesmith's batch order"
     text_labels = {"no-grouping": "tunesmith without length-grouped batches",
-                   "plain-adamw": "tunesmith without the fused AdamW kernel", "same-order": same_order}
+                   "plain-adamw": "tunesmith without the fused AdamW kernel",
+                   "all-positions": "tunesmith with the last encoder layer at every position", "same-order": same_order}
     return {
         "minilm-lora": Case(
             "minilm-lora", "minilm-l6 + LoRA r=8 (query, value; pooler trained) on rotten-tomatoes",
@@ -162,6 +169,7 @@ def _cases() -> dict[str, Case]:
             {"anchor": hf.trainer_classify, "tunesmith": tunesmith_runner("classify"),
              "no-grouping": tunesmith_runner("classify", no_grouping),
              "plain-adamw": tunesmith_runner("classify", no_fused),
+             "all-positions": tunesmith_runner("classify", setup=_full_last_layer),
              "same-order": partial(hf.trainer_classify, same_order=True)},
             text_labels),
         "minilm-full": Case(
@@ -172,6 +180,7 @@ def _cases() -> dict[str, Case]:
             {"anchor": hf.trainer_classify, "tunesmith": tunesmith_runner("classify"),
              "no-grouping": tunesmith_runner("classify", no_grouping),
              "plain-adamw": tunesmith_runner("classify", no_fused),
+             "all-positions": tunesmith_runner("classify", setup=_full_last_layer),
              "same-order": partial(hf.trainer_classify, same_order=True)},
             text_labels),
         "minilm-probe": Case(

@@ -38,6 +38,8 @@ def open_run(run_dir: Path, device: str = "cpu"):
             from tunesmith.methods.adapter_io import load_adapter
 
             load_adapter(loaded.model, adapter_dir)
+        if hasattr(objective, "prepare_model"):
+            objective.prepare_model(loaded.model)
         return cfg, loaded.model.to(device).eval(), loaded.tokenizer, meta["label_names"]
     if cfg.objective == "image_classify":
         from tunesmith.models.vision import load_saved_vision
@@ -50,6 +52,7 @@ def open_run(run_dir: Path, device: str = "cpu"):
         loaded = load_causal_lm(str(run_dir / "model"), cfg.train.init_seed)
         return cfg, loaded.model.to(device).eval(), loaded.tokenizer, None
     model, tokenizer = load_saved_classifier(run_dir / "model", device)
+    objective.prepare_model(model)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return cfg, model, tokenizer, labels
 

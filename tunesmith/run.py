@@ -185,6 +185,10 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
         keep_in_eval(frozen_batchnorms(model))  # a frozen BatchNorm keeps its statistics too
         if cfg.train.gradient_checkpointing:
             _enable_gradient_checkpointing(model)
+        prepared = getattr(objective, "prepare_model", None)
+        note = prepared(model) if prepared is not None else None
+        if note:
+            say(info, note)
         if cfg.train.compile:
             _compile(model, info)
         trainable, total = count_parameters(loaded.model)
@@ -221,7 +225,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, info: Dis
                            "stage_wall_seconds": round(time.perf_counter() - stage_started, 2),
                            "prefix_cache": None if cache is None else {
                                "blocks": cache.frozen_blocks, "examples": cache.examples,
-                               "mb": round(cache.megabytes, 1), "seconds": round(cache.fill_seconds, 2)}})
+                               "mb": round(cache.megabytes, 3), "seconds": round(cache.fill_seconds, 2)}})
         steps_before += result.total_steps
         if result.paused:
             return _pause(run_dir, info, stage, result, steps_before - result.total_steps + result.steps, pause_at,

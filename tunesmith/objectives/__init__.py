@@ -13,6 +13,8 @@ from tunesmith.objectives import causal_lm, classify, image_classify
 #   eval_sums(model, items, batch_size, pad_id, device, num_labels) -> tensors that add up across processes
 #   metrics(sums) -> {name: value};  details(sums, label_names) -> extra summary.json facts
 #   plots(details_by_split, label_names, plot_dir) -> None
+# and may provide:
+#   prepare_model(model) -> line to report or None: exact speed-ups, once the method and checkpointing are set
 OBJECTIVES: dict[str, ModuleType] = {
     "classify": classify,
     "causal_lm": causal_lm,

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 DESCRIPTION = "cross-entropy on a classification head; accuracy, macro-F1, confusion matrix"
+# Run the last encoder layer at position 0 only where the head reads nothing else (see first_token);
+# False keeps the model's own forward, which benchmarks/anchor.py uses to measure what this saves.
+FIRST_TOKEN_ONLY = True
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,16 @@ def load_model(cfg, data):
     from tunesmith.models import load_text_classifier
 
     return load_text_classifier(cfg.model.name, data.label_names, cfg.train.init_seed)
+
+
+def prepare_model(model: nn.Module) -> str | None:
+    """Speed-ups that leave the logits unchanged, installed once the model is set up; a line to report."""
+    from tunesmith.objectives.first_token import install_first_token_only
+
+    if FIRST_TOKEN_ONLY and install_first_token_only(model):
+        return ("classify: the head reads position 0 only, so the last encoder layer computes that position "
+                "alone (its keys and values still see every token)")
+    return None
 
 
 def encode(examples: Sequence, tokenizer, max_length: int) -> tuple[list[Encoded], dict[str, int]]:

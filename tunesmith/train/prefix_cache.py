@@ -122,7 +122,8 @@ class PrefixCache:
             return None
         self.hits += 1
         width = self._rows[0].shape[1] if self._rows[1] is not None else None
-        if width is None:
+        if width is None or all(t.shape == found[0].shape and t.shape[0] == 1 for t in found):
+            # one row per example: an image, or a last block that computes position 0 only (first_token)
             return torch.stack(found)
         out = found[0].new_zeros((len(found), width, *found[0].shape[1:]))
         for i, t in enumerate(found):
