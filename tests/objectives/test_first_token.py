@@ -71,6 +71,25 @@ def test_same_loss_and_gradients_as_the_full_forward(kind, impl):
     torch.testing.assert_close(_step(model, batch)[0], full[0], rtol=0, atol=0)
 
 
+def test_a_deep_copy_runs_on_its_own_weights():
+    """The shortcut is a method bound to the module, so a copied model's shortcut uses the copy."""
+    import copy
+
+    model, batch = _classifier("bert"), _batch()
+    assert install_first_token_only(model)
+    twin = copy.deepcopy(model).eval()
+    attention = twin.bert.encoder.layer[-1].attention
+    assert attention.forward.__self__ is attention
+    with torch.no_grad():
+        twin.bert.encoder.layer[-1].attention.self.query.weight.mul_(3.0)
+        mine = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        theirs = twin(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        remove_first_token_only(twin)
+        reference = twin(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.allclose(mine, theirs)
+    torch.testing.assert_close(theirs, reference, rtol=1e-5, atol=1e-6)
+
+
 class _MeanPooled(nn.Module):
     """A head that reads every position: the shortcut would change its logits."""
 

@@ -19,6 +19,7 @@ position, or an attention module of another shape, keeps the model's own forward
 from __future__ import annotations
 
 import sys
+import types
 from collections.abc import Callable
 
 import torch
@@ -58,30 +59,27 @@ def _attention_function(inner: nn.Module) -> Callable | None:
     return ALL_ATTENTION_FUNCTIONS.get_interface(inner.config._attn_implementation, eager)
 
 
-def _first_position_forward(attention: nn.Module) -> Callable:
-    inner = attention.self
-    full = type(attention).forward
-
-    def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
-        if args or kwargs.get("cache") is not None or kwargs.get("encoder_hidden_states") is not None:
-            return full(attention, hidden_states, attention_mask, *args, **kwargs)  # decoding: not our case
-        kwargs.pop("cache", None)
-        kwargs.pop("encoder_hidden_states", None)
-        kwargs.pop("encoder_attention_mask", None)
-        batch, length = hidden_states.shape[:2]
-        first = hidden_states[:, :1]
-        size = inner.attention_head_size
-        query = inner.query(first).view(batch, 1, -1, size).transpose(1, 2)
-        key = inner.key(hidden_states).view(batch, length, -1, size).transpose(1, 2)
-        value = inner.value(hidden_states).view(batch, length, -1, size).transpose(1, 2)
-        if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
-            attention_mask = attention_mask[:, :, :1]  # the mask row of the one query left
-        output, weights = _attention_function(inner)(
-            inner, query, key, value, attention_mask,
-            dropout=inner.dropout.p if inner.training else 0.0, scaling=inner.scaling, **kwargs)
-        return attention.output(output.reshape(batch, 1, -1), first), weights
-
-    return forward
+def _first_position_forward(self: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                            *args, **kwargs):
+    """The attention wrapper's forward for position 0 only; bound to the instance (a bound method, not a
+    closure, so copy.deepcopy and pickle rebind it to the copy)."""
+    if args or kwargs.get("cache") is not None or kwargs.get("encoder_hidden_states") is not None:
+        return type(self).forward(self, hidden_states, attention_mask, *args, **kwargs)  # decoding: not ours
+    for unused in ("cache", "encoder_hidden_states", "encoder_attention_mask"):
+        kwargs.pop(unused, None)
+    inner = self.self
+    batch, length = hidden_states.shape[:2]
+    first = hidden_states[:, :1]
+    size = inner.attention_head_size
+    query = inner.query(first).view(batch, 1, -1, size).transpose(1, 2)
+    key = inner.key(hidden_states).view(batch, length, -1, size).transpose(1, 2)
+    value = inner.value(hidden_states).view(batch, length, -1, size).transpose(1, 2)
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
+        attention_mask = attention_mask[:, :, :1]  # the mask row of the one query left
+    output, weights = _attention_function(inner)(
+        inner, query, key, value, attention_mask,
+        dropout=inner.dropout.p if inner.training else 0.0, scaling=inner.scaling, **kwargs)
+    return self.output(output.reshape(batch, 1, -1), first), weights
 
 
 def _logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -107,7 +105,7 @@ def install_first_token_only(model: nn.Module) -> bool:
     try:
         with torch.no_grad():
             full = _logits(model, ids, mask)
-            attention.forward = _first_position_forward(attention)
+            attention.forward = types.MethodType(_first_position_forward, attention)
             ours = _logits(model, ids, mask)
         ok = ours.shape == full.shape and torch.allclose(ours, full, rtol=1e-4, atol=1e-5)
     except (TypeError, AttributeError, RuntimeError, IndexError, ValueError):
