@@ -73,31 +73,28 @@ def workload(case: Case, probes: int = 8) -> dict[str, float]:
 
     from tunesmith.config import config_from_dict
     from tunesmith.methods import METHODS
-    from tunesmith.objectives import OBJECTIVES
+    from tunesmith.objectives import build_objective, causal_lm
 
     s = case.setup
     cfg = config_from_dict(run_config(s, case.objective, 0), source="benchmark")
-    objective = OBJECTIVES[case.objective]
+    objective = build_objective(cfg)
     data = load_data(s, case.objective)
     loaded = objective.load_model(cfg, data)
-    METHODS[cfg.method.name].apply(loaded, cfg.method)
+    METHODS[cfg.method.name]().apply(loaded, cfg.method)
     model = loaded.model.train()
     pad_id = getattr(loaded.tokenizer, "pad_token_id", None)
     items, _ = objective.encode(data.train, loaded.tokenizer, s.max_length)
     tokens = sum(len(it.input_ids) for it in items) if hasattr(items[0], "input_ids") else None
     picks = items[:: max(1, len(items) // probes)][:probes]
     flops = 0
-    standard = getattr(objective, "TARGET_ONLY_LOGITS", None)
-    if standard is not None:
-        objective.TARGET_ONLY_LOGITS = False
+    standard, causal_lm.TARGET_ONLY_LOGITS = causal_lm.TARGET_ONLY_LOGITS, False
     for item in picks:  # one at a time: no padding in the count
         counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward})
         with counter:
             objective.loss_sum(model, objective.collate([item], pad_id)).backward()
         flops += counter.get_total_flops()
         model.zero_grad(set_to_none=True)
-    if standard is not None:
-        objective.TARGET_ONLY_LOGITS = standard
+    causal_lm.TARGET_ONLY_LOGITS = standard
     per_sample = flops / len(picks)
     return {"samples_per_epoch": len(items), "tokens_per_epoch": tokens, "flops_per_sample": per_sample}
 

@@ -71,9 +71,10 @@ def run_config(s: Setup, objective: str, seed: int, overrides: dict | None = Non
     model = {"name": s.model, "max_length": s.max_length}
     if objective == "image_classify":
         model = {"name": s.model, "image_size": s.image_size}
+    section = {"name": objective}
     if objective == "causal_lm":
-        train["exact_match"] = False  # the shared held-out metric is loss / token accuracy
-    config = {"model": model, "method": s.method, "objective": objective, "data": data_block(s), "train": train}
+        section["exact_match"] = False  # the shared held-out metric is loss / token accuracy
+    config = {"model": model, "method": s.method, "objective": section, "data": data_block(s), "train": train}
     for key, value in (overrides or {}).items():  # "train.group_by_length": False
         section, name = key.split(".")
         config[section] = {**config[section], name: value}
@@ -83,16 +84,16 @@ def run_config(s: Setup, objective: str, seed: int, overrides: dict | None = Non
 def load_data(s: Setup, objective: str):
     """The exact examples tunesmith trains and tests on, for the anchor to use too."""
     from tunesmith.config import config_from_dict
-    from tunesmith.objectives import OBJECTIVES
+    from tunesmith.objectives import build_objective
 
     cfg = config_from_dict(run_config(s, objective, 0), source="benchmark")
-    return OBJECTIVES[objective].load_data(cfg)
+    return build_objective(cfg).load_data(cfg)
 
 
 def tunesmith_batches(s: Setup, seed: int, items: list) -> list[list[list[int]]]:
     """The batches tunesmith trains on, epoch by epoch, for an anchor fed the same order."""
     from tunesmith.config import TrainConfig
-    from tunesmith.train.loop import epoch_batches
+    from tunesmith.train.step import epoch_batches
 
     lengths = [len(it.input_ids) for it in items] if items and hasattr(items[0], "input_ids") else None
     if not TrainConfig().group_by_length:
@@ -106,9 +107,9 @@ def held_out(objective: str, model, items, pad_id, num_labels: int = 0) -> dict[
 
     from tunesmith.objectives import OBJECTIVES
 
-    module = OBJECTIVES[objective]
+    judge = OBJECTIVES[objective]()
     model.eval()
-    return module.metrics(module.eval_sums(model, items, 64, pad_id, torch.device("cpu"), num_labels))
+    return judge.metrics(judge.eval_sums(model, items, 64, pad_id, torch.device("cpu"), num_labels))
 
 
 # -- tunesmith --------------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def _cases() -> dict[str, Case]:
                   weight_decay=0.0, method={"name": "linear_probe"}),
             "transformers Trainer, pretrained weights frozen",
             {"anchor": hf.trainer_classify, "tunesmith": tunesmith_runner("classify"),
-             "no-cache": tunesmith_runner("classify", {"train.cache_frozen_prefix": False}),
+             "no-cache": tunesmith_runner("classify", {"objective.cache_frozen_prefix": False}),
              "same-order": partial(hf.trainer_classify, same_order=True)},
             {"no-cache": "tunesmith without frozen-prefix caching", "same-order": same_order}),
         "smollm2-lora-sft": Case(
@@ -214,7 +215,7 @@ def _cases() -> dict[str, Case]:
                   warmup_ratio=0.05, method={"name": "freeze", "freeze_embeddings": True, "freeze_layers": 12}),
             "plain PyTorch loop",
             {"anchor": hf.plain_image_loop, "tunesmith": tunesmith_runner("image_classify"),
-             "no-cache": tunesmith_runner("image_classify", {"train.cache_frozen_prefix": False}),
+             "no-cache": tunesmith_runner("image_classify", {"objective.cache_frozen_prefix": False}),
              "same-order": partial(hf.plain_image_loop, same_order=True)},
             {"no-cache": "tunesmith without frozen-prefix caching", "same-order": same_order}),
     }

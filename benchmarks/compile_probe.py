@@ -27,17 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def measure(case_name: str, mode: str, steps: int, seed: int) -> dict:
     from tunesmith.config import config_from_dict
     from tunesmith.methods import METHODS
-    from tunesmith.objectives import OBJECTIVES
+    from tunesmith.objectives import build_objective
     from tunesmith.train.compile import compile_blocks
-    from tunesmith.train.loop import epoch_batches
     from tunesmith.train.optim import build_optimizer
+    from tunesmith.train.step import epoch_batches
 
     case = get_case(case_name)
     cfg = config_from_dict(run_config(case.setup, case.objective, seed), source="compile probe")
-    objective = OBJECTIVES[case.objective]
+    objective = build_objective(cfg)
     data = objective.load_data(cfg)
     loaded = objective.load_model(cfg, data)
-    METHODS[cfg.method.name].apply(loaded, cfg.method)
+    METHODS[cfg.method.name]().apply(loaded, cfg.method)
     model = loaded.model
     items, _ = objective.encode(data.train, loaded.tokenizer, cfg.model.max_length)
     pad_id = getattr(loaded.tokenizer, "pad_token_id", None)
@@ -52,7 +52,8 @@ def measure(case_name: str, mode: str, steps: int, seed: int) -> dict:
     for ids in batches[:steps]:
         batch = objective.collate([items[i] for i in ids], pad_id, train=True)
         start = time.perf_counter()
-        loss = objective.loss_sum(model, batch) / objective.count(batch)
+        (count,) = objective.counts(batch).values()
+        loss = objective.loss_sum(model, batch) / count
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -118,6 +118,9 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "methods":
             from tunesmith.methods import METHODS
 
-            print(_table([("name", "what learns")] + [(m.name, m.description) for m in METHODS.values()]))
+            print(_table([("name", "what learns")] + [(name, m.description) for name, m in METHODS.items()]))
             return 0
     except TunesmithError as e:
         if args.debug:
@@ -171,37 +174,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tunesmith.infer import predict_texts
+    from tunesmith.infer import predict
 
-    texts = list(args.texts) + (_read_lines(args.file) if args.file else [])
-    if not texts:
+    inputs = list(args.texts) + (_read_lines(args.file) if args.file else [])
+    if not inputs:
         raise TunesmithError("predict: give texts as arguments or --file texts.txt")
-    if _objective(args.run_dir) == "image_classify":
-        from tunesmith.infer import predict_images
-
-        for p in predict_images(args.run_dir, texts, args.top_k):
-            if args.json:
-                print(json.dumps(p))
-            else:
-                print(f"{p['image']}\t" + "  ".join(f"{k}={v:.3f}" for k, v in p["top"].items()))
-        return 0
-    for p in predict_texts(args.run_dir, texts):
-        if args.json:
-            print(json.dumps(p))
-        else:
-            probs = "  ".join(f"{k}={v:.3f}" for k, v in p["probabilities"].items())
-            print(f"{p['label']}\t{probs}\t{p['text'][:80]}")
+    rows, objective = predict(args.run_dir, inputs, args.top_k)
+    for row in rows:
+        print(json.dumps(row) if args.json else objective.describe_prediction(row))
     return 0
-
-
-def _objective(run_dir: str) -> str | None:
-    import yaml
-
-    saved = Path(run_dir) / "config.yaml"
-    try:
-        return (yaml.safe_load(saved.read_text()) or {}).get("objective", "classify") if saved.exists() else None
-    except (OSError, yaml.YAMLError):
-        return None  # open_run reports it properly
 
 
 def _read_lines(path: str) -> list[str]:
@@ -219,11 +200,12 @@ def _generate(args: argparse.Namespace) -> int:
     if not prompts:
         raise TunesmithError("generate: give prompts as arguments or --file prompts.txt")
     if (Path(args.run_dir) / "config.yaml").exists():
-        from tunesmith.infer import open_run
+        from tunesmith.infer import open_saved
 
-        _, model, tokenizer, labels = open_run(Path(args.run_dir))
-        if labels is not None:
-            raise TunesmithError(f"{args.run_dir} is a classification run; use `tunesmith predict`")
+        opened = open_saved(args.run_dir)
+        if not opened.objective.generates:
+            raise TunesmithError(f"{args.run_dir} is a {opened.objective.name} run; use `tunesmith predict`")
+        model, tokenizer = opened.model, opened.tokenizer
     else:
         from tunesmith.models import load_causal_lm
 

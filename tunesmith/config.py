@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,15 @@ import yaml
 
 from tunesmith.data.config import DataConfig, SplitConfig
 from tunesmith.errors import ConfigError
+from tunesmith.objectives.base import ObjectiveConfig
 
 __all__ = [
-    "RunConfig", "ModelConfig", "MethodConfig", "StageConfig", "LoraConfig", "PromptConfig", "TrainConfig", "EarlyStopConfig", "DataConfig",
-    "SplitConfig", "load_config", "config_from_dict", "config_to_dict", "apply_overrides",
+    "RunConfig", "ModelConfig", "MethodConfig", "StageConfig", "LoraConfig", "PromptConfig", "TrainConfig",
+    "EarlyStopConfig", "DataConfig", "ObjectiveConfig", "SplitConfig", "load_config", "config_from_dict",
+    "config_to_dict", "apply_overrides",
 ]
+# Sections a bare name may stand for: `objective: causal_lm` is `objective: {name: causal_lm}`.
+SHORTHAND = {"objective": "name"}
 
 
 @dataclass
@@ -75,7 +80,9 @@ class MethodConfig:
 
 @dataclass
 class EarlyStopConfig:
-    metric: str = "val_accuracy"  # any metric logged at evaluation, e.g. val_loss, val_accuracy
+    # any metric logged at evaluation, e.g. val_loss, val_accuracy; unset: the objective's own default
+    # (classify: val_accuracy, causal_lm: val_loss), filled in when the config is read
+    metric: str | None = None
     mode: str = "auto"  # auto (min for *loss, else max) | min | max
     patience: int | None = None  # evaluations without improvement before stopping; None: never stop early
     min_delta: float = 0.0
@@ -89,17 +96,11 @@ class TrainConfig:
     batch_size: int = 32  # examples per optimizer step, across all processes and accumulation
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
     group_by_length: bool = True  # batch items of similar length together: less padding, faster
-    packing: bool = False  # causal_lm: several samples per row (no attention across them)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    # freeze / linear_probe: compute the frozen embeddings-or-stem + leading blocks once per training
-    # example and reuse them every epoch (classification objectives, no data augmentation)
-    cache_frozen_prefix: bool = True
-    prefix_cache_mb: float = 2048.0  # the cache is dropped (training recomputes) above this size
     fused_optimizer: bool = True  # AdamW's fused kernel (one pass over each tensor) where torch has it
     # torch.compile each repeated block that trains (see tunesmith/train/compile.py). Off by default:
     # compiling costs minutes and on a 2-core CPU paid back only after ~2,000 MiniLM steps
     compile: bool = False
-    exact_match: bool = True  # causal_lm: greedy answers on the test split vs the expected answers
     lr: float = 5e-5
     head_lr: float | None = None  # learning rate of the newly initialised head (default: lr)
     weight_decay: float = 0.01  # not applied to biases and normalisation weights
@@ -116,6 +117,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     early_stopping: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     device: str = "auto"  # auto | cpu | cuda
+    parallelism: str = "auto"  # auto (ddp under torchrun, else none) | none | ddp
     threads: int | None = None  # torch intra-op threads; None: torch's default
     progress: bool = True  # tqdm progress bar
     # stop (checkpoint, evaluate, write paused.json) after this fraction of all training steps; resume
@@ -145,9 +147,15 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)  # ignored when stages are given
     data: DataConfig = field(default_factory=DataConfig)
-    objective: str = "classify"
+    objective: ObjectiveConfig = field(default_factory=lambda: _default_objective())  # or `objective: NAME`
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[StageConfig] = field(default_factory=list)  # empty: one stage, `method` with `train`
+
+
+def _default_objective() -> ObjectiveConfig:
+    from tunesmith.objectives import OBJECTIVES
+
+    return OBJECTIVES[ObjectiveConfig.name].Config()
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -206,6 +214,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         target = data
         for part in parts[:-1]:
             nxt = target.setdefault(part, {})
+            if target is data and part in SHORTHAND and isinstance(nxt, str):
+                nxt = target[part] = {SHORTHAND[part]: nxt}
             if not isinstance(nxt, dict):
                 raise ConfigError(f"--set {item!r}: {part} is not a section")
             target = nxt
@@ -214,9 +224,51 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>", lines: dict[str, int] | None = None) -> RunConfig:
-    cfg = _build(RunConfig, data, "", source, lines or {})
-    _check(cfg, source, lines or {})
+    """Build and check a run config; every error names the file, the line and the field."""
+    from tunesmith.validate import check_run
+
+    lines = lines or {}
+    data = _moved_fields(data, source, lines)
+    cfg = _build(RunConfig, data, "", source, lines)
+    check_run(cfg, lambda key: _where(source, lines, key))
     return cfg
+
+
+# Fields that moved into the objective's own section: train.X -> objective.X, with the default the old
+# place had (an old run dir records them all; a default that the objective does not take is dropped).
+_MOVED_TO_OBJECTIVE = {"packing": False, "exact_match": True, "cache_frozen_prefix": True, "prefix_cache_mb": 2048.0}
+
+
+def _moved_fields(data: dict[str, Any], source: str, lines: dict[str, int]) -> dict[str, Any]:
+    train = data.get("train")
+    if not isinstance(train, dict) or not any(k in train for k in _MOVED_TO_OBJECTIVE):
+        return data
+    from tunesmith.objectives import OBJECTIVES
+
+    data = {**data, "train": dict(train)}
+    objective = data.get("objective", {}) or {}
+    objective = {"name": objective} if isinstance(objective, str) else dict(objective)
+    cls = OBJECTIVES.get(objective.get("name", ObjectiveConfig.name))
+    takes = {f.name for f in dataclasses.fields(cls.Config)} if cls else set()
+    for key, default in _MOVED_TO_OBJECTIVE.items():
+        if key not in data["train"]:
+            continue
+        value = data["train"].pop(key)
+        if cls is None:
+            continue  # the objective's name is wrong: that is the error to report
+        where = _where(source, lines, f"train.{key}")
+        if key in takes:
+            if key in objective and objective[key] != value:
+                raise ConfigError(f"{where}: train.{key} is now objective.{key}, and both are given; keep objective.{key}")
+            objective.setdefault(key, value)
+            if value != default:
+                warnings.warn(f"{where}: train.{key} is now objective.{key}; moved it there", FutureWarning,
+                              stacklevel=3)
+        elif value != default:
+            raise ConfigError(f"{where}: train.{key} moved to objective.{key}, which objective "
+                              f"{objective.get('name', ObjectiveConfig.name)} does not take")
+    data["objective"] = objective
+    return data
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -246,7 +298,9 @@ def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, int]
     for name, value in data.items():
         key = f"{prefix}{name}"
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if hint is ObjectiveConfig:
+            kwargs[name] = _build_objective(value, key, source, lines)
+        elif dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value if value is not None else {}, key + ".", source, lines)
         elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
             if not isinstance(value, list):
@@ -256,6 +310,23 @@ def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, int]
         else:
             kwargs[name] = _coerce(value, hint, _where(source, lines, key))
     return cls(**kwargs)
+
+
+def _build_objective(value: Any, key: str, source: str, lines: dict[str, int]) -> ObjectiveConfig:
+    """The objective's section, in the schema of the objective it names."""
+    from tunesmith.objectives import OBJECTIVES
+
+    if value is None:
+        value = {}
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{_where(source, lines, key)}: give an objective name ({', '.join(OBJECTIVES)}) or a "
+                          f"mapping with its name and options, got {value!r}")
+    name = value.get("name", ObjectiveConfig.name)
+    if name not in OBJECTIVES:
+        raise ConfigError(f"{_where(source, lines, key + '.name')}: {name!r} is not one of {', '.join(OBJECTIVES)}")
+    return _build(OBJECTIVES[name].Config, value, key + ".", source, lines)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -305,89 +376,3 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _choice(value: Any, allowed: tuple[str, ...], where: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
-
-
-def _check(cfg: RunConfig, source: str, lines: dict[str, int]) -> None:
-    """Cross-field rules the types cannot express."""
-    w = lambda key: _where(source, lines, key)  # noqa: E731
-    t = cfg.train
-    _choice(t.schedule, ("linear", "cosine", "constant"), w("train.schedule"))
-    _choice(t.device, ("auto", "cpu", "cuda"), w("train.device"))
-    _choice(t.early_stopping.mode, ("auto", "min", "max"), w("train.early_stopping.mode"))
-    _choice(cfg.data.on_bad_rows, ("error", "skip"), w("data.on_bad_rows"))
-    _choice(cfg.data.format, ("auto", "jsonl", "csv", "tsv", "parquet"), w("data.format"))
-    positive = {"train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum, "train.lr": t.lr,
-                "train.eval_batch_size": t.eval_batch_size, "train.log_every": t.log_every,
-                "train.keep_checkpoints": t.keep_checkpoints, "model.max_length": cfg.model.max_length}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{w(key)}: must be > 0, got {value}")
-    if t.epochs <= 0 and t.max_steps is None:
-        raise ConfigError(f"{w('train.epochs')}: must be > 0 (or set train.max_steps)")
-    if t.batch_size % t.grad_accum:
-        raise ConfigError(f"{w('train.batch_size')}: {t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
-    if isinstance(t.eval_every, str) and t.eval_every != "epoch":
-        raise ConfigError(f"{w('train.eval_every')}: expected 'epoch' or a number of steps, got {t.eval_every!r}")
-    if isinstance(t.eval_every, int) and t.eval_every <= 0:
-        raise ConfigError(f"{w('train.eval_every')}: must be > 0")
-    if not 0 <= t.warmup_ratio < 1:
-        raise ConfigError(f"{w('train.warmup_ratio')}: must be in [0, 1), got {t.warmup_ratio}")
-    from tunesmith.methods import METHODS
-    from tunesmith.objectives import OBJECTIVES
-
-    _choice(cfg.method.name, tuple(METHODS), w("method.name"))
-    import re
-
-    seen: set[str] = set()
-    for i, stage in enumerate(cfg.stages):
-        at = f"stages.{i}"
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", stage.name) or stage.name in seen:
-            raise ConfigError(f"{w(at + '.name')}: {stage.name!r}: give each stage a distinct name of letters, "
-                              "digits, - and _")
-        seen.add(stage.name)
-        _choice(stage.method.name, tuple(METHODS), w(at + ".method.name"))
-        if stage.schedule is not None:
-            _choice(stage.schedule, ("linear", "cosine", "constant"), w(at + ".schedule"))
-        for key in ("epochs", "max_steps", "lr", "head_lr"):
-            value = getattr(stage, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{w(f'{at}.{key}')}: must be > 0, got {value}")
-    if t.pause_at_fraction is not None and not 0 < t.pause_at_fraction < 1:
-        raise ConfigError(f"{w('train.pause_at_fraction')}: must be in (0, 1), got {t.pause_at_fraction}")
-    _choice(cfg.objective, tuple(OBJECTIVES), w("objective"))
-    _choice(cfg.method.prompt.init, ("vocab", "text"), w("method.prompt.init"))
-    if cfg.method.name == "prompt" and t.packing:
-        raise ConfigError(f"{w('train.packing')}: prompt tuning cannot pack samples (each needs its own prompt)")
-    lora = cfg.method.lora
-    _choice(lora.init, ("kaiming", "gaussian"), w("method.lora.init"))
-    _choice(lora.bias, ("none", "all", "lora_only"), w("method.lora.bias"))
-    if lora.r <= 0:
-        raise ConfigError(f"{w('method.lora.r')}: must be > 0, got {lora.r}")
-    if not 0 <= lora.dropout < 1:
-        raise ConfigError(f"{w('method.lora.dropout')}: must be in [0, 1), got {lora.dropout}")
-    from tunesmith.models.vision import is_vision_model
-
-    if is_vision_model(cfg.model.name) != (cfg.objective == "image_classify"):
-        hint = ("an image model; set objective: image_classify" if cfg.objective != "image_classify" else
-                "not an image model (image_classify needs e.g. efficientnet-lite0 or a module:factory model)")
-        raise ConfigError(f"{w('objective')}: {cfg.objective}, but model.name {cfg.model.name!r} is {hint}")
-    if t.packing and cfg.objective != "causal_lm":
-        raise ConfigError(f"{w('train.packing')}: packing is for objective causal_lm")
-    if cfg.method.freeze_layers < 0:
-        raise ConfigError(f"{w('method.freeze_layers')}: must be >= 0")
-    d, m = cfg.data, cfg.model
-    for i, name in enumerate(d.augment):
-        _choice(name, ("crop", "flip"), w("data.augment") + f"[{i}]")
-    lo_hi = d.crop_scale
-    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
-        raise ConfigError(f"{w('data.crop_scale')}: give [min, max] area fractions with 0 < min <= max <= 1, "
-                          f"got {lo_hi}")
-    if m.image_size is not None and m.image_size < 8:
-        raise ConfigError(f"{w('model.image_size')}: must be >= 8 pixels, got {m.image_size}")
-    for key, values in (("model.mean", m.mean), ("model.std", m.std)):
-        if values is not None and (len(values) not in (1, 3) or (key == "model.std" and min(values) <= 0)):
-            raise ConfigError(f"{w(key)}: give 1 or 3 numbers per channel" + (" (all > 0)" if "std" in key else "")
-                              + f", got {values}")

@@ -7,7 +7,8 @@ models and prompt-tuned models (whose virtual tokens only exist on the first for
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +33,8 @@ def prompt_ids(tokenizer, prompt: str, chat: bool | None = None) -> list[int]:
     return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
-def _pick(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
-    """Next token per row of `logits` (rows, vocab)."""
+def _pick(logits: torch.Tensor, cfg: GenerationConfig, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Next token per row of `logits` (rows, vocab); a sampled row draws from its own generator."""
     if cfg.temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
@@ -41,7 +42,26 @@ def _pick(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generato
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         keep = sorted_probs.cumsum(-1) - sorted_probs < cfg.top_p  # always keeps the most likely token
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
-    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+    probs = probs / probs.sum(-1, keepdim=True)
+    return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators, strict=True)])
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of the index-th prompt of a call: every prompt (and every copy of one prompt) draws its
+    own tokens, and which other prompts share its batch changes nothing."""
+    return seed * 1_000_003 + index
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (no dropout) for the block, then the mode the model had: generating in the middle of
+    training must not leave dropout off."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def cache_kwarg(model: nn.Module) -> str:
@@ -56,22 +76,23 @@ def output_cache(out):
 
 @torch.inference_mode()
 def generate_batch(model: nn.Module, batch: Sequence[Sequence[int]], eos_ids: set[int], cfg: GenerationConfig,
-                   device: torch.device | str = "cpu") -> list[list[int]]:
+                   device: torch.device | str = "cpu", seeds: Sequence[int] | None = None) -> list[list[int]]:
     """New tokens for several prompts of the same length at once.
 
-    Equal lengths mean no padding, so every row gets exactly the tokens it would get alone (greedy);
-    callers group prompts by length (see `generate_many`).
+    Equal lengths mean no padding, so every row gets exactly the tokens it would get alone; callers
+    group prompts by length (see `generate_many`). Sampling: row i draws from a generator seeded with
+    seeds[i] (default: cfg.seed).
     """
     if len({len(ids) for ids in batch}) != 1:
         raise ValueError("generate_batch needs prompts of equal length; use generate_many")
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generators = [torch.Generator().manual_seed(s) for s in (seeds or [cfg.seed] * len(batch))]
     kw = cache_kwarg(model)
     out = model(input_ids=torch.tensor([list(ids) for ids in batch], device=device), use_cache=True)
     new: list[list[int]] = [[] for _ in batch]
     done = torch.zeros(len(batch), dtype=torch.bool)
     eos = torch.tensor(sorted(eos_ids))
     for _ in range(cfg.max_new_tokens):
-        tokens = _pick(out.logits[:, -1].float().cpu(), cfg, generator)
+        tokens = _pick(out.logits[:, -1].float().cpu(), cfg, generators)
         done |= torch.isin(tokens, eos)
         if bool(done.all()):
             break
@@ -90,7 +111,8 @@ def generate_ids(model: nn.Module, ids: Sequence[int], eos_ids: set[int], cfg: G
 def generate_many(model: nn.Module, prompts: Sequence[Sequence[int]], eos_ids: set[int], cfg: GenerationConfig,
                   device: torch.device | str = "cpu", batch_size: int = 16, progress: bool = False,
                   desc: str = "generate") -> list[list[int]]:
-    """New tokens for each prompt, in order; prompts of equal length share a batch (no padding needed)."""
+    """New tokens for each prompt, in order; prompts of equal length share a batch (no padding needed).
+    Sampled, the i-th prompt draws with seed sample_seed(cfg.seed, i)."""
     from tqdm.auto import tqdm
 
     by_length: dict[int, list[int]] = {}
@@ -100,7 +122,8 @@ def generate_many(model: nn.Module, prompts: Sequence[Sequence[int]], eos_ids: s
     results: list[list[int]] = [[] for _ in prompts]
     with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False, disable=not progress) as bar:
         for chunk in chunks:
-            for i, new in zip(chunk, generate_batch(model, [prompts[i] for i in chunk], eos_ids, cfg, device),
+            seeds = [sample_seed(cfg.seed, i) for i in chunk]
+            for i, new in zip(chunk, generate_batch(model, [prompts[i] for i in chunk], eos_ids, cfg, device, seeds),
                               strict=True):
                 results[i] = new
             bar.update(len(chunk))
@@ -109,12 +132,11 @@ def generate_many(model: nn.Module, prompts: Sequence[Sequence[int]], eos_ids: s
 
 def generate(model: nn.Module, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | None = None,
              chat: bool | None = None, device: torch.device | str = "cpu") -> list[str]:
+    """Completions of `prompts`, greedy or sampled (each prompt with its own seed, see generate_many)."""
     cfg = cfg or GenerationConfig()
-    model.eval()
     ids = [prompt_ids(tokenizer, p, chat) for p in prompts]
-    # sampling draws per batch, so sampled prompts run one by one to keep results independent of the others
-    batch_size = 16 if cfg.temperature <= 0 else 1
-    new = generate_many(model, ids, eos_ids(model, tokenizer), cfg, device, batch_size)
+    with evaluating(model):
+        new = generate_many(model, ids, eos_ids(model, tokenizer), cfg, device)
     return [tokenizer.decode(t, skip_special_tokens=True) for t in new]
 
 
@@ -161,10 +183,11 @@ def exact_match(model: nn.Module, tokenizer, examples: Sequence, max_new_tokens:
     if not scored:
         return {}
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
-    model.eval()
     prompts = [chat_prefix(tokenizer, list(e.messages[:-1])) if e.kind == "chat"
                else tokenizer(e.prompt, add_special_tokens=True)["input_ids"] for e in scored]
-    new = generate_many(model, prompts, eos_ids(model, tokenizer), cfg, device, batch_size, progress, "exact match")
+    with evaluating(model):
+        new = generate_many(model, prompts, eos_ids(model, tokenizer), cfg, device, batch_size, progress,
+                            "exact match")
     answers = [tokenizer.decode(t, skip_special_tokens=True) for t in new]
     expected = [normalise(e.answer) for e in scored]
     result = {"exact_match": sum(normalise(a) == x for a, x in zip(answers, expected, strict=True)) / len(scored),

@@ -53,9 +53,10 @@ def test_bert_adapter_round_trip_with_peft(tiny_bert_nodrop, tmp_path, case):
     from transformers import AutoModelForSequenceClassification
 
     loaded = load_text_classifier(str(tiny_bert_nodrop), ["a", "b"], init_seed=0)
-    METHODS["lora"].apply(loaded, MethodConfig(name="lora", lora=LoraConfig(r=4, alpha=8, **BERT_CASES[case])))
+    method = METHODS["lora"]()
+    method.apply(loaded, MethodConfig(name="lora", lora=LoraConfig(r=4, alpha=8, **BERT_CASES[case])))
     perturb(loaded.model)
-    loaded.adapter.save(loaded.model, tmp_path / "ours", base=str(tiny_bert_nodrop))
+    method.save(loaded.model, tmp_path / "ours", base=str(tiny_bert_nodrop))
     x = torch.randint(5, 27, (3, 9))
     ours = loaded.model.eval()(input_ids=x).logits
 
@@ -140,7 +141,7 @@ def test_merge_unmerge_and_disable(tiny_bert_nodrop, kw):
     x = torch.randint(5, 27, (3, 9))
     model = loaded.model.eval()
     base_out = model(input_ids=x).logits
-    METHODS["lora"].apply(loaded, MethodConfig(name="lora", lora=LoraConfig(r=4, alpha=8, **kw)))
+    METHODS["lora"]().apply(loaded, MethodConfig(name="lora", lora=LoraConfig(r=4, alpha=8, **kw)))
     assert (model(input_ids=x).logits - base_out).abs().max() == 0  # B = 0 (A = 0 for embeddings): no change
     perturb(model, only_lora=True)
     with torch.no_grad():
@@ -191,9 +192,9 @@ def test_several_named_adapters(tiny_bert_nodrop):
 def test_target_errors_name_the_module(tiny_bert):
     loaded = load_text_classifier(str(tiny_bert), ["a", "b"], init_seed=0)
     with pytest.raises(ConfigError, match="'qkv' matches no module"):
-        METHODS["lora"].apply(loaded, MethodConfig(name="lora", lora=LoraConfig(target_modules=["qkv"])))
+        METHODS["lora"]().apply(loaded, MethodConfig(name="lora", lora=LoraConfig(target_modules=["qkv"])))
     with pytest.raises(ConfigError, match="LayerNorm, which LoRA cannot wrap"):
-        METHODS["lora"].apply(loaded, MethodConfig(name="lora", lora=LoraConfig(target_modules=["LayerNorm"])))
+        METHODS["lora"]().apply(loaded, MethodConfig(name="lora", lora=LoraConfig(target_modules=["LayerNorm"])))
     cnn = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4))
     with pytest.raises(ConfigError, match="grouped convolution"):
         L.resolve_targets(cnn, ["0"], set())
@@ -205,7 +206,7 @@ def test_lora_wraps_the_base_weights_in_place(tiny_bert_nodrop):
     model = loaded.model
     before = {name: p.data_ptr() for name, p in model.named_parameters()}
     base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    METHODS["lora"].apply(loaded, MethodConfig(name="lora", lora=LoraConfig(r=4, alpha=8,
+    METHODS["lora"]().apply(loaded, MethodConfig(name="lora", lora=LoraConfig(r=4, alpha=8,
                                                                          target_modules="all-linear")))
     wrapped = list(L.lora_layers(model))
     assert wrapped

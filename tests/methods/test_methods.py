@@ -26,10 +26,10 @@ def test_head_is_what_the_checkpoint_lacked(tiny_bert):
 
 def test_linear_probe_and_bitfit_choose_the_right_parameters(tiny_bert):
     m = loaded(tiny_bert)
-    METHODS["linear_probe"].apply(m, MethodConfig(name="linear_probe"))
+    METHODS["linear_probe"]().apply(m, MethodConfig(name="linear_probe"))
     assert trainable(m.model) == {"classifier.weight", "classifier.bias"}
     m = loaded(tiny_bert)
-    METHODS["bitfit"].apply(m, MethodConfig(name="bitfit"))
+    METHODS["bitfit"]().apply(m, MethodConfig(name="bitfit"))
     names = trainable(m.model)
     assert "classifier.weight" in names and all(n.endswith(".bias") for n in names - {"classifier.weight"})
     assert "bert.encoder.layer.0.attention.self.query.bias" in names
@@ -37,7 +37,7 @@ def test_linear_probe_and_bitfit_choose_the_right_parameters(tiny_bert):
 
 def test_freeze_layers_and_embeddings(tiny_bert):
     m = loaded(tiny_bert)
-    METHODS["freeze"].apply(m, MethodConfig(name="freeze", freeze_layers=1, freeze_embeddings=True))
+    METHODS["freeze"]().apply(m, MethodConfig(name="freeze", freeze_layers=1, freeze_embeddings=True))
     names = trainable(m.model)
     assert not any(n.startswith(("bert.embeddings.", "bert.encoder.layer.0.")) for n in names)
     assert any(n.startswith("bert.encoder.layer.1.") for n in names)
@@ -48,16 +48,16 @@ def test_freeze_layers_and_embeddings(tiny_bert):
 
 def test_freeze_patterns_and_errors(tiny_bert):
     m = loaded(tiny_bert)
-    METHODS["freeze"].apply(m, MethodConfig(name="freeze", freeze_embeddings=False,
+    METHODS["freeze"]().apply(m, MethodConfig(name="freeze", freeze_embeddings=False,
                                             freeze_patterns=["*.attention.*"]))
     assert not any(".attention." in n for n in trainable(m.model))
     assert "bert.embeddings.word_embeddings.weight" in trainable(m.model)
     with pytest.raises(ConfigError, match="matches no parameter"):
-        METHODS["freeze"].apply(m, MethodConfig(name="freeze", freeze_patterns=["nothing.*"]))
+        METHODS["freeze"]().apply(m, MethodConfig(name="freeze", freeze_patterns=["nothing.*"]))
     with pytest.raises(ConfigError, match="freeze_layers: 5 > the model's 2 blocks"):
-        METHODS["freeze"].apply(m, MethodConfig(name="freeze", freeze_layers=5))
+        METHODS["freeze"]().apply(m, MethodConfig(name="freeze", freeze_layers=5))
     with pytest.raises(ConfigError, match="head cannot be frozen"):
-        METHODS["freeze"].apply(m, MethodConfig(name="freeze", freeze_embeddings=False,
+        METHODS["freeze"]().apply(m, MethodConfig(name="freeze", freeze_embeddings=False,
                                                 freeze_patterns=["classifier.*"]))
 
 

@@ -21,7 +21,8 @@ def test_prompt_tuning_round_trip_with_peft(tiny_llama, tmp_path, init):
     base_table = loaded.model.get_input_embeddings().weight.detach().clone()
     cfg = MethodConfig(name="prompt", prompt=PromptConfig(num_virtual_tokens=5, init=init,
                                                           init_text="review the film" if init == "text" else None))
-    METHODS["prompt"].apply(loaded, cfg)
+    method = METHODS["prompt"]()
+    method.apply(loaded, cfg)
     model = loaded.model
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["prompt_embeddings.weight"]
     if init == "text":  # initialised from the embeddings of the text's tokens, repeated
@@ -29,7 +30,7 @@ def test_prompt_tuning_round_trip_with_peft(tiny_llama, tmp_path, init):
         assert torch.equal(model.prompt_embeddings.weight[:3], base_table[ids])
     with torch.no_grad():
         model.prompt_embeddings.weight.add_(torch.randn_like(model.prompt_embeddings.weight) * 0.5)
-    loaded.adapter.save(model, tmp_path / "ours", base=str(tiny_llama))
+    method.save(model, tmp_path / "ours", base=str(tiny_llama))
     x = torch.randint(3, 20, (2, 7))
     ours = model.eval()(input_ids=x, attention_mask=torch.ones_like(x)).logits
     assert ours.shape[1] == 7

@@ -49,7 +49,7 @@ def test_converted_folder_is_plain_hf_and_matches_gguf_logits(converted, smollm)
 
     root, out = converted
     assert out == root / "models" / "smollm2-135m"
-    assert not (root / "models" / "smollm2-135m.tmp").exists()
+    assert not (root / "models" / ".smollm2-135m.tmp").exists()
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "llama"
     record = json.loads((out / SOURCE_FILE).read_text())
@@ -136,7 +136,7 @@ def test_leftover_temp_dir_is_replaced_and_a_changed_source_reconverts(tmp_path,
     src = tmp_path / "fake.gguf"
     src.write_bytes(b"version 1")
     models = tmp_path / "cache" / "models"
-    leftover = models / "fake.tmp"
+    leftover = models / ".fake.tmp"
     leftover.mkdir(parents=True)
     (leftover / "model.safetensors").write_bytes(b"half written")  # a conversion killed mid-write
 
@@ -146,9 +146,9 @@ def test_leftover_temp_dir_is_replaced_and_a_changed_source_reconverts(tmp_path,
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
 
     assert cached_conversion(src, "fake") == out and len(fake_loaders) == 1  # reused
-    (models / "fake.old").mkdir()  # killed after installing the new folder, before deleting the old one
+    (models / ".fake.old").mkdir()  # killed after installing the new folder, before deleting the old one
     assert cached_conversion(src, "fake") == out and len(fake_loaders) == 1
-    assert not (models / "fake.old").exists()
+    assert not (models / ".fake.old").exists()
 
     src.write_bytes(b"version 2, longer")
     os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))

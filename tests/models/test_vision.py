@@ -48,10 +48,11 @@ def _perturb(model, seed=1):
 def test_efficientnet_conv_lora_round_trip_with_peft(tmp_path, dora):
     peft = pytest.importorskip("peft")
     ours = loaded_lite0()
-    METHODS["lora" if not dora else "dora"].apply(ours, MethodConfig(name="lora", lora=LoraConfig(r=4, alpha=8)))
-    assert len(ours.adapter.targets) == 32  # every 1x1 expand/project conv + the head conv
+    method = METHODS["lora" if not dora else "dora"]()
+    method.apply(ours, MethodConfig(name="lora", lora=LoraConfig(r=4, alpha=8)))
+    assert len(method.targets) == 32  # every 1x1 expand/project conv + the head conv
     _perturb(ours.model)
-    ours.adapter.save(ours.model, tmp_path / "ours", base="efficientnet-lite0")
+    method.save(ours.model, tmp_path / "ours", base="efficientnet-lite0")
     x = torch.randn(2, 3, 32, 32)
     expected = ours.model.eval()(x)
     with warnings.catch_warnings(record=True) as caught:
@@ -69,10 +70,10 @@ def test_efficientnet_conv_lora_round_trip_with_peft(tmp_path, dora):
 def test_lora_refuses_convs_it_cannot_wrap_exactly():
     stem = loaded_lite0()  # 3x3 stride-2 stem pads inside its own forward ('SAME'), LoRA's A could not follow
     with pytest.raises(ConfigError, match="_conv_stem.*own forward"):
-        METHODS["lora"].apply(stem, MethodConfig(name="lora", lora=LoraConfig(target_modules=["_conv_stem"])))
+        METHODS["lora"]().apply(stem, MethodConfig(name="lora", lora=LoraConfig(target_modules=["_conv_stem"])))
     depthwise = loaded_lite0()
     with pytest.raises(ConfigError, match="grouped convolution"):
-        METHODS["lora"].apply(depthwise, MethodConfig(name="lora", lora=LoraConfig(target_modules=["_depthwise_conv"])))
+        METHODS["lora"]().apply(depthwise, MethodConfig(name="lora", lora=LoraConfig(target_modules=["_depthwise_conv"])))
 
 
 def test_bring_your_own_factory_with_safetensors_or_pth(tmp_path):

@@ -14,13 +14,13 @@ from tunesmith.run import run
 pytestmark = pytest.mark.slow
 
 
-def sft_config(model, tmp, method, **train):
+def sft_config(model, tmp, method, objective=None, **train):
     data = tmp / "data"
     data.mkdir(parents=True, exist_ok=True)
     return {
         "model": {"name": str(model), "max_length": 48},
         "method": method,
-        "objective": "causal_lm",
+        "objective": {"name": "causal_lm"} | (objective or {}),
         "data": {"train": str(write_jsonl(data / "train.jsonl", chat_rows(96, 1))),
                  "validation": str(write_jsonl(data / "val.jsonl", chat_rows(16, 2))),
                  "test": str(write_jsonl(data / "test.jsonl", chat_rows(24, 3)))},
@@ -30,7 +30,7 @@ def sft_config(model, tmp, method, **train):
 
 
 def test_full_sft_learns_the_answers_and_generates(tiny_llama, tmp_path):
-    s = run(config_from_dict(sft_config(tiny_llama, tmp_path, {"name": "full"}, packing=True)), tmp_path / "r")
+    s = run(config_from_dict(sft_config(tiny_llama, tmp_path, {"name": "full"}, {"packing": True})), tmp_path / "r")
     assert s["final"]["test_exact_match"] >= 0.9  # answers "fresh"/"rotten" and stops (EOS learned)
     assert s["final"]["val_perplexity"] < 2.0
     out = cli("generate", str(tmp_path / "r"), "review the film was great", "--max-new-tokens", "5")

@@ -1,4 +1,4 @@
-from tunesmith.train.loop import epoch_batches
+from tunesmith.train.step import epoch_batches
 
 
 def test_length_grouped_batches_cover_every_item_once_and_cut_padding():

@@ -9,10 +9,13 @@ from tiny import tiny_config
 
 from tunesmith.config import TrainConfig, config_from_dict
 from tunesmith.errors import TrainingError
+from tunesmith.objectives import Loss, Objective
 from tunesmith.run import run
 from tunesmith.train.distributed import DistInfo
-from tunesmith.train.loop import TrainTask, epoch_order, train
+from tunesmith.train.loop import TrainTask, train
 from tunesmith.train.optim import build_optimizer, build_scheduler
+from tunesmith.train.parallel import Strategy
+from tunesmith.train.step import epoch_order
 
 
 def weights(run_dir):
@@ -77,17 +80,32 @@ def test_early_stopping_with_patience_restores_best(tiny_bert, tmp_path):
     assert again["final"]["val_loss"] == pytest.approx(summary["final"]["val_loss"], rel=1e-6)
 
 
-def test_nan_loss_is_a_clear_error(tiny_bert, tmp_path):
-    model = torch.nn.Linear(2, 2)
+class Linear(Objective):
+    """A bare objective on a linear model: the loss is `scale` times the sum of its outputs."""
 
-    def loss_sum(m, batch):
-        return m(batch["x"]).sum() * float("nan")
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
 
-    task = TrainTask(items=[0, 1, 2, 3], collate=lambda items: {"x": torch.ones(len(items), 2)},
-                     loss_sum=loss_sum, count=lambda b: b["x"].shape[0])
+    def collate(self, items, pad_id, train=False):
+        return {"x": torch.tensor([[float(i + 1), 1.0] for i in items])}
+
+    def counts(self, batch):
+        return {"loss": float(batch["x"].shape[0])}
+
+    def loss(self, model, batch):
+        return Loss({"loss": model(batch["x"]).sum() * self.scale})
+
+
+def linear_task(objective: Objective, n: int = 4) -> TrainTask:
+    return TrainTask(items=list(range(n)), collate=lambda items: objective.collate(items, None, train=True),
+                     objective=objective)
+
+
+def test_nan_loss_is_a_clear_error(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=2, progress=False)
     with pytest.raises(TrainingError, match=r"loss became nan at step 1 \(epoch 1\); lower train.lr"):
-        train(model, task, cfg, tmp_path, DistInfo())
+        train(torch.nn.Linear(2, 2), linear_task(Linear(float("nan"))), cfg, tmp_path, Strategy(DistInfo()))
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])

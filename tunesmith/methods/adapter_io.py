@@ -9,9 +9,7 @@ fully trained modules (the task head) `base_model.model.<path>.weight`.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tunesmith.atomic import atomic_dir
 from tunesmith.config import LoraConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.methods.lora import inject, lora_layers
@@ -75,17 +74,13 @@ def save_adapter(model: nn.Module, out_dir: Path, settings: LoraConfig, targets:
                  extra_files: dict[str, Any] | None = None) -> Path:
     """Write a PEFT-loadable adapter directory atomically (temp dir + rename)."""
     fan_in_fan_out = any(getattr(layer, "fan_in_fan_out", False) for _, layer in lora_layers(model))
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(adapter_state(model, adapter, modules_to_save, settings.bias), str(tmp / WEIGHTS),
-              metadata={"format": "pt"})
     config = peft_config(settings, targets, modules_to_save, base, _task_type(model), fan_in_fan_out)
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    for name, data in (extra_files or {}).items():
-        (tmp / name).write_text(json.dumps(data, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        save_file(adapter_state(model, adapter, modules_to_save, settings.bias), str(tmp / WEIGHTS),
+                  metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=2))
     return out_dir
 
 

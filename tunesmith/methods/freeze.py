@@ -5,15 +5,18 @@ protects them from being distorted by small data. Frozen parts run as at inferen
 statistics fixed, dropout and stochastic depth off), so they really do not change.
 """
 
+from __future__ import annotations
+
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
-from tunesmith.config import MethodConfig
 from tunesmith.errors import ConfigError
+from tunesmith.methods.base import Method
 from tunesmith.methods.common import find_blocks, frozen_subtrees, keep_in_eval
-from tunesmith.models.hf import LoadedModel
 
-DESCRIPTION = ("freeze the embeddings / CNN stem, the first N blocks (method.freeze_layers) and/or glob "
-               "patterns; frozen parts run in eval mode (BatchNorm statistics fixed)")
+if TYPE_CHECKING:
+    from tunesmith.config import MethodConfig
+    from tunesmith.models.hf import LoadedModel
 
 
 def frozen_names(loaded: LoadedModel, cfg: MethodConfig) -> list[str]:
@@ -40,8 +43,17 @@ def frozen_names(loaded: LoadedModel, cfg: MethodConfig) -> list[str]:
     return sorted(frozen)
 
 
-def apply(loaded: LoadedModel, cfg: MethodConfig) -> None:
-    frozen = set(frozen_names(loaded, cfg))
-    for name, param in loaded.model.named_parameters():
-        param.requires_grad_(name not in frozen)
-    keep_in_eval(frozen_subtrees(loaded.model))
+class Freeze(Method):
+    name = "freeze"
+    description = ("freeze the embeddings / CNN stem, the first N blocks (method.freeze_layers) and/or glob "
+                   "patterns; frozen parts run in eval mode (BatchNorm statistics fixed)")
+
+    def check(self, cfg, run, where, at) -> None:
+        if cfg.freeze_layers < 0:
+            raise ConfigError(f"{where(at + '.freeze_layers')}: must be >= 0, got {cfg.freeze_layers}")
+
+    def apply(self, loaded: LoadedModel, cfg: MethodConfig) -> None:
+        frozen = set(frozen_names(loaded, cfg))
+        for name, param in loaded.model.named_parameters():
+            param.requires_grad_(name not in frozen)
+        keep_in_eval(frozen_subtrees(loaded.model))

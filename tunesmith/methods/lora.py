@@ -9,17 +9,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from tunesmith.config import LoraConfig, MethodConfig
 from tunesmith.errors import ConfigError
+from tunesmith.methods.base import Method
 from tunesmith.methods.common import set_trainable
 from tunesmith.methods.lora_layers import LoraLayer, LoraLinear, _is_conv1d_gpt2, wrap
-from tunesmith.models.hf import LoadedModel
 
-DESCRIPTION = "low-rank adapters (method.lora: r, alpha, target_modules, use_rslora); base weights frozen"
+if TYPE_CHECKING:
+    from tunesmith.config import LoraConfig, MethodConfig
+    from tunesmith.models.hf import LoadedModel
 
 # The usual targets when method.lora.target_modules is not given (the same choice as PEFT's defaults).
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -127,25 +130,61 @@ def trainable_names(model: nn.Module, cfg: LoraConfig, save_modules: list[str], 
     return names
 
 
-def apply(loaded: LoadedModel, cfg: MethodConfig) -> None:
-    settings = cfg.lora
-    save_modules = sorted(set(head_modules(loaded)) | set(settings.modules_to_save))
-    paths = inject(loaded.model, settings, exclude=set(save_modules), default_targets=loaded.lora_targets)
-    set_trainable(loaded.model, trainable_names(loaded.model, settings, save_modules))
-    loaded.adapter = LoraAdapter(settings, paths, save_modules)
+class Lora(Method):
+    """Adapters in the chosen layers train (+ the head and method.lora.modules_to_save); the base stays.
 
+    Anything else it trains in place (the head, modules_to_save, biases) is kept as it was when the
+    method was applied, so reference() (adapters off, those tensors put back) is the model it started
+    from, as PEFT's ModulesToSaveWrapper keeps `original_module`."""
 
-class LoraAdapter:
-    """What a LoRA run saves: the adapter in PEFT's format."""
+    name = "lora"
+    description = "low-rank adapters (method.lora: r, alpha, target_modules, use_rslora); base weights frozen"
+    trains_base = False
+    adapter = True
+    peft_type = "LORA"
+    use_dora = False
 
-    def __init__(self, settings: LoraConfig, targets: list[str], modules_to_save: list[str]) -> None:
-        self.settings, self.targets, self.modules_to_save = settings, targets, modules_to_save
+    def check(self, cfg, run, where, at) -> None:
+        lora = cfg.lora
+        for key, value, allowed in (("init", lora.init, ("kaiming", "gaussian")),
+                                    ("bias", lora.bias, ("none", "all", "lora_only"))):
+            if value not in allowed:
+                raise ConfigError(f"{where(f'{at}.lora.{key}')}: {value!r} is not one of {', '.join(allowed)}")
+        if lora.r <= 0:
+            raise ConfigError(f"{where(at + '.lora.r')}: must be > 0, got {lora.r}")
+        if not lora.alpha > 0:
+            raise ConfigError(f"{where(at + '.lora.alpha')}: must be > 0, got {lora.alpha}")
+        if not 0 <= lora.dropout < 1:
+            raise ConfigError(f"{where(at + '.lora.dropout')}: must be in [0, 1), got {lora.dropout}")
+
+    def apply(self, loaded: LoadedModel, cfg: MethodConfig) -> None:
+        settings = replace(cfg.lora, use_dora=True) if self.use_dora else cfg.lora
+        save_modules = sorted(set(head_modules(loaded)) | set(settings.modules_to_save))
+        paths = inject(loaded.model, settings, exclude=set(save_modules), default_targets=loaded.lora_targets)
+        set_trainable(loaded.model, trainable_names(loaded.model, settings, save_modules))
+        self.settings, self.targets, self.modules_to_save = settings, paths, save_modules
+        adapters = {id(p) for _, layer in lora_layers(loaded.model) for p in layer._adapter_params("default")}
+        self.keep_originals(loaded.model, skip=adapters)
 
     def save(self, model: nn.Module, out_dir, base: str, extra_files: dict | None = None):
         from tunesmith.methods.adapter_io import save_adapter
 
         return save_adapter(model, out_dir, self.settings, self.targets, self.modules_to_save, base,
                             extra_files=extra_files)
+
+    @classmethod
+    def load(cls, loaded: LoadedModel, adapter_dir) -> None:
+        from tunesmith.methods.adapter_io import load_adapter
+
+        load_adapter(loaded.model, adapter_dir)
+
+    def merged(self, model: nn.Module) -> nn.Module:
+        return unload(model)
+
+    @contextmanager
+    def reference(self, model: nn.Module) -> Iterator[nn.Module]:
+        with adapters_disabled(model), self._originals_restored():
+            yield model
 
 
 # -- adapters on a model ------------------------------------------------------------------------------

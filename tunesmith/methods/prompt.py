@@ -5,21 +5,23 @@ the whole language model stays frozen. Saved in PEFT's PROMPT_TUNING format (`pr
 from __future__ import annotations
 
 import json
-import os
-import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunesmith.config import MethodConfig
+from tunesmith.atomic import atomic_dir
 from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.methods.base import Method
 from tunesmith.methods.common import set_trainable
-from tunesmith.models.hf import LoadedModel
 
-DESCRIPTION = "prompt tuning: trainable virtual tokens before the input (method.prompt); model frozen"
+if TYPE_CHECKING:
+    from tunesmith.config import MethodConfig
+    from tunesmith.models.hf import LoadedModel
 
 
 class PromptTuningModel(nn.Module):
@@ -71,25 +73,40 @@ def initial_prompt(loaded: LoadedModel, n: int, init: str, text: str | None, see
     return table[torch.tensor(ids)].clone().float()
 
 
-def apply(loaded: LoadedModel, cfg: MethodConfig) -> None:
-    p = cfg.prompt
-    if p.num_virtual_tokens <= 0:
-        raise ConfigError(f"method.prompt.num_virtual_tokens: must be > 0, got {p.num_virtual_tokens}")
-    if not hasattr(loaded.model, "get_input_embeddings") or getattr(loaded.model.config, "is_encoder_decoder", False):
-        raise ConfigError("method prompt: needs a decoder-only language model (objective: causal_lm)")
-    init = initial_prompt(loaded, p.num_virtual_tokens, p.init, p.init_text, seed=torch.initial_seed())
-    loaded.model = PromptTuningModel(loaded.model, init)
-    set_trainable(loaded.model, ["prompt_embeddings.weight"])
-    loaded.adapter = PromptAdapter(p.num_virtual_tokens, p.init, p.init_text)
+class Prompt(Method):
+    name = "prompt"
+    description = "prompt tuning: trainable virtual tokens before the input (method.prompt); model frozen"
+    trains_base = False
+    adapter = True
+    peft_type = "PROMPT_TUNING"
+    model_kinds = ("causal-lm",)
+    exclusive = True
 
+    def check(self, cfg, run, where, at) -> None:
+        p = cfg.prompt
+        if p.num_virtual_tokens <= 0:
+            raise ConfigError(f"{where(at + '.prompt.num_virtual_tokens')}: must be > 0, got {p.num_virtual_tokens}")
+        if p.init not in ("vocab", "text"):
+            raise ConfigError(f"{where(at + '.prompt.init')}: {p.init!r} is not one of vocab, text")
+        if p.init == "text" and not p.init_text:
+            raise ConfigError(f"{where(at + '.prompt.init_text')}: give the text to initialise the virtual tokens from")
+        if getattr(run.objective, "packing", False):
+            raise ConfigError(f"{where('objective.packing')}: prompt tuning cannot pack samples (each needs its "
+                              "own prompt)")
 
-class PromptAdapter:
-    """What a prompt-tuning run saves: PEFT's adapter_config.json + adapter_model.safetensors."""
-
-    def __init__(self, n: int, init: str, text: str | None) -> None:
-        self.n, self.init, self.text = n, init, text
+    def apply(self, loaded: LoadedModel, cfg: MethodConfig) -> None:
+        p = cfg.prompt
+        if p.num_virtual_tokens <= 0:
+            raise ConfigError(f"method.prompt.num_virtual_tokens: must be > 0, got {p.num_virtual_tokens}")
+        if not hasattr(loaded.model, "get_input_embeddings") or getattr(loaded.model.config, "is_encoder_decoder", False):
+            raise ConfigError("method prompt: needs a decoder-only language model (objective: causal_lm)")
+        init = initial_prompt(loaded, p.num_virtual_tokens, p.init, p.init_text, seed=torch.initial_seed())
+        loaded.model = PromptTuningModel(loaded.model, init)
+        set_trainable(loaded.model, ["prompt_embeddings.weight"])
+        self.n, self.init, self.text = p.num_virtual_tokens, p.init, p.init_text
 
     def save(self, model: PromptTuningModel, out_dir: Path, base: str, extra_files: dict | None = None) -> Path:
+        """PEFT's adapter_config.json + adapter_model.safetensors."""
         cfg = model.config
         config = {
             "peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
@@ -99,17 +116,26 @@ class PromptAdapter:
             "prompt_tuning_init_text": self.text, "tokenizer_name_or_path": base if self.init == "text" else None,
             "inference_mode": True, "revision": None,
         }
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({"prompt_embeddings": model.prompt_embeddings.weight.detach().cpu().contiguous()},
-                  str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
-        for name, data in (extra_files or {}).items():
-            (tmp / name).write_text(json.dumps(data, indent=2))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp, out_dir)
+        with atomic_dir(out_dir) as tmp:
+            save_file({"prompt_embeddings": model.prompt_embeddings.weight.detach().cpu().contiguous()},
+                      str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+            (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+            for name, data in (extra_files or {}).items():
+                (tmp / name).write_text(json.dumps(data, indent=2))
         return out_dir
+
+    @classmethod
+    def load(cls, loaded: LoadedModel, adapter_dir: Path) -> None:
+        load_prompt(loaded, adapter_dir)
+
+    def merged(self, model: nn.Module) -> nn.Module:
+        raise TunesmithError("prompt tuning's virtual tokens are inputs, not weights: they cannot be merged into "
+                             "the model; load the adapter with PEFT or tunesmith instead")
+
+    @contextmanager
+    def reference(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The language model without the virtual tokens."""
+        yield model.base_model if isinstance(model, PromptTuningModel) else model
 
 
 def load_prompt(loaded: LoadedModel, adapter_dir: Path) -> None:

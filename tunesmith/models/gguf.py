@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from tunesmith.atomic import atomic_dir, leftovers
 from tunesmith.errors import TunesmithError
 from tunesmith.models.assets import packaged_path
 
@@ -72,8 +73,6 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, dtype: str = "float32") -
     torch_dtype = getattr(torch, dtype)
     where, name = gguf_path.parent, gguf_path.name
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
     _say(f"converting {name} to a plain Hugging Face folder {out_dir} "
          "(once, under a minute on 2 CPU cores; later loads reuse it)")
@@ -101,17 +100,12 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, dtype: str = "float32") -
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     del loaded
 
-    _say(f"[3/3] writing safetensors and tokenizer to {tmp.name} ({time.perf_counter() - start:.0f} s so far)")
-    model.save_pretrained(tmp)  # safetensors (the default since transformers 4.35)
-    # chat template inside tokenizer_config.json (not v5's chat_template.jinja): older transformers read it too
-    tokenizer.save_pretrained(tmp, save_jinja_files=False)
-    (tmp / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    old = out_dir.with_name(out_dir.name + ".old")
-    if out_dir.exists():  # a stale conversion: rename() cannot replace a non-empty directory
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    _say(f"[3/3] writing safetensors and tokenizer to {out_dir} ({time.perf_counter() - start:.0f} s so far)")
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)  # safetensors (the default since transformers 4.35)
+        # chat template inside tokenizer_config.json (not v5's chat_template.jinja): older transformers read it too
+        tokenizer.save_pretrained(tmp, save_jinja_files=False)
+        (tmp / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     _say(f"converted in {time.perf_counter() - start:.1f} s")
     return out_dir
 
@@ -134,13 +128,13 @@ def cached_conversion(gguf_path: Path, name: str, dtype: str = "float32") -> Pat
     """<cache>/models/<name>, converted from gguf_path on first use and whenever the source file changes."""
     gguf_path = Path(gguf_path)
     out_dir = cache_root() / "models" / name
-    leftovers = [out_dir.with_name(name + suffix) for suffix in (".tmp", ".old")]  # from a killed conversion
-    if is_current(out_dir, gguf_path, dtype) and not any(p.exists() for p in leftovers):
+    stale = leftovers(out_dir)  # from a killed conversion
+    if is_current(out_dir, gguf_path, dtype) and not any(p.exists() for p in stale):
         return out_dir  # the folder only appears complete (by rename): no lock needed to read it
     with _locked(out_dir.with_name(name + ".lock")):
         if not is_current(out_dir, gguf_path, dtype):  # another process may have converted while we waited
             convert_gguf_to_hf(gguf_path, out_dir, dtype)
-        for path in leftovers:  # nobody else converts while we hold the lock
+        for path in stale:  # nobody else converts while we hold the lock
             shutil.rmtree(path, ignore_errors=True)
     return out_dir
 

@@ -36,7 +36,6 @@ class LoadedModel:
     tokenizer: object
     head_params: list[str]  # parameters trained from scratch (not in the pretrained checkpoint)
     source: str
-    adapter: object | None = None  # set by adapter methods (LoRA, prompt): .save(model, dir, base, extra_files)
     lora_targets: list[str] | None = None  # what method lora wraps when target_modules is not given
     save: Callable[[nn.Module, Path], None] | None = None  # writes RUN_DIR/model; None: Hugging Face format
 
@@ -83,16 +82,12 @@ def load_saved_classifier(model_dir: str | Path, device: str = "cpu") -> tuple[n
 
 def save_hf_model(model: nn.Module, tokenizer: object, out_dir: Path) -> None:
     """Plain Hugging Face format, written to a temp dir and renamed so a crash leaves no half model."""
-    import shutil
+    from tunesmith.atomic import atomic_dir
 
     _quiet_transformers()
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)  # safetensors (the default, and the only format in transformers 5)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)  # safetensors (the default, and the only format in transformers 5)
+        tokenizer.save_pretrained(tmp)
 
 
 def load_causal_lm(name_or_path: str, init_seed: int) -> LoadedModel:

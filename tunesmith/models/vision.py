@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -225,20 +224,15 @@ def build_classifier(model_cfg, num_labels: int, init_seed: int, pretrained: boo
 
 def save_vision_model(model: nn.Module, prep: ImagePrep, out_dir: Path, meta: dict) -> None:
     """model.safetensors (every weight, head included) + preprocessor.json + tunesmith.json, atomically."""
-    import shutil
-
     from safetensors.torch import save_file
 
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    from tunesmith.atomic import atomic_dir
+
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    prep.save_pretrained(tmp)
-    (tmp / "tunesmith.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        prep.save_pretrained(tmp)
+        (tmp / "tunesmith.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def load_saved_vision(model_dir: Path, model_cfg) -> tuple[nn.Module, ImagePrep, list[str]]:

@@ -1,24 +1,30 @@
-"""What is learned: an objective turns a batch into a loss. One file + one line here."""
+"""What is learned: an objective turns a batch into a loss. One file with an Objective subclass + one line here.
 
-from types import ModuleType
+See objectives/base.py for what an objective provides and docs/architecture.md for a walk-through.
+"""
 
-from tunesmith.objectives import causal_lm, classify, image_classify
+from __future__ import annotations
 
-# Each objective module provides:
-#   DESCRIPTION
-#   load_data(cfg: RunConfig) -> data with .train/.validation/.test lists, .label_names, .report
-#   load_model(cfg: RunConfig, data) -> LoadedModel
-#   encode(examples, tokenizer, max_length) -> (items with .input_ids, {stat: count} worth reporting)
-#   collate(items, pad_id, train=False, **options) -> batch (train: augment if configured);  count(batch) -> targets in it;  loss_sum(model, batch) -> summed loss
-#   eval_sums(model, items, batch_size, pad_id, device, num_labels) -> tensors that add up across processes
-#   metrics(sums) -> {name: value};  details(sums, label_names) -> extra summary.json facts
-#   plots(details_by_split, label_names, plot_dir) -> None
-# and may provide:
-#   prepare_model(model) -> line to report or None: exact speed-ups, once the method and checkpointing are set
-OBJECTIVES: dict[str, ModuleType] = {
-    "classify": classify,
-    "causal_lm": causal_lm,
-    "image_classify": image_classify,
+from typing import TYPE_CHECKING
+
+from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
+from tunesmith.objectives.causal_lm import CausalLM
+from tunesmith.objectives.classify import Classify
+from tunesmith.objectives.image_classify import ImageClassify
+
+if TYPE_CHECKING:
+    from tunesmith.config import RunConfig
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "classify": Classify,
+    "causal_lm": CausalLM,
+    "image_classify": ImageClassify,
 }
 
-__all__ = ["OBJECTIVES"]
+
+def build_objective(run: RunConfig) -> Objective:
+    """The run's objective, with its config section (and the run's, for what it reads beyond it)."""
+    return OBJECTIVES[run.objective.name](run)
+
+
+__all__ = ["OBJECTIVES", "Loss", "Objective", "ObjectiveConfig", "SavedRun", "build_objective"]

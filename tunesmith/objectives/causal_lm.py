@@ -15,14 +15,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.fastpath import checked_once, same_result
+from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
 
-DESCRIPTION = "next-token cross-entropy on completions / assistant turns / text; loss, perplexity, token accuracy"
 IGNORE = -100
 # Run the output layer on target positions only (see target_logits); False restores the model's own
 # forward over every position, which benchmarks/anchor.py uses to measure what this saves.
@@ -33,18 +35,6 @@ TARGET_ONLY_LOGITS = True
 class LMItem:
     input_ids: list[int]
     labels: list[int]  # IGNORE where the token is context, not target
-
-
-def load_data(cfg):
-    from tunesmith.data.lm import load_lm_data
-
-    return load_lm_data(cfg.data)
-
-
-def load_model(cfg, data):
-    from tunesmith.models import load_causal_lm
-
-    return load_causal_lm(cfg.model.name, cfg.train.init_seed)
 
 
 def _ids(result) -> list[int]:
@@ -196,56 +186,37 @@ def _keeps_masked_logits(model: nn.Module) -> bool:
     if not isinstance(model, nn.parallel.DistributedDataParallel):
         return False
     inner = model.module
-    known = inner.__dict__.get("_tunesmith_masked_logits")
-    if known is not None:
-        return known
-    ok = False
-    if "logits_to_keep" in inspect.signature(inner.forward).parameters:
+    if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
+        return False
+
+    def check() -> bool:
         device = next(inner.parameters()).device
         ids = (torch.arange(1, 9, device=device).view(1, -1) * 7) % max(2, getattr(inner.config, "vocab_size", 2))
         keep = torch.tensor([[False, True, True, False, False, True, False, False]], device=device)
-        was_training = inner.training
-        inner.eval()
-        try:
-            with torch.no_grad():
-                full = inner(input_ids=ids, use_cache=False).logits.float()
-                kept = inner(input_ids=ids, use_cache=False, logits_to_keep=keep).logits.float()
-            ok = kept.shape == full[keep].shape and torch.allclose(kept, full[keep], rtol=1e-4, atol=1e-4)
-        except (TypeError, AttributeError, RuntimeError, IndexError):
-            ok = False
-        finally:
-            inner.train(was_training)
-    inner.__dict__["_tunesmith_masked_logits"] = ok
-    return ok
+        return same_result(inner, lambda: inner(input_ids=ids, use_cache=False).logits[keep],
+                           lambda: inner(input_ids=ids, use_cache=False, logits_to_keep=keep).logits)
+
+    return checked_once(inner, "masked_logits", check)
 
 
 def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(the transformer that gives final hidden states, the output layer) of a plain transformers causal
     LM whose logits are exactly head(hidden); None for anything else (then the model's own forward runs).
     Checked once per model on a short input, so an architecture that scales or caps its logits is caught."""
-    known = model.__dict__.get("_tunesmith_body_head")
-    if known is not None:
-        return known or None
-    split = None
     prefix = getattr(model, "base_model_prefix", None)
     body = getattr(model, prefix, None) if prefix else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if isinstance(body, nn.Module) and isinstance(head, nn.Linear) and type(model).__name__.endswith("ForCausalLM"):
+    if not (isinstance(body, nn.Module) and isinstance(head, nn.Linear)
+            and type(model).__name__.endswith("ForCausalLM")):
+        return None
+
+    def check() -> tuple[nn.Module, nn.Module] | tuple[()]:
         ids = torch.arange(1, 9, device=head.weight.device).view(1, -1) % head.out_features
-        was_training = model.training
-        model.eval()  # no dropout, so the two forwards are comparable
-        try:
-            with torch.no_grad():
-                full = model(input_ids=ids, use_cache=False).logits.float()
-                ours = head(body(input_ids=ids, use_cache=False).last_hidden_state).float()
-            if torch.allclose(full, ours, rtol=1e-4, atol=1e-4):
-                split = (body, head)
-        except (TypeError, AttributeError, RuntimeError):
-            split = None
-        finally:
-            model.train(was_training)
-    model.__dict__["_tunesmith_body_head"] = split or ()
-    return split
+        same = same_result(model, lambda: model(input_ids=ids, use_cache=False).logits,
+                           lambda: head(body(input_ids=ids, use_cache=False).last_hidden_state))
+        return (body, head) if same else ()
+
+    return checked_once(model, "body_head", check) or None
 
 
 def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -282,5 +253,85 @@ def details(sums: dict[str, torch.Tensor], label_names) -> dict:
     return {"target_tokens": int(sums["tokens"].item())}
 
 
-def plots(details_by_split: dict, label_names, plot_dir) -> None:
-    return None
+# -- the objective ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CausalLMConfig(ObjectiveConfig):
+    name: str = "causal_lm"
+    packing: bool = False  # several samples per row (no attention across them, positions restart)
+    exact_match: bool = True  # at the end: greedy answers on the test split vs the expected answers
+
+
+class CausalLM(Objective):
+    name = "causal_lm"
+    description = "next-token cross-entropy on completions / assistant turns / text; loss, perplexity, token accuracy"
+    Config = CausalLMConfig
+    metric_names = ("loss", "perplexity", "token_accuracy")
+    default_metric = "val_loss"
+    model_kind = "causal-lm"
+    generates = True
+
+    def check(self, run, where) -> None:
+        from tunesmith.models.vision import is_vision_model
+
+        if is_vision_model(run.model.name):
+            raise ConfigError(f"{where('objective')}: causal_lm, but model.name {run.model.name!r} is an image "
+                              "model; set objective: image_classify")
+
+    def load_data(self, run):
+        from tunesmith.data.lm import load_lm_data
+
+        return load_lm_data(run.data)
+
+    def load_model(self, run, data):
+        from tunesmith.models import load_causal_lm
+
+        return load_causal_lm(run.model.name, run.train.init_seed)
+
+    def encode(self, examples, tokenizer, max_length):
+        return encode(examples, tokenizer, max_length)
+
+    def collate(self, items, pad_id, train=False):
+        if train and self.cfg.packing:
+            capacity = self.run.model.max_length if self.run is not None else None
+            return collate(items, pad_id, pack=True, max_length=capacity)
+        return collate(items, pad_id)
+
+    def counts(self, batch):
+        return {"loss": float(count(batch))}
+
+    def loss(self, model, batch):
+        return Loss({"loss": loss_sum(model, batch)})
+
+    def eval_sums(self, model, items, batch_size, pad_id, device, num_labels):
+        return eval_sums(model, items, batch_size, pad_id, device, num_labels)
+
+    def metrics(self, sums):
+        return metrics(sums)
+
+    def details(self, sums, label_names):
+        return details(sums, label_names)
+
+    def final_metrics(self, model, tokenizer, data, strategy) -> dict[str, float]:
+        """Greedy answers on the test split vs the expected ones, sharded over processes."""
+        from tunesmith.generate import answer_set, exact_match
+
+        if not self.cfg.exact_match or not data.test:
+            return {}
+        candidates = answer_set(data.test)
+        found = exact_match(model, tokenizer, data.test[strategy.rank :: strategy.world_size],
+                            device=strategy.device, progress=strategy.is_main, candidates=candidates)
+        n = found.get("exact_match_n", 0)
+        keys = ["exact_match"] + (["answer_match"] if candidates else [])  # the same on every rank
+        totals = strategy.all_reduce_sum(
+            torch.tensor([found.get(k, 0.0) * n for k in keys] + [float(n)], dtype=torch.float64))
+        if not totals[-1].item():
+            return {}
+        return {f"test_{k}": totals[i].item() / totals[-1].item() for i, k in enumerate(keys)}
+
+    def load_saved(self, model_dir: Path, run) -> SavedRun:
+        from tunesmith.models import load_causal_lm
+
+        loaded = load_causal_lm(str(model_dir), run.train.init_seed)
+        return SavedRun(loaded.model.eval(), loaded.tokenizer, None)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-DESCRIPTION = "cross-entropy on a classification head; accuracy, macro-F1, confusion matrix"
+from tunesmith.errors import ConfigError
+from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
+
 # Run the last encoder layer at position 0 only where the head reads nothing else (see first_token);
 # False keeps the model's own forward, which benchmarks/anchor.py uses to measure what this saves.
 FIRST_TOKEN_ONLY = True
@@ -23,29 +26,6 @@ FIRST_TOKEN_ONLY = True
 class Encoded:
     input_ids: list[int]
     label: int
-
-
-def load_data(cfg):
-    """Rows -> validated, labelled, split examples (see tunesmith.data.text)."""
-    from tunesmith.data import load_text_classification
-
-    return load_text_classification(cfg.data)
-
-
-def load_model(cfg, data):
-    from tunesmith.models import load_text_classifier
-
-    return load_text_classifier(cfg.model.name, data.label_names, cfg.train.init_seed)
-
-
-def prepare_model(model: nn.Module) -> str | None:
-    """Speed-ups that leave the logits unchanged, installed once the model is set up; a line to report."""
-    from tunesmith.objectives.first_token import install_first_token_only
-
-    if FIRST_TOKEN_ONLY and install_first_token_only(model):
-        return ("classify: the head reads position 0 only, so the last encoder layer computes that position "
-                "alone (its keys and values still see every token)")
-    return None
 
 
 def encode(examples: Sequence, tokenizer, max_length: int) -> tuple[list[Encoded], dict[str, int]]:
@@ -131,3 +111,115 @@ def plots(details_by_split: dict[str, dict], label_names: list[str], plot_dir) -
 
     if "test" in details_by_split:
         plot_confusion(details_by_split["test"]["confusion"], label_names, plot_dir / "confusion_test.png")
+
+
+# -- the objective ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassifyConfig(ObjectiveConfig):
+    name: str = "classify"
+    # freeze / linear_probe: compute the frozen embeddings (a CNN's stem) and leading blocks once per
+    # training example and reuse them every epoch; exact, since frozen parts run in eval mode
+    cache_frozen_prefix: bool = True
+    prefix_cache_mb: float = 2048.0  # the cache is dropped (training recomputes) above this size
+
+
+class Classify(Objective):
+    name = "classify"
+    description = "cross-entropy on a classification head; accuracy, macro-F1, confusion matrix"
+    Config = ClassifyConfig
+    metric_names = ("loss", "accuracy", "macro_f1")
+    default_metric = "val_accuracy"
+    model_kind = "text-classifier"
+    has_labels = True
+
+    def check(self, run, where) -> None:
+        from tunesmith.models.vision import is_vision_model
+
+        if self.cfg.prefix_cache_mb <= 0:
+            raise ConfigError(f"{where('objective.prefix_cache_mb')}: must be > 0, got {self.cfg.prefix_cache_mb}")
+        if is_vision_model(run.model.name):
+            raise ConfigError(f"{where('objective')}: {self.name}, but model.name {run.model.name!r} is an image "
+                              "model; set objective: image_classify")
+
+    def load_data(self, run):
+        """Rows -> validated, labelled, split examples (see tunesmith.data.text)."""
+        from tunesmith.data import load_text_classification
+
+        return load_text_classification(run.data)
+
+    def load_model(self, run, data):
+        from tunesmith.models import load_text_classifier
+
+        return load_text_classifier(run.model.name, data.label_names, run.train.init_seed)
+
+    def prepare_model(self, model: nn.Module) -> str | None:
+        from tunesmith.objectives.first_token import install_first_token_only
+
+        if FIRST_TOKEN_ONLY and install_first_token_only(model):
+            return ("classify: the head reads position 0 only, so the last encoder layer computes that "
+                    "position alone (its keys and values still see every token)")
+        return None
+
+    def encode(self, examples, tokenizer, max_length):
+        return encode(examples, tokenizer, max_length)
+
+    def collate(self, items, pad_id, train=False):
+        return collate(items, pad_id)
+
+    def counts(self, batch):
+        return {"loss": float(batch["labels"].numel())}
+
+    def loss(self, model, batch):
+        return Loss({"loss": loss_sum(model, batch)})
+
+    def prefix_cache_mb(self, run) -> float | None:
+        return self.cfg.prefix_cache_mb if self.cfg.cache_frozen_prefix else None
+
+    def eval_sums(self, model, items, batch_size, pad_id, device, num_labels):
+        return eval_sums(model, items, batch_size, pad_id, device, num_labels)
+
+    def metrics(self, sums):
+        return metrics(sums)
+
+    def details(self, sums, label_names):
+        return details(sums, label_names)
+
+    def plots(self, details_by_split, label_names, plot_dir):
+        plots(details_by_split, label_names, plot_dir)
+
+    def load_saved(self, model_dir: Path, run) -> SavedRun:
+        from tunesmith.models import load_saved_classifier
+
+        model, tokenizer = load_saved_classifier(model_dir)
+        self.prepare_model(model)
+        return SavedRun(model, tokenizer, [model.config.id2label[i] for i in range(model.config.num_labels)])
+
+    def load_labelled(self, path, label_names, input_field, label_field, run):
+        from tunesmith.data import load_labelled_file
+
+        return load_labelled_file(path, input_field or run.data.text_field or "text",
+                                  label_field or run.data.label_field or "label", label_names,
+                                  on_bad_rows=run.data.on_bad_rows)
+
+    @torch.inference_mode()
+    def predict(self, saved: SavedRun, inputs: list[str], run, top_k: int = 3) -> list[dict]:
+        """Every class's probability for each text, most likely first (tokenized as in training)."""
+        from tunesmith.data import TextExample
+
+        items, _ = encode([TextExample(t, 0, f"text {i + 1}") for i, t in enumerate(inputs)], saved.tokenizer,
+                          run.model.max_length)
+        out = []
+        for start in range(0, len(items), 64):
+            batch = collate(items[start : start + 64], saved.tokenizer.pad_token_id)
+            probs = saved.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                                ).logits.float().softmax(-1)
+            for text, p in zip(inputs[start : start + 64], probs, strict=True):
+                ranked = sorted(zip(saved.label_names, p.tolist(), strict=True), key=lambda x: -x[1])
+                out.append({"text": text, "label": ranked[0][0], "probabilities": dict(ranked)})
+        return out
+
+    def describe_prediction(self, row: dict) -> str:
+        probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probabilities"].items())
+        return f"{row['label']}\t{probs}\t{row['text'][:80]}"

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from tunesmith.errors import ConfigError
+from tunesmith.fastpath import same_result
 from tunesmith.methods.common import find_blocks
 
 _INSTALLED = "_tunesmith_first_token"
@@ -100,18 +101,12 @@ def install_first_token_only(model: nn.Module) -> bool:
     ids = (torch.arange(1, 19, device=device).view(2, 9) * 37) % vocab  # 2 x 9, the second row padded
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
-    was_training = model.training
-    model.eval()  # no dropout, so the two forwards are comparable
-    try:
-        with torch.no_grad():
-            full = _logits(model, ids, mask)
-            attention.forward = types.MethodType(_first_position_forward, attention)
-            ours = _logits(model, ids, mask)
-        ok = ours.shape == full.shape and torch.allclose(ours, full, rtol=1e-4, atol=1e-5)
-    except (TypeError, AttributeError, RuntimeError, IndexError, ValueError):
-        ok = False
-    finally:
-        model.train(was_training)
+
+    def position_zero_only() -> torch.Tensor:
+        attention.forward = types.MethodType(_first_position_forward, attention)
+        return _logits(model, ids, mask)
+
+    ok = same_result(model, lambda: _logits(model, ids, mask), position_zero_only, rtol=1e-4, atol=1e-5)
     if ok:
         attention.__dict__[_INSTALLED] = True
     else:

@@ -13,16 +13,18 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.models.vision import ImagePrep
-from tunesmith.objectives import classify
+from tunesmith.objectives.base import Loss, SavedRun
+from tunesmith.objectives.classify import Classify, ClassifyConfig
 
-DESCRIPTION = "cross-entropy on an image classifier's new head; accuracy, per-class accuracy, confusion matrix"
 _PROGRESS_FROM = 2000  # images; fewer decode in a blink
 
 
@@ -32,24 +34,6 @@ class ImageItem:
     label: int
     prep: ImagePrep  # shared by every item of a run: size, normalisation, augmentation
     source: object = None  # the ImageExample, when pixels is None
-
-
-def load_data(cfg):
-    from tunesmith.data.images import load_image_classification
-
-    return load_image_classification(cfg.data)
-
-
-def load_model(cfg, data):
-    from tunesmith.models.hf import LoadedModel
-    from tunesmith.models.vision import build_classifier, save_vision_model
-
-    model, head, prep, source, targets = build_classifier(cfg.model, len(data.label_names), cfg.train.init_seed)
-    prep = replace(prep, augment=tuple(cfg.data.augment), crop_scale=tuple(cfg.data.crop_scale))
-    meta = {"model": cfg.model.name, "objective": cfg.objective, "label_names": list(data.label_names),
-            "head": head[0].rsplit(".", 1)[0]}
-    return LoadedModel(model=model, tokenizer=prep, head_params=head, source=source, lora_targets=targets,
-                       save=lambda m, out_dir: save_vision_model(m, prep, out_dir, meta))
 
 
 def to_pixels(image: np.ndarray, size: int) -> torch.Tensor:
@@ -168,6 +152,97 @@ def eval_sums(model: nn.Module, items: Sequence[ImageItem], batch_size: int, pad
     return {"loss": loss, "confusion": confusion}
 
 
-metrics = classify.metrics
-details = classify.details
-plots = classify.plots
+# -- the objective ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageClassifyConfig(ClassifyConfig):
+    name: str = "image_classify"
+
+
+class ImageClassify(Classify):
+    """Classify's metrics, details, plots and prefix cache, on images."""
+
+    name = "image_classify"
+    description = "cross-entropy on an image classifier's new head; accuracy, per-class accuracy, confusion matrix"
+    Config = ImageClassifyConfig
+    model_kind = "image-classifier"
+
+    def check(self, run, where) -> None:
+        from tunesmith.models.vision import is_vision_model
+
+        if self.cfg.prefix_cache_mb <= 0:
+            raise ConfigError(f"{where('objective.prefix_cache_mb')}: must be > 0, got {self.cfg.prefix_cache_mb}")
+        if not is_vision_model(run.model.name):
+            raise ConfigError(f"{where('objective')}: image_classify, but model.name {run.model.name!r} is not an "
+                              "image model (image_classify needs e.g. efficientnet-lite0 or a module:factory model)")
+
+    def load_data(self, run):
+        from tunesmith.data.images import load_image_classification
+
+        return load_image_classification(run.data)
+
+    def load_model(self, run, data):
+        from tunesmith.models.hf import LoadedModel
+        from tunesmith.models.vision import build_classifier, save_vision_model
+
+        model, head, prep, source, targets = build_classifier(run.model, len(data.label_names), run.train.init_seed)
+        prep = replace(prep, augment=tuple(run.data.augment), crop_scale=tuple(run.data.crop_scale))
+        meta = {"model": run.model.name, "objective": self.name, "label_names": list(data.label_names),
+                "head": head[0].rsplit(".", 1)[0]}
+        return LoadedModel(model=model, tokenizer=prep, head_params=head, source=source, lora_targets=targets,
+                           save=lambda m, out_dir: save_vision_model(m, prep, out_dir, meta))
+
+    def prepare_model(self, model):
+        return None
+
+    def encode(self, examples, tokenizer, max_length):
+        return encode(examples, tokenizer)
+
+    def collate(self, items, pad_id, train=False):
+        return collate(items, train=train)
+
+    def loss(self, model, batch):
+        return Loss({"loss": loss_sum(model, batch)})
+
+    def prefix_cache_mb(self, run) -> float | None:
+        if run.data.augment:
+            return None  # augmented inputs differ every epoch
+        return super().prefix_cache_mb(run)
+
+    def eval_sums(self, model, items, batch_size, pad_id, device, num_labels):
+        return eval_sums(model, items, batch_size, pad_id, device, num_labels)
+
+    def load_saved(self, model_dir: Path, run) -> SavedRun:
+        from tunesmith.models.vision import load_saved_vision
+
+        model, prep, labels = load_saved_vision(model_dir, run.model)
+        return SavedRun(model.eval(), prep, labels)
+
+    def load_labelled(self, path, label_names, input_field, label_field, run):
+        from tunesmith.data.images import load_labelled_images
+
+        return load_labelled_images(path, label_names, input_field or run.data.image_field,
+                                    label_field or run.data.label_field, run.data.on_bad_rows)
+
+    @torch.inference_mode()
+    def predict(self, saved: SavedRun, inputs: list[str], run, top_k: int = 3) -> list[dict]:
+        """Top-k classes with probabilities for each image file."""
+        from tunesmith.data.images import ImageExample
+
+        for p in inputs:
+            if not Path(p).is_file():
+                raise TunesmithError(f"{p}: no such image file")
+        items, _ = encode([ImageExample(Path(p), 0, p) for p in inputs], saved.tokenizer)
+        labels, out = saved.label_names, []
+        for start in range(0, len(items), 64):
+            batch = collate(items[start : start + 64])
+            probs = logits_of(saved.model, batch["pixel_values"]).softmax(-1)
+            for path, p in zip(inputs[start : start + 64], probs, strict=True):
+                top = p.topk(min(top_k, len(labels)))
+                ranked = {labels[i]: v for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)}
+                out.append({"image": path, "label": next(iter(ranked)), "top": ranked})
+        return out
+
+    def describe_prediction(self, row: dict) -> str:
+        return f"{row['image']}\t" + "  ".join(f"{k}={v:.3f}" for k, v in row["top"].items())

@@ -8,7 +8,6 @@ Frozen weights are not stored: they are reloaded from the pretrained model, whic
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from tunesmith.atomic import atomic_dir, write_json_atomic
 
 LATEST = "latest.json"
 
@@ -44,23 +45,6 @@ def load_changing_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
             own[name].copy_(tensor)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(root: Path, name: str, tensors: dict[str, torch.Tensor], extra: dict[str, Any],
                     meta: dict[str, Any], pointer: str = LATEST, keep: int = 2) -> Path:
     """Write root/name/ atomically, then point `pointer` at it and prune older siblings.
@@ -68,20 +52,11 @@ def save_checkpoint(root: Path, name: str, tensors: dict[str, torch.Tensor], ext
     `name` is PREFIX-NNNNNNNN (e.g. step-00000120, best-00000100): names sort by step, and the newest
     `keep` of one prefix stay. `extra` (optimizer, RNG...) is torch-saved; `meta` is JSON.
     """
-    root.mkdir(parents=True, exist_ok=True)
     final = root / name
-    tmp = root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(tensors, str(tmp / "model.safetensors"))
-    torch.save(extra, tmp / "state.pt")
-    write_json_atomic(tmp / "meta.json", meta)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(final, ignore_errors=True)  # only a same-step rewrite (e.g. after resume) gets here
-    os.replace(tmp, final)
-    _fsync_dir(root)
+    with atomic_dir(final) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"))
+        torch.save(extra, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     write_json_atomic(root / pointer, {"name": name, "step": meta.get("step")})
     prefix = name.rsplit("-", 1)[0]
     for stale in sorted(p for p in root.glob(f"{prefix}-*") if p.is_dir())[:-keep]:
@@ -102,3 +77,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     extra = torch.load(path / "state.pt", weights_only=True) if (path / "state.pt").exists() else {}
     meta = json.loads((path / "meta.json").read_text())
     return tensors, extra, meta
+
+
+def load_meta(path: Path) -> dict[str, Any]:
+    return json.loads((path / "meta.json").read_text())

@@ -1,4 +1,5 @@
-"""PyTorch's own distributed engine: torchrun sets RANK/WORLD_SIZE; we use DDP (gloo on CPU, nccl on GPU)."""
+"""PyTorch's own distributed engine: torchrun sets RANK/WORLD_SIZE; this joins the process group (gloo on
+CPU, nccl on GPU). What runs across the processes is the parallelism strategy's job (train/parallel/)."""
 
 from __future__ import annotations
 
@@ -43,30 +44,3 @@ def setup(device: str = "auto") -> DistInfo:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
-def gather_objects(obj: object, info: DistInfo) -> list:
-    if not info.enabled:
-        return [obj]
-    out: list = [None] * info.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: object, info: DistInfo) -> object:
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

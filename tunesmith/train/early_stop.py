@@ -18,9 +18,11 @@ class EarlyStopper:
     bad_evals: int = 0
 
     @classmethod
-    def from_config(cls, cfg: EarlyStopConfig) -> EarlyStopper:
-        mode = cfg.mode if cfg.mode != "auto" else ("min" if cfg.metric.endswith("loss") else "max")
-        return cls(metric=cfg.metric, mode=mode, patience=cfg.patience, min_delta=cfg.min_delta)
+    def from_config(cls, cfg: EarlyStopConfig, default_metric: str = "val_loss") -> EarlyStopper:
+        """`default_metric` (the objective's) where the config names none."""
+        metric = cfg.metric or default_metric
+        mode = cfg.mode if cfg.mode != "auto" else ("min" if metric.endswith("loss") else "max")
+        return cls(metric=metric, mode=mode, patience=cfg.patience, min_delta=cfg.min_delta)
 
     def update(self, value: float, step: int) -> bool:
         """Record an evaluation; True when it is a new best."""

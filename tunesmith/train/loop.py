@@ -1,9 +1,9 @@
-"""The training loop. It knows a model, a list of items, a batch function and a loss; nothing else.
+"""The training loop's shell: checkpoints, evaluation, early stopping, pausing and logging around a
+pluggable step (train/step.py). It knows a model, a list of items, an objective and a strategy.
 
-The data order is a pure function of (data_seed, epoch), and the position in it is the optimizer step,
-so a checkpoint needs no sampler state: resuming at step s replays exactly the batches after s.
-Each optimizer step's loss is the *sum* of per-item losses divided by the item count of the whole step
-(all micro-batches, all processes), which is exactly the large-batch mean.
+Everything a resumed run needs is in its checkpoints: the trained tensors, the optimizer and schedule,
+every process's RNG state, the early stopper, and the state of the objective, the step and each
+callback, so a killed run resumes bitwise.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,13 @@ from tqdm.auto import tqdm
 
 from tunesmith.config import TrainConfig
 from tunesmith.errors import TrainingError
+from tunesmith.objectives.base import Objective
 from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
+from tunesmith.train.callbacks import Callback
 from tunesmith.train.early_stop import EarlyStopper
 from tunesmith.train.optim import build_optimizer, build_scheduler
+from tunesmith.train.parallel import Strategy
+from tunesmith.train.step import StepOutput, SupervisedStep, epoch_batches
 from tunesmith.train.track import MetricsLog
 
 # Testing hook: SIGKILL this process right after the given optimizer step, exactly like an OOM kill or
@@ -38,9 +40,9 @@ _KILL_AT = int(os.environ["TUNESMITH_KILL_AT_STEP"]) if os.environ.get("TUNESMIT
 @dataclass
 class TrainTask:
     items: Sequence[Any]
-    collate: Callable[[list[Any]], dict[str, torch.Tensor]]
-    loss_sum: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
-    count: Callable[[dict[str, torch.Tensor]], int]
+    collate: Callable[[list[Any]], dict[str, torch.Tensor]]  # training batches (augmentation on)
+    objective: Objective
+    pad_id: int | None = None
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None  # collective under DDP
     head_params: set[str] = field(default_factory=set)
     lengths: Sequence[int] | None = None  # per item, for length-grouped batches
@@ -63,114 +65,83 @@ class TrainResult:
         return self.samples / self.train_seconds if self.train_seconds else 0.0
 
 
-def epoch_order(n: int, data_seed: int, epoch: int) -> list[int]:
-    generator = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
-
-
-def epoch_batches(n: int, batch_size: int, data_seed: int, epoch: int,
-                  lengths: Sequence[int] | None = None, group: int = 64) -> list[list[int]]:
-    """The optimizer steps of one epoch, as lists of item indices: a pure function of its arguments.
-
-    With `lengths`, items of similar length share a batch (less padding, often 1.3-2x faster): the
-    shuffled order is cut into windows of `group` batches, each window sorted by length and cut into
-    batches, and the batches shuffled again. Batch composition stays random from epoch to epoch.
-    """
-    order = epoch_order(n, data_seed, epoch)
-    if lengths is not None:
-        window = batch_size * group
-        order = [i for start in range(0, n, window)
-                 for i in sorted(order[start : start + window], key=lambda j: -lengths[j])]
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if lengths is not None:
-        # keep the short remainder batch last, so only one step per epoch is small
-        full, tail = (batches[:-1], batches[-1:]) if len(batches[-1]) < batch_size else (batches, [])
-        generator = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch + 7919)
-        batches = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()] + tail
-    return batches
-
-
-def _chunks(seq: list[int], parts: int) -> list[list[int]]:
-    """Split into `parts` nearly equal consecutive pieces (some may be empty)."""
-    size, extra = divmod(len(seq), parts)
-    out, start = [], 0
-    for i in range(parts):
-        end = start + size + (1 if i < extra else 0)
-        out.append(seq[start:end])
-        start = end
-    return out
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _rng_state(info: DistInfo) -> dict[str, torch.Tensor]:
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     state = {"torch": torch.get_rng_state()}
-    if info.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(info.device)
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, torch.Tensor], info: DistInfo) -> None:
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and info.device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], info.device)
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
-class _Trainer:
-    def __init__(self, model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, info: DistInfo):
-        self.model, self.task, self.cfg, self.info = model, task, cfg, info
+class Trainer:
+    """The shell's state: model (and its strategy's wrapper), optimizer, schedule, position, stopper."""
+
+    def __init__(self, model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, strategy: Strategy,
+                 step: Callable[[Trainer], StepOutput] | None = None, callbacks: Sequence[Callback] = ()) -> None:
+        self.model, self.task, self.cfg, self.strategy = model, task, cfg, strategy
+        self.step_fn = step or SupervisedStep()
+        self.callbacks = list(callbacks)
+        keys = [cb.key for cb in self.callbacks]
+        if len(set(keys)) != len(keys):
+            raise TrainingError(f"two callbacks share the checkpoint key {keys!r}; give each its own `key`")
         self.ckpt_dir = run_dir / "checkpoints"
         n = len(task.items)
         if n == 0:
             raise TrainingError("no training items")
         self.steps_per_epoch = math.ceil(n / cfg.batch_size)
         self.total_steps = cfg.max_steps or math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.wrapped = strategy.wrap(model)  # before the optimizer: a sharding strategy replaces parameters
         self.optimizer = build_optimizer(model, cfg, task.head_params)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
-        self.stopper = EarlyStopper.from_config(cfg.early_stopping)
+        self.stopper = EarlyStopper.from_config(cfg.early_stopping, task.objective.default_metric)
         self.step = 0
         self.samples = 0
         self.train_seconds = 0.0
         self.last_eval: dict[str, float] = {}
         self._epoch_cache: tuple[int, list[list[int]]] = (-1, [])
-        self.last_items = 0
         self.finished = False
-        self.ddp = model
-        if info.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [info.device.index] if info.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(model, device_ids=ids)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def _position(self) -> dict[str, Any]:
         return {"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
                 "stopper": self.stopper.state_dict(), "last_eval": self.last_eval,
                 "total_steps": self.total_steps}
 
+    def _states(self) -> dict[str, Any]:
+        """The objective's, the step's and every callback's state."""
+        step_state = self.step_fn.state_dict() if hasattr(self.step_fn, "state_dict") else {}
+        return {"objective": self.task.objective.state_dict(), "step": step_state,
+                "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks}}
+
     def save(self, final: bool = False) -> None:
-        rng = gather_objects(_rng_state(self.info), self.info)  # every process's dropout stream
-        if self.info.is_main:
-            extra = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "rng": rng}
-            meta = self.state() | {"final": final, "world_size": self.info.world_size}
-            ckpt.save_checkpoint(self.ckpt_dir, f"step-{self.step:08d}", ckpt.changing_state(self.model),
-                                 extra, meta, keep=self.cfg.keep_checkpoints)
-        barrier(self.info)
+        rng = self.strategy.gather_objects(_rng_state(self.strategy.device))  # every process's dropout stream
+        tensors = self.strategy.model_state(self.model)
+        optimizer = self.strategy.optimizer_state(self.optimizer)
+        if self.strategy.is_main:
+            extra = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "rng": rng,
+                     "states": self._states()}
+            meta = self._position() | {"final": final, "world_size": self.strategy.world_size}
+            ckpt.save_checkpoint(self.ckpt_dir, f"step-{self.step:08d}", tensors, extra, meta,
+                                 keep=self.cfg.keep_checkpoints)
+        self.strategy.barrier()
 
     def save_best(self) -> None:
-        if self.info.is_main:
+        tensors = self.strategy.model_state(self.model)
+        if self.strategy.is_main:
             meta = {"step": self.step, "metric": self.stopper.metric, "value": self.stopper.best}
-            ckpt.save_checkpoint(self.ckpt_dir, f"best-{self.step:08d}", ckpt.changing_state(self.model), {},
-                                 meta, pointer="best.json", keep=1)
-        barrier(self.info)
+            ckpt.save_checkpoint(self.ckpt_dir, f"best-{self.step:08d}", tensors, {}, meta, pointer="best.json",
+                                 keep=1)
+        self.strategy.barrier()
 
     def resume(self, path: Path) -> None:
         tensors, extra, meta = ckpt.load_checkpoint(path)
-        ckpt.load_changing_state(self.model, tensors)
-        self.optimizer.load_state_dict(extra["optimizer"])
+        self.strategy.load_model_state(self.model, tensors)
+        self.strategy.load_optimizer_state(self.optimizer, extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         if meta["total_steps"] != self.total_steps:
             raise TrainingError(f"{path}: the checkpoint was made for {meta['total_steps']} steps, this config "
@@ -179,11 +150,17 @@ class _Trainer:
         self.stopper.load_state_dict(meta["stopper"])
         self.last_eval = meta["last_eval"]
         self.finished = bool(meta.get("final"))  # e.g. stopped early: resuming must not train on
+        states = extra.get("states", {})
+        self.task.objective.load_state_dict(states.get("objective", {}))
+        if hasattr(self.step_fn, "load_state_dict"):
+            self.step_fn.load_state_dict(states.get("step", {}))
+        for cb in self.callbacks:
+            cb.load_state_dict(states.get("callbacks", {}).get(cb.key, {}))
         rng = extra["rng"]
-        if len(rng) == self.info.world_size:
-            _set_rng_state(rng[self.info.rank], self.info)
+        if len(rng) == self.strategy.world_size:
+            _set_rng_state(rng[self.strategy.rank], self.strategy.device)
 
-    # -- one optimizer step --------------------------------------------------------------------
+    # -- position ------------------------------------------------------------------------------
     def step_indices(self, step: int) -> list[int]:
         """Every item of optimizer step `step`, across all processes."""
         epoch, pos = divmod(step, self.steps_per_epoch)
@@ -193,40 +170,9 @@ class _Trainer:
                                                       self.cfg.data_seed, epoch, lengths))
         return self._epoch_cache[1][pos]
 
-    def train_step(self) -> tuple[float, int]:
-        task, info = self.task, self.info
-        indices = self.step_indices(self.step)
-        self.last_items = len(indices)
-        micro = _chunks(_chunks(indices, info.world_size)[info.rank], self.cfg.grad_accum)
-        batches = [task.collate([task.items[i] for i in ids]) if ids else None for ids in micro]
-        local = sum(task.count(b) for b in batches if b is not None)
-        total = int(all_reduce_sum(torch.tensor(float(local)), info).item())
-        if total == 0:
-            raise TrainingError(f"step {self.step + 1}: the batch has nothing to learn from (no targets)")
-        loss_total = 0.0
-        for j, batch in enumerate(batches):
-            weight = 1.0
-            if batch is None:  # this process got no items; DDP still needs its backward
-                batch, weight = task.collate([task.items[0]]), 0.0
-            sync = not info.enabled or j == len(batches) - 1
-            with nullcontext() if sync else self.ddp.no_sync():
-                loss = task.loss_sum(self.ddp, _to(batch, info.device))
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"the loss became {value} at step {self.step + 1} (epoch "
-                        f"{self.step // self.steps_per_epoch + 1}); lower train.lr, set train.max_grad_norm, "
-                        "or check the data for extreme values")
-                (loss * (weight * info.world_size / total)).backward()
-            loss_total += value * weight
-        if self.cfg.max_grad_norm is not None:
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return loss_total, total
+    @property
+    def epoch(self) -> float:
+        return round(self.step / self.steps_per_epoch, 4)
 
     def eval_due(self) -> bool:
         every = self.cfg.eval_every
@@ -236,12 +182,20 @@ class _Trainer:
             return self.step % self.steps_per_epoch == 0
         return self.step % int(every) == 0
 
-    def evaluate(self, log: MetricsLog) -> None:
+    # -- evaluation ----------------------------------------------------------------------------
+    def _run_evaluation(self) -> dict[str, float]:
         assert self.task.evaluate is not None
         self.model.eval()
-        self.last_eval = self.task.evaluate(self.model)
-        self.model.train()
-        log.log({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4)} | self.last_eval)
+        try:
+            return self.task.evaluate(self.model)
+        finally:
+            self.model.train()
+
+    def evaluate(self, log: MetricsLog) -> None:
+        self.last_eval = self._run_evaluation()
+        log.log({"step": self.step, "epoch": self.epoch} | self.last_eval)
+        for cb in self.callbacks:
+            cb.on_evaluate(self, self.last_eval)
         metric = self.stopper.metric
         if metric not in self.last_eval:
             raise TrainingError(f"train.early_stopping.metric: {metric!r} is not computed; "
@@ -251,12 +205,8 @@ class _Trainer:
 
     def peek(self, log: MetricsLog) -> None:
         """Evaluate without telling early stopping (a pause must not change how the run ends)."""
-        assert self.task.evaluate is not None
-        self.model.eval()
-        self.last_eval = self.task.evaluate(self.model)
-        self.model.train()
-        log.log({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "pause": True}
-                | self.last_eval)
+        self.last_eval = self._run_evaluation()
+        log.log({"step": self.step, "epoch": self.epoch, "pause": True} | self.last_eval)
 
     def restore_best(self) -> dict[str, Any] | None:
         if self.stopper.best_step is None:
@@ -266,28 +216,67 @@ class _Trainer:
             path = ckpt.latest_checkpoint(self.ckpt_dir, "best.json")
             if path is None:
                 raise TrainingError(f"{self.ckpt_dir}: the best checkpoint (step {self.stopper.best_step}) is missing")
-            ckpt.load_changing_state(self.model, ckpt.load_checkpoint(path)[0])
+            self.strategy.load_model_state(self.model, ckpt.load_checkpoint(path)[0])
             best["restored"] = True
         return best
 
 
-def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, info: DistInfo,
-          resume_from: Path | None = None, pause_at_step: int | None = None) -> TrainResult:
+class _Window:
+    """Loss terms and logged sums since the last metrics line."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+        self.logs: dict[str, list[float]] = {}
+        self.samples = 0
+        self.start = time.perf_counter()
+
+    def add(self, out: StepOutput) -> None:
+        for name, value in out.sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        for name, value in out.counts.items():
+            self.counts[name] = self.counts.get(name, 0.0) + value
+        for name, (value, n) in out.logs.items():
+            acc = self.logs.setdefault(name, [0.0, 0.0])
+            acc[0] += value
+            acc[1] += n
+        self.samples += out.samples
+
+    def record(self, trainer: Trainer) -> dict[str, float]:
+        """train_loss (every term's mean, added up), each term's mean when there are several, and the logs."""
+        names, logs = sorted(self.sums), sorted(self.logs)
+        local = [self.sums[n] for n in names] + [self.logs[n][0] for n in logs]
+        totals = trainer.strategy.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
+        means = {n: totals[i] / max(self.counts.get(n, 0.0), 1.0) for i, n in enumerate(names)}
+        elapsed = time.perf_counter() - self.start
+        record = {"step": trainer.step, "epoch": trainer.epoch, "train_loss": sum(means.values())}
+        if len(means) > 1:
+            record |= {f"train_{n}": v for n, v in means.items()}
+        record |= {f"train_{n}": totals[len(names) + i] / max(self.logs[n][1], 1.0) for i, n in enumerate(logs)}
+        return record | {"lr": trainer.scheduler.get_last_lr()[0],
+                         "samples_per_s": self.samples / elapsed if elapsed else 0.0}
+
+
+def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, strategy: Strategy,
+          resume_from: Path | None = None, pause_at_step: int | None = None,
+          step: Callable[[Trainer], StepOutput] | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train `model` in place; returns what happened. Under DDP every process calls this.
 
     With `pause_at_step`, stop there (evaluated and checkpointed) without ending the run: resuming
     continues as if never paused (the schedule is the full run's); a run resumed at or past the pause
     step runs to the end."""
-    trainer = _Trainer(model, task, cfg, run_dir, info)
+    trainer = Trainer(model, task, cfg, run_dir, strategy, step, callbacks)
     if resume_from is not None:
         trainer.resume(resume_from)
-    log = MetricsLog(run_dir, enabled=info.is_main, resume_step=trainer.step if resume_from else None)
+    log = MetricsLog(run_dir, enabled=strategy.is_main, resume_step=trainer.step if resume_from else None)
     if task.evaluate is None and cfg.early_stopping.patience is not None:
         raise TrainingError("train.early_stopping.patience is set but there is no validation data")
     model.train()
+    for cb in trainer.callbacks:
+        cb.on_train_start(trainer)
     bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
-               disable=not (cfg.progress and info.is_main), desc="train")
-    window_loss, window_count, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
+               disable=not (cfg.progress and strategy.is_main), desc="train")
+    window = _Window()
     stopped_early = trainer.finished and trainer.step < trainer.total_steps
     paused = False
     if pause_at_step is not None and trainer.step >= pause_at_step:
@@ -295,24 +284,20 @@ def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, in
     try:
         while trainer.step < trainer.total_steps and not trainer.finished:
             t0 = time.perf_counter()
-            loss_sum, count = trainer.train_step()
+            out = trainer.step_fn(trainer)
+            trainer.step += 1
             trainer.train_seconds += time.perf_counter() - t0
-            items = trainer.last_items
-            trainer.samples += items
-            window_loss += loss_sum
-            window_count += count
-            window_samples += items
+            trainer.samples += out.samples
+            window.add(out)
+            extra = {}
+            for cb in trainer.callbacks:
+                extra |= cb.on_step_end(trainer, out) or {}
             if trainer.step % cfg.log_every == 0 or trainer.step == trainer.total_steps:
-                totals = all_reduce_sum(torch.tensor([window_loss, float(window_count)], dtype=torch.float64), info)
-                elapsed = time.perf_counter() - window_start
-                record = {"step": trainer.step, "epoch": round(trainer.step / trainer.steps_per_epoch, 4),
-                          "train_loss": totals[0].item() / max(totals[1].item(), 1),
-                          "lr": trainer.scheduler.get_last_lr()[0],
-                          "samples_per_s": window_samples / elapsed if elapsed else 0.0}
+                record = window.record(trainer) | extra
                 log.log(record)
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{record['lr']:.2e}",
                                 samples_s=f"{record['samples_per_s']:.1f}")
-                window_loss, window_count, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
+                window = _Window()
             bar.update(1)
             if _KILL_AT == trainer.step:  # fault injection for the kill-and-resume test
                 os.kill(os.getpid(), signal.SIGKILL)

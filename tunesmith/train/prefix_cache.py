@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from tunesmith.errors import ConfigError
+from tunesmith.fastpath import same_result
 from tunesmith.methods.common import find_blocks
 
 _STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
@@ -337,20 +338,33 @@ def _self_check(cache: PrefixCache, model: nn.Module, items: Sequence, collate: 
     picks = list(items[:: max(1, len(items) // 8)][:8])
     batch = {key: v.to(device) for key, v in collate(picks).items()}
     cache._filling = False
-    real = loss_sum(model, batch)
-    for position, module in enumerate(cache.chain):
-        cache._wrap(position, module)
-    cache.force = True
-    try:
-        cached = loss_sum(model, batch)
-    finally:
-        cache.force = False
-        for module in cache._handles:
-            module.__dict__.pop("forward", None)
-        cache._handles.clear()
+    found: dict[str, float] = {}
+
+    def real() -> torch.Tensor:
+        value = loss_sum(model, batch)
+        found["real"] = value.item()
+        return value
+
+    def cached() -> torch.Tensor:
+        for position, module in enumerate(cache.chain):
+            cache._wrap(position, module)
+        cache.force = True
+        try:
+            value = loss_sum(model, batch)
+        finally:
+            cache.force = False
+            for module in cache._handles:
+                module.__dict__.pop("forward", None)
+            cache._handles.clear()
+        found["cached"] = value.item()
+        if cache.hits == 0:
+            raise RuntimeError("the cached path was not taken on the check batch")
+        return value
+
+    same = same_result(model, real, cached, rtol=1e-4, atol=1e-4 * max(1, len(picks)))
     if cache.hits == 0:
         return "the cached path was not taken on the check batch"
     cache.hits = 0
-    if not torch.allclose(real, cached, rtol=1e-4, atol=1e-4 * max(1, len(picks))):
-        return f"the cached path gives loss {cached.item():.6g}, the real one {real.item():.6g}"
+    if not same:
+        return f"the cached path gives loss {found.get('cached', float('nan')):.6g}, the real one {found['real']:.6g}"
     return None

@@ -1,0 +1,158 @@
+"""What every objective is: an object with its own config section, state, loss terms and metrics.
+
+An objective owns everything about *what is learned* from a batch: how its rows are read and batched,
+its loss (as terms, each with its own denominator), what evaluation computes, its default early-stopping
+metric, what it supports (frozen-prefix caching, metrics from generation), and how its finished run is
+opened for predict / eval / generate. Generic code (run, config, infer, cli) asks the objective and
+never tests its name. Adding one is a file with a subclass plus a line in objectives/__init__.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from tunesmith.config import RunConfig
+    from tunesmith.models.hf import LoadedModel
+    from tunesmith.train.parallel import Strategy
+
+
+@dataclass
+class ObjectiveConfig:
+    """The `objective:` section. `objective: NAME` is shorthand for `objective: {name: NAME}`; each
+    objective's own options sit beside the name (see its Config)."""
+
+    name: str = "classify"
+
+
+@dataclass
+class Loss:
+    """One micro-batch's loss.
+
+    `terms`: name -> the *sum* of that term over this micro-batch. The loop divides each by the whole
+    optimizer step's total of the count of the same name (Objective.counts, summed over micro-batches
+    and processes), so accumulation and DDP give exactly the large-batch loss even when terms are
+    averaged over different things (tokens for one, pairs for another).
+    `logs`: extra quantities to log, name -> (sum, name of the count to average it over).
+    """
+
+    terms: dict[str, torch.Tensor]
+    logs: dict[str, tuple[torch.Tensor | float, str]] = field(default_factory=dict)
+
+
+@dataclass
+class SavedRun:
+    """A finished run opened for use: the model in eval mode, its tokenizer (or image preprocessing)
+    and its class names (None for a language model)."""
+
+    model: nn.Module
+    tokenizer: Any
+    label_names: list[str] | None
+
+
+class Objective:
+    """Base class; the defaults suit an objective that only trains and evaluates a loss."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
+    # what `evaluate` reports, before the split's prefix (val_, test_, an eval set's name + _)
+    metric_names: ClassVar[tuple[str, ...]] = ("loss",)
+    default_metric: ClassVar[str] = "val_loss"  # train.early_stopping.metric when none is given
+    model_kind: ClassVar[str] = ""  # text-classifier | causal-lm | image-classifier: which methods apply
+    has_labels: ClassVar[bool] = False  # its runs answer `predict` and `eval`
+    generates: ClassVar[bool] = False  # its runs answer `generate`
+
+    def __init__(self, run: RunConfig | None = None) -> None:
+        self.run = run
+        self.cfg = run.objective if run is not None else self.Config()
+
+    # -- config time: before any data or model is loaded -------------------------------------------
+    def check(self, run: RunConfig, where) -> None:
+        """Raise ConfigError for settings this objective cannot honour; `where(key)` names file:line."""
+
+    # -- data and model ----------------------------------------------------------------------------
+    def load_data(self, run: RunConfig):
+        raise NotImplementedError
+
+    def load_model(self, run: RunConfig, data) -> LoadedModel:
+        raise NotImplementedError
+
+    def prepare_model(self, model: nn.Module) -> str | None:
+        """Exact speed-ups installed once the method is applied; a line to report, or None."""
+        return None
+
+    def encode(self, examples: Sequence, tokenizer, max_length: int) -> tuple[list, dict[str, int]]:
+        raise NotImplementedError
+
+    def item_length(self, item: Any) -> int | None:
+        """For length-grouped batches; None where items have no length (images)."""
+        ids = getattr(item, "input_ids", None)
+        return None if ids is None else len(ids)
+
+    def collate(self, items: Sequence, pad_id: int | None, train: bool = False) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- training ----------------------------------------------------------------------------------
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The denominators of the loss terms (and logs), known before the forward."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Loss:
+        raise NotImplementedError
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """All terms of one batch added up: what a speed-up's self-check compares."""
+        return sum(self.loss(model, batch).terms.values())
+
+    def prefix_cache_mb(self, run: RunConfig) -> float | None:
+        """The frozen-prefix cache's budget where this objective's inputs make it exact; None: off."""
+        return None
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def eval_sums(self, model: nn.Module, items: Sequence, batch_size: int, pad_id: int | None,
+                  device: torch.device, num_labels: int) -> dict[str, torch.Tensor]:
+        """Tensors that add up across processes."""
+        raise NotImplementedError
+
+    def metrics(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def details(self, sums: dict[str, torch.Tensor], label_names: list[str] | None) -> dict:
+        return {}
+
+    def plots(self, details_by_split: dict[str, dict], label_names: list[str] | None, plot_dir: Path) -> None:
+        return None
+
+    def final_metrics(self, model: nn.Module, tokenizer, data, strategy: Strategy) -> dict[str, float]:
+        """Metrics computed once at the end of a run beyond `evaluate` (e.g. from generated answers)."""
+        return {}
+
+    # -- a finished run ----------------------------------------------------------------------------
+    def load_saved(self, model_dir: Path, run: RunConfig) -> SavedRun:
+        """RUN_DIR/model as written by a run of this objective."""
+        raise NotImplementedError
+
+    def load_labelled(self, path: str | Path, label_names: list[str], input_field: str | None,
+                      label_field: str | None, run: RunConfig):
+        """(examples, report) of a labelled file to evaluate a finished run on."""
+        raise NotImplementedError
+
+    def predict(self, saved: SavedRun, inputs: list[str], run: RunConfig, top_k: int = 3) -> list[dict]:
+        raise NotImplementedError
+
+    def describe_prediction(self, row: dict) -> str:
+        return str(row)
+
+    # -- state that checkpoints carry ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None

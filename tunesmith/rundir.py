@@ -1,0 +1,82 @@
+"""The run directory: which config a run (or its resumption) uses, and the files that describe the run as
+a whole rather than one training stage (config.yaml, the combined metrics of a multi-stage run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunesmith.atomic import write_text_atomic
+from tunesmith.config import RunConfig, config_from_dict, config_to_dict
+from tunesmith.errors import ConfigError
+
+# Fields that may differ between a run and its resumption without changing the result.
+RESUME_FREE = {"train.progress", "train.threads", "train.device", "train.pause_at_fraction"}
+# What a run writes; --overwrite clears these (and nothing else a user may keep in the folder).
+RUN_FILES = ("checkpoints", "stages", "model", "adapter", "plots", "tensorboard", "metrics.jsonl", "summary.json",
+             "paused.json")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        raise ConfigError(f"{run_dir}: no config.yaml there; is it a tunesmith run directory?")
+    return config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
+
+
+def prepare_run_dir(cfg: RunConfig | None, run_dir: Path, resume: bool, overwrite: bool,
+                    is_main: bool = True) -> RunConfig:
+    """A new run gets an empty dir; a resumed run takes its saved config (a given one must agree)."""
+    if resume:
+        old = read_run_config(run_dir)
+        if cfg is not None:
+            a, b = _flatten(config_to_dict(old)), _flatten(config_to_dict(cfg))
+            diff = [k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUME_FREE]
+            if diff:
+                raise ConfigError(f"--resume {run_dir}: the given config differs from the run's in "
+                                  f"{', '.join(f'{k} ({a.get(k)!r} -> {b.get(k)!r})' for k in sorted(diff))}")
+            return cfg  # differs at most in fields that do not change the result
+        return old
+    assert cfg is not None
+    if (run_dir / "config.yaml").exists() and not overwrite and is_main:
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
+                          "or pass --overwrite to start over")
+    return cfg
+
+
+def start_run_dir(cfg: RunConfig, run_dir: Path, clear: bool) -> None:
+    """Create the dir (clearing an old run's files with --overwrite) and record the resolved config."""
+    if clear:
+        for name in RUN_FILES:
+            stale = run_dir / name
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def combine_stage_metrics(stage_dirs: list[tuple[str, Path, int]], run_dir: Path) -> None:
+    """RUN_DIR/metrics.jsonl for a multi-stage run: every stage's lines, tagged, steps counted across stages.
+    `stage_dirs`: (name, dir, total steps) per stage."""
+    lines, offset = [], 0
+    for name, folder, total_steps in stage_dirs:
+        path = folder / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            record = json.loads(line)
+            record["stage"], record["step"] = name, record["step"] + offset
+            lines.append(json.dumps(record))
+        offset += total_steps
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(line + "\n" for line in lines))
