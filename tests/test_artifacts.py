@@ -64,8 +64,15 @@ def test_eval_and_predict_commands(finished):
     out = cli("eval", str(run_dir), "--data", str(data))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["examples"] == 20 and 0.0 <= result["accuracy"] <= 1.0
-    assert set(result["per_class_accuracy"]) == {"neg", "pos"}
+    assert result["examples"] == 20 and set(result["per_class_accuracy"]) == {"neg", "pos"}
+    # the same accuracy as predict's labels on the same rows: eval and predict read the run alike
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    predicted = cli("predict", str(run_dir), *[r["text"] for r in rows], "--json")
+    labels = [json.loads(x)["label"] for x in predicted.stdout.splitlines()]
+    assert result["accuracy"] == sum(p == r["label"] for p, r in zip(labels, rows, strict=True)) / len(rows)
+    for name in ("neg", "pos"):
+        mine = [(p, r["label"]) for p, r in zip(labels, rows, strict=True) if r["label"] == name]
+        assert result["per_class_accuracy"][name] == sum(p == t for p, t in mine) / len(mine)
     pred = cli("predict", str(run_dir), "superb film", "awful film", "--json")
     assert pred.returncode == 0, pred.stderr
     rows = [json.loads(x) for x in pred.stdout.splitlines()]

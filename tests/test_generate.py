@@ -56,3 +56,20 @@ def test_first_answer_finds_the_first_label_mentioned():
     assert first_answer("The review is rotten, not fresh", labels) == "rotten"
     assert first_answer("refreshing!", labels) is None  # whole words only
     assert first_answer("I'd say: fresh", labels) == "fresh"
+
+
+def test_generate_restores_train_mode_and_samples_each_prompt_on_its_own(tiny_llama):
+    from tunesmith.generate import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).train()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    cfg = GenerationConfig(max_new_tokens=8, temperature=1.5, seed=7)
+    samples = generate(model, tokenizer, ["review the film was great"] * 6, cfg)
+    assert model.training  # generating in the middle of training leaves dropout as it was
+    assert len(set(samples)) > 1  # six samples of one prompt are not six copies
+    assert generate(model, tokenizer, ["review the film was great"] * 6, cfg) == samples  # and are seeded
+    # a prompt's sample does not depend on which other prompts share its batch (same length: one batch)
+    mixed = generate(model, tokenizer, ["review the film was great"] * 6 + ["review the plot was awful"], cfg)
+    assert mixed[:6] == samples
+    greedy = generate(model.eval(), tokenizer, ["review the film was great"] * 3, GenerationConfig(max_new_tokens=8))
+    assert len(set(greedy)) == 1

@@ -318,6 +318,7 @@ def _build_objective(value: Any, key: str, source: str, lines: dict[str, int]) -
 
     if value is None:
         value = {}
+    at = key if isinstance(value, str) else key + ".name"
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict):
@@ -325,7 +326,7 @@ def _build_objective(value: Any, key: str, source: str, lines: dict[str, int]) -
                           f"mapping with its name and options, got {value!r}")
     name = value.get("name", ObjectiveConfig.name)
     if name not in OBJECTIVES:
-        raise ConfigError(f"{_where(source, lines, key + '.name')}: {name!r} is not one of {', '.join(OBJECTIVES)}")
+        raise ConfigError(f"{_where(source, lines, at)}: {name!r} is not one of {', '.join(OBJECTIVES)}")
     return _build(OBJECTIVES[name].Config, value, key + ".", source, lines)
 
 

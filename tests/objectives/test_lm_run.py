@@ -59,3 +59,12 @@ def test_prompt_tuning_run_trains_only_the_prompt(tiny_llama, tmp_path):
 
     _, model, tok, _ = open_run(tmp_path / "r")
     assert torch.equal(model.prompt_embeddings.weight, weights["prompt_embeddings"])
+    # it learned: the prompt moved away from its initial tokens' embeddings, and the loss fell
+    from tunesmith.methods.prompt import initial_prompt
+    from tunesmith.models import load_causal_lm
+
+    start = initial_prompt(load_causal_lm(str(tiny_llama), 0), 4, "vocab", None, seed=0)
+    assert (weights["prompt_embeddings"] - start).abs().max().item() > 1e-2
+    losses = [json.loads(x)["train_loss"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+              if "train_loss" in x]
+    assert losses[-1] < losses[0]

@@ -1,5 +1,6 @@
 """The training loop: accumulation equals the large batch, seeds, early stopping, NaN, schedules."""
 
+import copy
 import json
 import math
 
@@ -11,11 +12,13 @@ from tunesmith.config import TrainConfig, config_from_dict
 from tunesmith.errors import TrainingError
 from tunesmith.objectives import Loss, Objective
 from tunesmith.run import run
+from tunesmith.train.callbacks import Callback
+from tunesmith.train.checkpoint import latest_checkpoint
 from tunesmith.train.distributed import DistInfo
 from tunesmith.train.loop import TrainTask, train
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.parallel import Strategy
-from tunesmith.train.step import epoch_order
+from tunesmith.train.step import epoch_batches, epoch_order
 
 
 def weights(run_dir):
@@ -128,11 +131,148 @@ def test_weight_decay_groups_skip_biases_and_norms(tiny_bert):
     from tunesmith.models import load_text_classifier
 
     m = load_text_classifier(str(tiny_bert), ["a", "b"], init_seed=0)
-    opt = build_optimizer(m.model, TrainConfig(weight_decay=0.1, head_lr=1e-3), set(m.head_params))
-    ids = {id(p): n for n, p in m.model.named_parameters()}
-    for group in opt.param_groups:
-        names = [ids[id(p)] for p in group["params"]]
-        if group["weight_decay"]:
-            assert all(not n.endswith("bias") and "LayerNorm" not in n for n in names)
-        if "classifier.weight" in names:
-            assert group["lr"] == 1e-3
+    opt = build_optimizer(m.model, TrainConfig(lr=5e-5, weight_decay=0.1, head_lr=1e-3), set(m.head_params))
+    params = dict(m.model.named_parameters())
+    names = {id(p): n for n, p in params.items()}
+    group_of = {names[id(p)]: g for g in opt.param_groups for p in g["params"]}
+    assert group_of.keys() == params.keys()  # every parameter trains, in exactly one group
+    decayed = {n for n, g in group_of.items() if g["weight_decay"] == 0.1}
+    assert decayed == {n for n, p in params.items() if p.ndim >= 2}  # matrices only
+    assert {n for n, g in group_of.items() if g["weight_decay"] == 0.0} == params.keys() - decayed
+    assert any(n.endswith("LayerNorm.weight") for n in params.keys() - decayed)
+    assert all(not n.endswith("bias") and "LayerNorm" not in n for n in decayed)
+    assert {n for n, g in group_of.items() if g["lr"] == 1e-3} == set(m.head_params)
+    assert all(g["lr"] == 5e-5 for n, g in group_of.items() if n not in m.head_params)
+
+
+def test_max_grad_norm_clips_every_step(tmp_path):
+    norms: list[float] = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        for clip in (0.5, None):
+            cfg = TrainConfig(epochs=1, batch_size=2, progress=False, max_grad_norm=clip, fused_optimizer=False)
+            train(torch.nn.Linear(2, 2), linear_task(Linear(100.0), 8), cfg, tmp_path / str(clip), Strategy(DistInfo()))
+    finally:
+        handle.remove()
+    clipped, free = norms[:4], norms[4:]
+    assert len(free) == 4 and all(n <= 0.5 + 1e-5 for n in clipped)
+    assert min(free) > 10  # the same steps unclipped: the hook saw the real norms
+
+
+def test_keep_checkpoints_prunes_older_ones(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=2, progress=False, checkpoint_every=1, keep_checkpoints=2)
+    train(torch.nn.Linear(2, 2), linear_task(Linear(), 12), cfg, tmp_path, Strategy(DistInfo()))
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
+    assert kept == ["step-00000005", "step-00000006"]
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["name"] == "step-00000006"
+
+
+class TwoTerms(Linear):
+    """Item i has i % 3 + 1 "tokens": term a is averaged over items, term b over tokens."""
+
+    def collate(self, items, pad_id, train=False):
+        return {"x": torch.tensor([[float(i + 1), 1.0] for i in items]),
+                "tokens": torch.tensor([float(i % 3 + 1) for i in items])}
+
+    def counts(self, batch):
+        return {"a": float(batch["x"].shape[0]), "b": float(batch["tokens"].sum())}
+
+    def loss(self, model, batch):
+        out = model(batch["x"])
+        return Loss({"a": (out[:, 0] ** 2).sum(), "b": (out[:, 1].abs() * batch["tokens"]).sum()},
+                    logs={"b_per_item": (out[:, 1].sum().detach(), "a")})
+
+
+def test_terms_with_their_own_denominators_equal_the_large_batch(tmp_path):
+    """Micro-batches hold different token counts, so dividing each term per micro-batch would be wrong;
+    the loop divides each term by its own count over the whole step."""
+    results = {}
+    for accum in (1, 4):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 2)
+        start = copy.deepcopy(model)
+        cfg = TrainConfig(epochs=1, batch_size=4, grad_accum=accum, progress=False, log_every=1, lr=0.1,
+                          warmup_ratio=0.0, max_grad_norm=None)
+        train(model, linear_task(TwoTerms(), 12), cfg, tmp_path / str(accum), Strategy(DistInfo()))
+        results[accum] = (model, [json.loads(x) for x in (tmp_path / str(accum) / "metrics.jsonl").read_text().splitlines()])
+    (big, big_log), (acc, acc_log) = results[1], results[4]
+    for a, b in zip(big.parameters(), acc.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    # the first step's logged loss is the sum of both terms' means, from the starting weights
+    objective, first = TwoTerms(), epoch_batches(12, 4, 0, 0)[0]
+    batch = objective.collate(first, None)
+    with torch.no_grad():
+        terms = objective.loss(start, batch).terms
+    counts = objective.counts(batch)
+    want = {k: terms[k].item() / counts[k] for k in terms}
+    for log in (big_log, acc_log):
+        assert log[0]["train_loss"] == pytest.approx(want["a"] + want["b"], rel=1e-6)
+        assert log[0]["train_a"] == pytest.approx(want["a"], rel=1e-6)
+        assert "train_b_per_item" in log[0]
+
+
+class Stateful(Linear):
+    """An objective whose state changes its loss: forgetting the state on resume changes the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        return Loss({"loss": model(batch["x"]).sum() * (1 + 0.1 * self.calls)})
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state.get("calls", 0)
+
+
+class Draws(Callback):
+    """A callback with its own random stream and a running count, logged every step."""
+
+    def __init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(1)
+        self.seen, self.draws = 0, []
+
+    def on_step_end(self, trainer, output):
+        self.seen += output.samples
+        self.draws.append(torch.rand(1, generator=self.generator).item())
+        return {"seen": self.seen}
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state(), "seen": self.seen, "draws": list(self.draws)}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+        self.seen, self.draws = state["seen"], list(state["draws"])
+
+
+def test_objective_and_callback_state_survive_a_resume(tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=2, progress=False, log_every=1)
+
+    def attempt(run_dir, resume=False, pause=None):
+        torch.manual_seed(0)
+        model, objective, callback = torch.nn.Linear(2, 2), Stateful(), Draws()
+        latest = latest_checkpoint(run_dir / "checkpoints") if resume else None
+        train(model, linear_task(objective, 8), cfg, run_dir, Strategy(DistInfo()), resume_from=latest,
+              pause_at_step=pause, callbacks=[callback])
+        return model, objective, callback
+
+    whole = attempt(tmp_path / "whole")
+    attempt(tmp_path / "split", pause=3)
+    resumed = attempt(tmp_path / "split", resume=True)
+    for a, b in zip(whole[0].parameters(), resumed[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed[1].calls == whole[1].calls == 8
+    assert resumed[2].draws == whole[2].draws and resumed[2].seen == whole[2].seen == 16
+    lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["seen"] for x in lines if "seen" in x] == [2 * s for s in range(1, 9)]

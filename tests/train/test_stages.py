@@ -71,3 +71,31 @@ def test_paused_run_resumes_to_the_same_end(tiny_bert, tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert done["final"] == whole["final"]
+
+
+@pytest.mark.parametrize("order", [("full", "lora"), ("lora", "full")])
+def test_adapter_and_full_stages_save_everything_that_trained(tiny_bert_nodrop, tmp_path, order):
+    """An adapter alone would lose the base weights the full stage trained: the run saves the whole model
+    (adapter folded in), and that saved model gives the run's own final test metrics."""
+    lora = {"name": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}}
+    methods = {"full": {"name": "full"}, "lora": lora}
+    stages = [{"name": f"s{i}-{m}", "method": methods[m], "epochs": 2, "lr": 1e-2} for i, m in enumerate(order)]
+    cfg = tiny_config(tiny_bert_nodrop, tmp_path / "d") | {"stages": stages}
+    s = run(config_from_dict(cfg), tmp_path / "r")
+    assert (tmp_path / "r" / "model" / "model.safetensors").exists() and not (tmp_path / "r" / "adapter").exists()
+    assert not any("lora" in k for k in model_weights(tmp_path / "r"))  # a plain model
+    out = cli("eval", str(tmp_path / "r"), "--data", str(tmp_path / "d" / "test.jsonl"))
+    assert out.returncode == 0, out.stderr
+    again = json.loads(out.stdout)
+    assert again["loss"] == pytest.approx(s["final"]["test_loss"], rel=1e-5)
+    assert again["accuracy"] == s["final"]["test_accuracy"]
+
+
+def test_probe_then_lora_saves_the_adapter_with_the_probed_head(tiny_bert_nodrop, tmp_path):
+    lora = {"name": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}}
+    stages = [{"name": "probe", "method": {"name": "linear_probe"}, "epochs": 1, "lr": 5e-2},
+              {"name": "lora", "method": lora, "epochs": 2, "lr": 1e-2}]
+    s = run(config_from_dict(tiny_config(tiny_bert_nodrop, tmp_path / "d") | {"stages": stages}), tmp_path / "r")
+    assert (tmp_path / "r" / "adapter" / "adapter_model.safetensors").exists()
+    out = cli("eval", str(tmp_path / "r"), "--data", str(tmp_path / "d" / "test.jsonl"))
+    assert json.loads(out.stdout)["loss"] == pytest.approx(s["final"]["test_loss"], rel=1e-5)

@@ -25,6 +25,7 @@ class MetricsLog:
         self._tb = None
         if not enabled:
             return
+        run_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
