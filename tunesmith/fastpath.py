@@ -46,7 +46,3 @@ def checked_once(owner: nn.Module, key: str, check: Callable[[], T]) -> T:
     if attribute not in owner.__dict__:
         owner.__dict__[attribute] = check()
     return owner.__dict__[attribute]
-
-
-def forget(owner: nn.Module, key: str) -> None:
-    owner.__dict__.pop(f"_tunesmith_{key}", None)

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunesmith.data import DataConfig, SplitConfig, builtin, get_dataset, load_image_classification
-from tunesmith.data import load_text_classification as load_text
-from tunesmith.data.builtin import (
-    FASHION_MNIST_DIR,
-    FASHION_MNIST_ENV,
-    FMNIST_SHIFTS,
-    NEWSGROUPS,
-    NG_ID_GROUPS,
-    NG_OOD_GROUPS,
-    NG_SUBPOPULATIONS,
-    corrupt_images,
+from tunesmith.data import (
+    DataConfig,
+    SplitConfig,
+    builtin_images,
+    builtin_text,
+    get_dataset,
+    load_image_classification,
 )
+from tunesmith.data import load_text_classification as load_text
+from tunesmith.data.builtin import DATASETS, builtin_eval_sets
+from tunesmith.data.builtin_images import FASHION_MNIST_DIR, FASHION_MNIST_ENV, FMNIST_SHIFTS, corrupt_images
+from tunesmith.data.builtin_text import NEWSGROUPS, NG_ID_GROUPS, NG_OOD_GROUPS, NG_SUBPOPULATIONS
 from tunesmith.errors import DataError
 
 ID_GROUPS = {
@@ -65,14 +65,14 @@ def groups() -> dict[str, str]:
     return {
         row.where: row.values["group"]
         for part in ("train", "test")
-        for row in builtin._read_newsgroups(part, name)
+        for row in builtin_text._read_newsgroups(part, name)
     }
 
 
 def test_20newsgroups_subpop_splits(groups: dict[str, str]) -> None:
     data = load_text(DataConfig(builtin="20newsgroups-subpop"))
     assert data.label_names == ["comp", "rec", "sci", "talk"]
-    assert list(data.eval_sets) == ["ood-subpop"]
+    assert list(data.eval_sets) == ["ood-subpop"] == list(builtin_eval_sets("20newsgroups-subpop"))
     ood = data.eval_sets["ood-subpop"]
     sizes = (len(data.train), len(data.validation), len(data.test), len(ood))
     assert sizes == (4_710, 523, 3_497, 2_924)
@@ -143,6 +143,9 @@ def test_fashion_mnist_shift_synthetic(tmp_path: Path, monkeypatch: pytest.Monke
     data = load_image_classification(DataConfig(builtin="fashion-mnist-shift"))
     plain = load_image_classification(DataConfig(builtin="fashion-mnist"))
     assert list(data.eval_sets) == SHIFTS == list(FMNIST_SHIFTS) == data.report.eval_sets
+    # what config checks see before loading (early stopping on an eval set) is what loading gives
+    assert builtin_eval_sets("fashion-mnist-shift") == tuple(SHIFTS)
+    assert {n for n, d in DATASETS.items() if d.eval_sets} == {"20newsgroups-subpop", "fashion-mnist-shift"}
     for split in ("train", "validation", "test"):  # the same splits as fashion-mnist
         assert [e.label for e in getattr(data, split)] == [e.label for e in getattr(plain, split)]
     for name, examples in data.eval_sets.items():
@@ -168,12 +171,12 @@ def test_real_fashion_mnist_shift(monkeypatch: pytest.MonkeyPatch) -> None:
     test_images = [e.where.rsplit("#", 1)[1] for e in data.test]
     for name in SHIFTS:  # the corrupted subsets hold the same pictures as the clean test subset
         assert [e.where.rsplit("#", 1)[1] for e in data.eval_sets[name]] == test_images, name
-    official = builtin._fashion_mnist().test
+    official = builtin_images._fashion_mnist().test
     assert official is not None
     clean = np.asarray(official.images)
-    cached = builtin._fashion_mnist_shift().eval_sets
-    monkeypatch.setattr(builtin, "_SHIFT_CACHE", {})  # recompute from scratch: the same pixels
-    fresh = builtin._fashion_mnist_shift().eval_sets
+    cached = builtin_images._fashion_mnist_shift().eval_sets
+    monkeypatch.setattr(builtin_images, "_SHIFT_CACHE", {})  # recompute from scratch: the same pixels
+    fresh = builtin_images._fashion_mnist_shift().eval_sets
     for name in SHIFTS:
         shifted = fresh[name].images
         assert shifted is not cached[name].images and np.array_equal(shifted, cached[name].images), name

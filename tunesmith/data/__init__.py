@@ -10,14 +10,8 @@ from tunesmith.data.images import (
     read_image,
 )
 from tunesmith.data.sources import FORMATS, Row, read_rows
-from tunesmith.data.text import (
-    DataReport,
-    TextData,
-    TextExample,
-    load_labelled_file,
-    load_text_classification,
-    split_rows,
-)
+from tunesmith.data.splits import DataReport, split_rows
+from tunesmith.data.text import TextData, TextExample, load_labelled_file, load_text_classification
 
 __all__ = [
     "DATASETS",

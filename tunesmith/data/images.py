@@ -18,32 +18,25 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from tunesmith.data.builtin import DATASETS, BuiltinImages, DatasetEntry, ImageArrays, get_dataset
+from tunesmith.data.builtin import DATASETS, get_dataset
 from tunesmith.data.config import DataConfig
+from tunesmith.data.decode import read_image  # noqa: F401  (objectives read images through this module)
+from tunesmith.data.packaged import BuiltinImages, DatasetEntry, ImageArrays
 from tunesmith.data.sources import Row, check_format
-from tunesmith.data.text import (
+from tunesmith.data.splits import (
     SPLITS,
+    BadRows,
     DataReport,
-    _BadRows,
-    _check_fractions,
-    _check_limit,
-    _columns,
-    _describe_sources,
-    _label_counts,
-    _Parsed,
-    _skip_note,
-    _split_indices,
-    _subset,
-    _to_examples,
-    eval_set_files,
-    eval_stream,
+    columns,
+    finish,
+    label_counts,
     merge_eval_sets,
-    sort_labels,
+    start,
 )
+from tunesmith.data.text import Parsed, check_label, labels_of_training, to_examples
 from tunesmith.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -72,7 +65,7 @@ class ImageData:
 class _Source:
     """The examples read from one folder or file (labels still strings), plus what was ignored in it."""
 
-    def __init__(self, path: str, parsed: list[_Parsed | None], ignored: list[str], kind: str) -> None:
+    def __init__(self, path: str, parsed: list[Parsed | None], ignored: list[str], kind: str) -> None:
         self.path, self.parsed, self.ignored, self.kind = path, parsed, ignored, kind
 
     def note(self) -> str:
@@ -145,7 +138,7 @@ def _read_folder(path: str) -> _Source:
             f"{path}: no class subfolders{found}; an image folder needs one subfolder per class, named "
             f"after it: {path}/CLASS_A/x.png, {path}/CLASS_B/y.jpg, ..."
         )
-    parsed: list[_Parsed | None] = []
+    parsed: list[Parsed | None] = []
     for folder in classes:
         before = len(ignored)
         files = _class_files(folder, root, ignored)
@@ -156,13 +149,13 @@ def _read_folder(path: str) -> _Source:
                 f"{folder}: class folder {folder.name!r} holds no image files{found}; image files end in "
                 f"{' '.join(IMAGE_EXTENSIONS)}; add images or remove the folder"
             )
-        parsed += [_Parsed(str(f), folder.name, str(f)) for f in files]
+        parsed += [Parsed(str(f), folder.name, str(f)) for f in files]
     return _Source(path, parsed, ignored, f"image folder, {len(classes)} classes")
 
 
 def _parse_row(
-    row: Row, image_field: str, label_field: str, base: Path, bad: _BadRows
-) -> _Parsed | None:
+    row: Row, image_field: str, label_field: str, base: Path, bad: BadRows
+) -> Parsed | None:
     """Check one row of a file listing images; None when it was bad (and on_bad_rows is skip)."""
     values, where, option = row.values, row.where, bad.option
     for name, holds in ((image_field, "image path"), (label_field, "label")):
@@ -170,7 +163,7 @@ def _parse_row(
             field = "image_field" if name == image_field else "label_field"
             bad.bad(
                 where,
-                f"no field {name!r} (the row has {_columns(values)})",
+                f"no field {name!r} (the row has {columns(values)})",
                 f"set {option}{field} to the column that holds the {holds}",
             )
             return None
@@ -182,19 +175,7 @@ def _parse_row(
     if not value.strip():
         bad.bad(where, f"field {image_field!r} is empty", "give the image's file path or remove the row")
         return None
-    if label is None or (isinstance(label, str) and not label.strip()):
-        bad.bad(
-            where,
-            f"field {label_field!r} is {'null' if label is None else 'empty'}",
-            "give every row a label or remove the row",
-        )
-        return None
-    if not isinstance(label, str | int):  # bool is an int
-        bad.bad(
-            where,
-            f"field {label_field!r} is a {type(label).__name__} ({label!r:.40})",
-            "labels must be strings, integers or booleans (classes, not scores)",
-        )
+    if not check_label(label, label_field, where, bad):
         return None
     path = base / value  # an absolute `value` replaces base
     if not path.is_file():
@@ -205,11 +186,11 @@ def _parse_row(
             f"fix the path (relative paths start at the file's folder, {os.path.abspath(base)})",
         )
         return None
-    return _Parsed(str(path), str(label), where)
+    return Parsed(str(path), str(label), where)
 
 
 def _read_source(
-    path: str | Path, format: str, image_field: str, label_field: str, bad: _BadRows
+    path: str | Path, format: str, image_field: str, label_field: str, bad: BadRows
 ) -> _Source:
     """A folder (image-folder layout) or a file of rows naming an image and its label."""
     path = os.fspath(path)
@@ -227,9 +208,9 @@ def _read_source(
 
 
 def _image_examples(
-    parsed: list[_Parsed], index: dict[str, int], bad: _BadRows, unknown: str
+    parsed: list[Parsed], index: dict[str, int], bad: BadRows, unknown: str
 ) -> list[ImageExample]:
-    return [ImageExample(Path(e.text), e.label, e.where) for e in _to_examples(parsed, index, bad, unknown)]
+    return [ImageExample(Path(e.text), e.label, e.where) for e in to_examples(parsed, index, bad, unknown)]
 
 
 def _unknown(source: _Source, label_field: str, tail: str) -> str:
@@ -253,77 +234,41 @@ def _image_entry(name: str) -> tuple[DatasetEntry, BuiltinImages]:
 
 def load_image_classification(cfg: DataConfig) -> ImageData:
     """Load, validate and split the image data a run config describes."""
-    check_format(cfg.format)
-    bad = _BadRows(cfg.on_bad_rows, "data.")
-    if (cfg.builtin is None) == (cfg.train is None):
-        both = "both are set" if cfg.builtin is not None else "neither is set"
-        raise DataError(
-            "give exactly one of data.builtin (a built-in data set) or data.train (an image folder or a "
-            f"file listing images); {both}"
-        )
-    _check_limit(cfg.max_train_samples, "max_train_samples")
-    _check_limit(cfg.max_eval_samples, "max_eval_samples")
-    eval_files = eval_set_files(cfg)
-    image_field = cfg.image_field or DEFAULT_IMAGE_FIELD
-    label_field = cfg.label_field or "label"
-    seed = cfg.split.seed
-
+    plan = start(cfg, "an image folder or a file listing images")
+    bad = plan.bad
+    image_field, label_field = cfg.image_field or DEFAULT_IMAGE_FIELD, cfg.label_field or "label"
     builtin = _image_entry(cfg.builtin) if cfg.builtin is not None else None
     official_test = builtin is not None and builtin[1].test is not None and cfg.test is None
-    carved = {
-        s: getattr(cfg.split, s)
-        for s in ("validation", "test")
-        if getattr(cfg, s) is None and not (s == "test" and official_test)
-    }
-    _check_fractions(carved.get("validation", 0.0), carved.get("test", 0.0))
-    fractions = (carved.get("validation", 0.0), carved.get("test", 0.0))
+    carved = plan.carve(official_test)
     builtin_sets = builtin[1].eval_sets if builtin is not None else {}
-    eval_names = merge_eval_sets(builtin_sets, eval_files, cfg.builtin)
+    eval_names = merge_eval_sets(builtin_sets, plan.eval_files, cfg.builtin)
     train = None if builtin else _read_source(cfg.train, cfg.format, image_field, label_field, bad)
-    given = {
-        s: _read_source(getattr(cfg, s), cfg.format, image_field, label_field, bad)
-        for s in ("validation", "test")
-        if getattr(cfg, s) is not None
-    }
-    given_eval = {
-        name: _read_source(path, cfg.format, image_field, label_field, bad)
-        for name, path in eval_files.items()
-    }
+    given = {s: _read_source(getattr(cfg, s), cfg.format, image_field, label_field, bad)
+             for s in ("validation", "test") if getattr(cfg, s) is not None}
+    given_eval = {name: _read_source(path, cfg.format, image_field, label_field, bad)
+                  for name, path in plan.eval_files.items()}
 
     examples: dict[str, list[ImageExample]] = {}
+    indices = plan.indices(len(builtin[1].train.labels) if builtin else len(train.parsed))
     if builtin is not None:
         entry, arrays = builtin
         label_names = list(arrays.label_names)  # the official order, not re-sorted
         train_source = f"builtin:{entry.name}"
-        indices = _split_indices(len(arrays.train.labels), *fractions, seed)
         for split in ("train", *carved):
             examples[split] = _array_examples(entry.name, arrays.train, indices[split])
         if official_test:
-            assert arrays.test is not None
             examples["test"] = _array_examples(entry.name, arrays.test, range(len(arrays.test.labels)))
         for name, part in builtin_sets.items():
             examples[name] = _array_examples(entry.name, part, range(len(part.labels)))
         unknown = "is not a class of the built-in data set"
     else:
-        assert train is not None
         train_source = str(cfg.train)
-        # Rows were validated in file order (so "error" mode reports the first bad line); split afterwards:
-        # the split depends only on the number of rows, not on which of them are bad -- as for text.
-        indices = _split_indices(len(train.parsed), *fractions, seed)
-        parsed = {
-            s: [p for i in indices[s] if (p := train.parsed[i]) is not None] for s in ("train", *carved)
-        }
-        labels = {p.label for p in parsed["train"]}
-        if not parsed["train"]:
-            raise DataError(f"{cfg.train}: no usable training images" + _skip_note(bad))
-        if len(labels) < 2:
-            what = "class folder" if train.kind else f"label in field {label_field!r}"
-            raise DataError(
-                f"{cfg.train}: the training split has only one {what} ({next(iter(labels))!r}); "
-                "classification needs at least 2"
-                + ("" if train.kind else " (is data.label_field the right column?)")
-            )
-        label_names = sort_labels(labels)  # from the whole train split, so max_train_samples can't drop one
+        parsed = {s: [p for i in indices[s] if (p := train.parsed[i]) is not None] for s in ("train", *carved)}
+        what = "class folder" if train.kind else f"label in field {label_field!r}"
+        hint = "" if train.kind else " (is data.label_field the right column?)"
+        label_names = labels_of_training(
+            parsed["train"], str(cfg.train), lambda label: f"{what} ({label!r}); classification needs at least 2{hint}",
+            bad, rows="images")
         index = {name: i for i, name in enumerate(label_names)}
         for split in ("train", *carved):
             tail = "never appears in training" if split == "train" else "never appears in the training split"
@@ -336,12 +281,10 @@ def load_image_classification(cfg: DataConfig) -> ImageData:
         examples[split] = _image_examples(parsed_given, index, bad, _unknown(source, label_field, unknown))
         if not examples[split]:
             what = f"the eval set {split!r}" if split in given_eval else f"the {split} split"
-            raise DataError(f"{source.path}: no images left for {what}" + _skip_note(bad))
+            raise DataError(f"{source.path}: no images left for {what}" + bad.note())
 
-    named = [*given, *(["test"] if official_test else [])]  # splits not carved from train
-    sources = _describe_sources(train_source, carved, dict.fromkeys(named, []), cfg)
+    sources = plan.sources(train_source, [*given, *(["test"] if official_test else [])])
     if official_test:
-        assert builtin is not None
         ignored = "; data.split.test is ignored" if cfg.split.test else ""
         sources["test"] = f"builtin:{builtin[0].name} official test set{ignored}"
     sources = {s: sources[s] for s in SPLITS}
@@ -355,38 +298,11 @@ def load_image_classification(cfg: DataConfig) -> ImageData:
         else:
             about = builtin_sets[name].about
             sources[name] = f"builtin:{cfg.builtin} {name}" + (f": {about}" if about else "")
-
-    limits = {
-        "train": cfg.max_train_samples,
-        "validation": cfg.max_eval_samples,
-        "test": cfg.max_eval_samples,
-    }
-    streams = {**{split: i for i, split in enumerate(SPLITS, 1)}, **{n: eval_stream(n) for n in eval_names}}
-    for name in eval_names:  # a corrupted copy of the official test set: subset it like the test split
-        if name in builtin_sets and builtin_sets[name].copy_of_test and official_test:
-            streams[name] = streams["test"]
-    for split, stream in streams.items():
-        before = len(examples[split])
-        examples[split] = _subset(examples[split], limits.get(split, cfg.max_eval_samples), seed, stream)
-        if len(examples[split]) < before:
-            sources[split] += f"; seeded subset of {len(examples[split]):,} of {before:,} (seed {seed})"
-
-    report = DataReport(
-        sources=sources,
-        counts={s: len(examples[s]) for s in streams},
-        label_counts={s: _label_counts(examples[s], label_names) for s in streams},
-        skipped=bad.count,
-        skipped_examples=list(bad.examples),
-        eval_sets=list(eval_names),
-    )
-    return ImageData(
-        examples["train"],
-        examples["validation"],
-        examples["test"],
-        label_names,
-        report,
-        {name: examples[name] for name in eval_names},
-    )
+    # a corrupted copy of the official test set: subset it like the test split, image for image
+    copies = [n for n in eval_names if n in builtin_sets and builtin_sets[n].copy_of_test and official_test]
+    report = finish(plan, examples, sources, eval_names, lambda ex: label_counts(ex, label_names), copies)
+    return ImageData(examples["train"], examples["validation"], examples["test"], label_names, report,
+                     {name: examples[name] for name in eval_names})
 
 
 def _array_examples(name: str, part: ImageArrays, indices: Iterable[int]) -> list[ImageExample]:
@@ -407,7 +323,7 @@ def load_labelled_images(
     """Load images to evaluate a trained model on (a folder or a file of paths and labels): their labels
     must be among the ones it was trained on."""
     check_format(format)
-    bad = _BadRows(on_bad_rows, "")
+    bad = BadRows(on_bad_rows, "")
     label_field = label_field or "label"
     source = _read_source(path, format, image_field or DEFAULT_IMAGE_FIELD, label_field, bad)
     index = {name: i for i, name in enumerate(label_names)}
@@ -418,87 +334,12 @@ def load_labelled_images(
         _unknown(source, label_field, "is not one the model was trained on"),
     )
     if not examples:
-        raise DataError(f"{path}: no usable images" + _skip_note(bad))
+        raise DataError(f"{path}: no usable images" + bad.note())
     report = DataReport(
         sources={"eval": str(path) + source.note()},
         counts={"eval": len(examples)},
-        label_counts={"eval": _label_counts(examples, list(label_names))},
+        label_counts={"eval": label_counts(examples, list(label_names))},
         skipped=bad.count,
         skipped_examples=list(bad.examples),
     )
     return examples, report
-
-
-# ---------------------------------------------------------------------------------------------- decoding
-
-
-def read_image(example: ImageExample) -> np.ndarray:
-    """The example's pixels as a fresh, writable uint8 (H, W, 3) RGB array.
-
-    Files are decoded with Pillow: EXIF orientation applied, then grayscale / palette / CMYK / RGBA
-    (alpha dropped) converted to RGB; 16-bit images are scaled down to 8 bits, not clipped. Anything
-    unreadable raises DataError naming the example and the file.
-    """
-    if isinstance(example.image, np.ndarray):
-        return _array_to_rgb(example.image, example.where)
-    return _decode(Path(example.image), example.where)
-
-
-def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
-    if array.dtype != np.uint8:
-        raise DataError(f"{where}: in-memory image has dtype {array.dtype}; expected uint8")
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim == 2:
-        out = np.repeat(array[:, :, None], 3, axis=2)
-    elif array.ndim == 3 and array.shape[2] == 3:
-        out = array.copy()
-    else:
-        raise DataError(
-            f"{where}: in-memory image has shape {array.shape}; expected (H, W), (H, W, 1) or (H, W, 3)"
-        )
-    if not out.size:
-        raise DataError(f"{where}: in-memory image is empty (shape {array.shape})")
-    return out
-
-
-def _decode(path: Path, where: str) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError  # only image runs pay for Pillow
-
-    name = str(path) if where == str(path) else f"{where}: {path}"
-    try:
-        with Image.open(path) as image:
-            image.load()  # decodes now, so a truncated file fails here, inside the try
-            try:
-                image = ImageOps.exif_transpose(image)
-            except Exception:  # a broken EXIF block: the pixels themselves are fine, keep them as stored
-                pass
-            return _pil_to_rgb(image, name)
-    except Image.DecompressionBombError as e:
-        raise DataError(
-            f"{name}: cannot read the image: too many pixels to decode safely ({e}); shrink it, or raise "
-            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
-        ) from None
-    except FileNotFoundError:
-        raise DataError(f"{name}: cannot read the image: file not found (was it moved or deleted?)") from None
-    except UnidentifiedImageError:
-        raise DataError(
-            f"{name}: cannot read the image: not a recognised image format (corrupt, or not an image); "
-            "fix or remove the file"
-        ) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated / corrupt data, I/O errors
-        raise DataError(f"{name}: cannot read the image: {e}; fix or remove the file") from None
-
-
-def _pil_to_rgb(image: Any, name: str) -> np.ndarray:
-    mode = image.mode
-    if mode.startswith("I;16") or mode == "I":  # 16-bit (PNG/TIFF): Pillow's convert would clip at 255
-        values = np.asarray(image).astype(np.float64)
-        gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode == "F":
-        raise DataError(
-            f"{name}: cannot read the image: floating-point pixels (mode F) have no fixed range; save it "
-            "as an 8-bit image"
-        )
-    return np.array(image.convert("RGB"), dtype=np.uint8)

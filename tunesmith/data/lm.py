@@ -14,18 +14,8 @@ from typing import Any
 
 from tunesmith.data.builtin import get_dataset
 from tunesmith.data.config import DataConfig
-from tunesmith.data.sources import Row, check_format
-from tunesmith.data.text import (
-    SPLITS,
-    DataReport,
-    _BadRows,
-    _check_fractions,
-    _check_limit,
-    _describe_sources,
-    _skip_note,
-    _split_indices,
-    _subset,
-)
+from tunesmith.data.sources import Row
+from tunesmith.data.splits import SPLITS, BadRows, DataReport, finish, start
 from tunesmith.errors import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -59,7 +49,7 @@ class LMData:
     label_names: list[str] | None = None  # no classes: the targets are tokens
 
 
-def parse_lm_row(row: Row, text_field: str, bad: _BadRows) -> LMExample | None:
+def parse_lm_row(row: Row, text_field: str, bad: BadRows) -> LMExample | None:
     v = row.values
     if "messages" in v:
         return _chat(row, bad)
@@ -81,7 +71,7 @@ def parse_lm_row(row: Row, text_field: str, bad: _BadRows) -> LMExample | None:
     return None
 
 
-def _chat(row: Row, bad: _BadRows) -> LMExample | None:
+def _chat(row: Row, bad: BadRows) -> LMExample | None:
     messages = row.values["messages"]
     if not isinstance(messages, list) or not messages:
         bad.bad(row.where, "field 'messages' must be a non-empty list of {role, content}", "fix the row")
@@ -101,44 +91,30 @@ def _chat(row: Row, bad: _BadRows) -> LMExample | None:
 
 def load_lm_data(cfg: DataConfig) -> LMData:
     """Load, validate and split language-model rows (same split and subset rules as classification)."""
-    check_format(cfg.format)
-    bad = _BadRows(cfg.on_bad_rows, "data.")
-    if (cfg.builtin is None) == (cfg.train is None):
-        raise DataError("give exactly one of data.builtin (a built-in data set) or data.train (a file)")
-    _check_limit(cfg.max_train_samples, "max_train_samples")
-    _check_limit(cfg.max_eval_samples, "max_eval_samples")
-    if cfg.eval_sets:
-        raise DataError(
-            f"data.eval_sets ({', '.join(map(str, cfg.eval_sets))}): extra evaluation sets are for "
-            "classification (text or images); language-model runs evaluate on validation and test only"
-        )
-    carved = {s: getattr(cfg.split, s) for s in ("validation", "test") if getattr(cfg, s) is None}
-    _check_fractions(carved.get("validation", 0.0), carved.get("test", 0.0))
-    seed = cfg.split.seed
+    plan = start(cfg, eval_sets=False)
+    bad = plan.bad
+    carved = plan.carve(official_test=False)
     entry = get_dataset(cfg.builtin) if cfg.builtin is not None else None
     text_field = cfg.text_field or "text"
     train_rows = entry.load() if entry else bad.read(str(cfg.train), cfg.format)
     file_rows = {s: bad.read(getattr(cfg, s), cfg.format) for s in ("validation", "test") if s not in carved}
 
     parsed_train = [parse_lm_row(r, text_field, bad) for r in train_rows]
-    indices = _split_indices(len(train_rows), carved.get("validation", 0.0), carved.get("test", 0.0), seed)
+    indices = plan.indices(len(train_rows))
     examples: dict[str, list[Any]] = {
         s: [p for i in indices[s] if (p := parsed_train[i]) is not None] for s in ("train", *carved)}
     for split, rows in file_rows.items():
         examples[split] = [p for r in rows if (p := parse_lm_row(r, text_field, bad)) is not None]
         if not examples[split]:
-            raise DataError(f"{getattr(cfg, split)}: no rows left for the {split} split" + _skip_note(bad))
-    sources = _describe_sources(f"builtin:{entry.name}" if entry else str(cfg.train), carved, file_rows, cfg)
+            raise DataError(f"{getattr(cfg, split)}: no rows left for the {split} split" + bad.note())
+    sources = plan.sources(f"builtin:{entry.name}" if entry else str(cfg.train), file_rows)
+    sources = {s: sources[s] for s in SPLITS}
     if not examples["train"]:
-        raise DataError(f"{sources['train']}: no usable training rows" + _skip_note(bad))
-    limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_eval_samples}
-    for stream, split in enumerate(SPLITS, 1):
-        before = len(examples[split])
-        examples[split] = _subset(examples[split], limits[split], seed, stream)
-        if len(examples[split]) < before:
-            sources[split] += f"; seeded subset of {len(examples[split]):,} of {before:,} (seed {seed})"
-    kinds = {s: {k: sum(e.kind == k for e in examples[s]) for k in ("prompt", "chat", "text")} for s in SPLITS}
-    report = DataReport(sources=sources, counts={s: len(examples[s]) for s in SPLITS},
-                        label_counts={s: {k: n for k, n in kinds[s].items() if n} for s in SPLITS},
-                        skipped=bad.count, skipped_examples=list(bad.examples))
+        raise DataError(f"{sources['train']}: no usable training rows" + bad.note())
+
+    def kinds(split_examples: list[LMExample]) -> dict[str, int]:
+        counts = {k: sum(e.kind == k for e in split_examples) for k in ("prompt", "chat", "text")}
+        return {k: n for k, n in counts.items() if n}
+
+    report = finish(plan, examples, sources, [], kinds)
     return LMData(examples["train"], examples["validation"], examples["test"], report)

@@ -60,10 +60,6 @@ class TrainResult:
     samples: int
     paused: bool = False  # stopped at pause_at_step; resuming continues
 
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples / self.train_seconds if self.train_seconds else 0.0
-
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     state = {"torch": torch.get_rng_state()}

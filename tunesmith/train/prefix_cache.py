@@ -83,8 +83,7 @@ class PrefixCache:
     examples: int = 0  # cached when filled (the store is emptied on detach)
     megabytes: float = 0.0
     fill_seconds: float = 0.0
-    hits: int = 0
-    misses: int = 0
+    hits: int = 0  # forwards that took the cached path (the self-check needs one)
     _rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the current forward's input (+ mask)
     _pending: torch.Tensor | None = None  # cached prefix output for the current forward
     _handles: list = field(default_factory=list)  # modules whose forward is wrapped
@@ -119,7 +118,6 @@ class PrefixCache:
         keys = self.keys()
         found = [self.store.get(key) for key, _ in keys]
         if any(t is None for t in found):
-            self.misses += 1
             return None
         self.hits += 1
         width = self._rows[0].shape[1] if self._rows[1] is not None else None
@@ -326,10 +324,6 @@ def attach_prefix_cache(model: nn.Module, items: Sequence, collate: Callable[[li
         f"training examples ({cache.megabytes:.0f} MB, {cache.fill_seconds:.1f} s); training runs only what "
         "comes after them")
     return cache
-
-
-def _output_tensor(output: Any) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else getattr(output, "logits", _main_tensor(output))
 
 
 def _self_check(cache: PrefixCache, model: nn.Module, items: Sequence, collate: Callable,
