@@ -34,6 +34,7 @@ class Setup:
     warmup_ratio: float = 0.06
     method: dict = field(default_factory=dict)  # tunesmith's method block (the anchor mirrors it)
     image_size: int = 64
+    train_pooler: bool | None = None  # model.train_pooler (None: as the checkpoint declares)
 
 
 Runner = Callable[..., dict[str, Any]]  # (setup, seed, out dir, step_losses=False) -> outcome
@@ -68,7 +69,7 @@ def run_config(s: Setup, objective: str, seed: int, overrides: dict | None = Non
              "warmup_ratio": s.warmup_ratio, "schedule": "linear", "max_grad_norm": 1.0, "init_seed": seed,
              "data_seed": seed, "progress": False, "log_every": 50, "eval_every": "epoch",
              "eval_batch_size": 64}
-    model = {"name": s.model, "max_length": s.max_length}
+    model = {"name": s.model, "max_length": s.max_length, "train_pooler": s.train_pooler}
     if objective == "image_classify":
         model = {"name": s.model, "image_size": s.image_size}
     section = {"name": objective}
@@ -188,7 +189,7 @@ def _cases() -> dict[str, Case]:
             "minilm-probe", "minilm-l6 linear probe (only the new head trains) on rotten-tomatoes",
             "classify", "accuracy", True,
             Setup("minilm-l6", "rotten-tomatoes", train=2000, test=1000, epochs=3, batch_size=32, lr=1e-2,
-                  weight_decay=0.0, method={"name": "linear_probe"}),
+                  weight_decay=0.0, method={"name": "linear_probe"}, train_pooler=False),  # as the anchor
             "transformers Trainer, pretrained weights frozen",
             {"anchor": hf.trainer_classify, "tunesmith": tunesmith_runner("classify"),
              "no-cache": tunesmith_runner("classify", {"objective.cache_frozen_prefix": False}),

@@ -118,3 +118,100 @@ def test_method_and_objective_must_fit(tmp_path):
         load_config(write(tmp_path, prompt_then_full))
     with pytest.raises(ConfigError, match=r"stages.0.method.lora.r: must be > 0"):  # stage methods are checked too
         load_config(write(tmp_path, "stages:\n  - {name: a, method: {name: lora, lora: {r: 0}}}\n"))
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("train.max_steps", "-5", "must be > 0, got -5"),
+    ("train.max_steps", "0", "must be > 0, got 0"),  # not read as "unset"
+    ("train.head_lr", "-1e-3", "must be > 0"),
+    ("train.max_grad_norm", "-1", "must be > 0"),
+    ("train.epochs", ".nan", "must be a finite number, got nan"),
+    ("train.lr", ".nan", "must be a finite number, got nan"),
+    ("train.lr", ".inf", "must be a finite number, got inf"),
+    ("train.weight_decay", "-0.1", "must be >= 0"),
+    ("train.keep_checkpoints", "0", "must be >= 1"),
+    ("train.warmup_steps", "-1", "must be >= 0"),
+    ("train.checkpoint_minutes", "0", "must be > 0"),
+    ("train.early_stopping.patience", "0", "must be >= 1"),
+    ("train.early_stopping.min_delta", ".nan", "must be a finite number"),
+    ("data.split.validation", "1.5", "must be in [0, 1)"),
+    ("data.max_train_samples", "0", "must be >= 1"),
+    ("method.lora.dropout", "1.0", "must be in [0, 1)"),
+    ("objective.prefix_cache_mb", "-1", "must be > 0"),
+])
+def test_every_number_has_a_checked_range(tmp_path, field, value, says):
+    section, _, name = field.rpartition(".")
+    text = f"{section.split('.')[0]}:\n"
+    indent = "  "
+    for part in section.split(".")[1:]:
+        text += f"{indent}{part}:\n"
+        indent += "  "
+    text += f"{indent}{name}: {value}\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert f"{path}:{text.count(chr(10))}: {field}: {says}" in str(e.value)
+
+
+def test_no_numeric_field_lacks_a_range():
+    import dataclasses
+    import typing
+
+    from tunesmith.config import RunConfig
+    from tunesmith.objectives import OBJECTIVES
+
+    missing = []
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            if dataclasses.is_dataclass(inner[0]):
+                walk(inner[0], f"{prefix}{f.name}.")
+            elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+                walk(typing.get_args(hint)[0], f"{prefix}{f.name}.N.")
+            elif (any(a in (int, float) for a in inner) and "range" not in f.metadata
+                  and f.name not in ("mean", "std", "crop_scale")):  # lists, checked whole in validate.py
+                missing.append(prefix + f.name)
+
+    walk(RunConfig, "")
+    for objective in OBJECTIVES.values():
+        walk(objective.Config, "objective.")
+    assert missing == []
+
+
+def test_a_key_given_twice_is_an_error(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 1e-3\n  epochs: 2\n  lr: 5e-5\n")
+    with pytest.raises(ConfigError, match=r"run.yaml:4: train.lr: given twice \(lines 2 and 4\)"):
+        load_config(path)
+
+
+def test_set_errors_name_set_and_suggest_the_field(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"^--set train.epochs: must be > 0, got -1.0$"):
+        load_config(path, ["train.epochs=-1"])
+    with pytest.raises(ConfigError, match=r"^--set train.learning_rate: unknown field; did you mean 'lr'\?"):
+        load_config(path, ["train.learning_rate=1e-3"])
+    with pytest.raises(ConfigError, match=r"run.yaml:2: train.epoch: unknown field; did you mean 'epochs'\?"):
+        load_config(write(tmp_path, "train:\n  epoch: 2\n"))
+
+
+def test_checks_that_need_the_machine_or_the_model_files(tmp_path, tiny_bert):
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"train.device: cuda, but this torch .* sees no CUDA device"):
+            load_config(write(tmp_path, "train:\n  device: cuda\n"))
+    # tiny_bert takes 64 positions (config.json); the check reads that file, not the weights
+    with pytest.raises(ConfigError, match=rf"model.max_length: 100 is more than the model takes \(64 positions, "
+                                          rf"from {tiny_bert}/config.json\); at most 64"):
+        load_config(write(tmp_path, f"model:\n  name: {tiny_bert}\n  max_length: 100\n"))
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((tiny_bert / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(ConfigError, match=r"holds its weights only as pytorch_model.bin \(a pickle.*safe_serialization"):
+        load_config(write(tmp_path, f"model:\n  name: {pickled}\n"))
+    with pytest.raises(ConfigError, match="early stopping needs validation data"):
+        load_config(write(tmp_path, "data:\n  split: {validation: 0}\ntrain:\n  early_stopping: {patience: 2}\n"))

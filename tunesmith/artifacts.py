@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from tunesmith.atomic import write_json_atomic
+from tunesmith.atomic import write_json_atomic, write_text_atomic
 from tunesmith.methods import Method
 from tunesmith.models import LoadedModel, save_hf_model
 from tunesmith.objectives import Objective
@@ -56,6 +56,8 @@ def write_report(run_dir: Path, summary: dict[str, Any], details: dict[str, Any]
     from tunesmith.report.plots import plot_final_accuracy, plot_run
 
     write_json_atomic(run_dir / "summary.json", summary)
+    for name, rows in objective.outputs.items():
+        write_text_atomic(run_dir / name, "".join(json.dumps(row) + "\n" for row in rows))
     plot_run(run_dir)
     plot_final_accuracy(summary["final"], run_dir / "plots" / "accuracy.png")
     objective.plots(details, label_names, run_dir / "plots")

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import Interrupted, TunesmithError
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunesmith")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pretrained models.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    # --debug works before or after the subcommand
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    p = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pretrained models.", parents=[common])
+    p.add_argument("--version", action="version", version=f"tunesmith {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a run from a YAML config")
+    t = sub.add_parser("train", help="train a run from a YAML config", parents=[common])
     t.add_argument("config", nargs="?", help="YAML config (optional with --resume: the run's own is used)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set train.epochs=2 (repeatable)")
@@ -23,35 +36,42 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a finished or failed run in --out")
 
-    e = sub.add_parser("eval", help="evaluate a finished run on a labelled file")
+    e = sub.add_parser("eval", help="evaluate a finished run on a labelled file", parents=[common])
     e.add_argument("run_dir")
     e.add_argument("--data", required=True, help=".jsonl/.csv/.tsv/.parquet with text (or image path) and label "
                                                  "columns; for image runs also a folder with one subfolder per class")
     e.add_argument("--text-field", help="the text column (image runs: the image path column)")
-    e.add_argument("--label-field")
+    e.add_argument("--label-field", help="the label column")
+    e.add_argument("--skip-bad-rows", action="store_true", help="count and skip bad rows instead of stopping")
+    e.add_argument("--out", help="write every example's prediction here (JSON lines)")
 
-    pr = sub.add_parser("predict", help="predict labels with a finished run")
+    pr = sub.add_parser("predict", help="predict labels with a finished run", parents=[common])
     pr.add_argument("run_dir")
     pr.add_argument("texts", nargs="*", help="texts to classify (image runs: image files)")
-    pr.add_argument("--file", help="a text file, one text (or image path) per line")
+    pr.add_argument("--file", help="a .txt file (one text or image path per line), or .jsonl/.csv/.tsv/.parquet "
+                                   "(the run's text or image-path column, or --field)")
+    pr.add_argument("--field", help="the column to read from a .jsonl/.csv/.tsv/.parquet --file")
     pr.add_argument("--top-k", type=int, default=3, help="image runs: how many classes to show")
     pr.add_argument("--json", action="store_true", help="print JSON lines")
 
-    g = sub.add_parser("generate", help="generate text with a language-model run (or a model name/dir)")
+    g = sub.add_parser("generate", help="generate text with a language-model run (or a model name/dir)",
+                       parents=[common])
     g.add_argument("run_dir", help="a causal_lm run directory, a built-in model name or a local HF directory")
     g.add_argument("prompts", nargs="*")
     g.add_argument("--file", help="a text file, one prompt per line")
+    g.add_argument("--system", help="a system message before each prompt (chat models)")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
 
-    mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: a plain HF model")
+    mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: a plain HF model", parents=[common])
     mg.add_argument("run_dir")
     mg.add_argument("out_dir")
+    mg.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
 
-    c = sub.add_parser("compare", help="several strategies x seeds on the same data, in one report")
+    c = sub.add_parser("compare", help="several strategies x seeds on the same data, in one report", parents=[common])
     c.add_argument("config", help="a compare config (base run config + strategies; see tunesmith/compare.py)")
     c.add_argument("--out", help="output directory (default runs/compare-<config name>)")
     c.add_argument("--seeds", type=int, help="runs per strategy (overrides the config's seeds)")
@@ -61,10 +81,23 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--keep", type=int, default=1, help="seeds per strategy that continue after --early-discard")
     c.add_argument("--strategies", help="comma-separated subset of the config's strategies")
 
-    sub.add_parser("models", help="list built-in models")
-    sub.add_parser("datasets", help="list built-in data sets")
-    sub.add_parser("methods", help="list fine-tuning methods")
+    sub.add_parser("models", help="list built-in models", parents=[common])
+    sub.add_parser("datasets", help="list built-in data sets", parents=[common])
+    sub.add_parser("methods", help="list fine-tuning methods", parents=[common])
     return p
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Options may come before, between or after the texts of predict and generate."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        positional = {"predict": "texts", "generate": "prompts"}.get(args.command)
+        if positional is None or any(x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        setattr(args, positional, getattr(args, positional) + extra)
+    args.debug = getattr(args, "debug", False)
+    return args
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -80,7 +113,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise TunesmithError("train: --resume RUN_DIR already names the run directory; drop --out")
     summary = run(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
-    if summary.get("world_size", 1) == 1 or _is_main():
+    if summary.get("world_size", 1) == 1 or os.environ.get("RANK", "0") == "0":
         if summary.get("paused"):
             print(json.dumps({"run_dir": str(run_dir), "paused": summary}, indent=2))
         else:
@@ -106,62 +139,65 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_main() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _listing(command: str) -> int:
+    if command == "models":
+        from tunesmith.models import MODELS
+
+        rows = [("name", "kind", "params", "license", "what it is")]
+        rows += [(m.name, m.kind, m.params, m.license, m.description) for m in MODELS.values()]
+        print(_table(rows) + "\n\nAny local Hugging Face-format directory works too: model.name: /path/to/dir; "
+              "or your own torch image model: model.name: package.module:factory + model.weights")
+    elif command == "datasets":
+        from tunesmith.data import DATASETS
+
+        rows = [("name", "task", "license", "what it is")]
+        rows += [(d.name, d.task, d.license, d.description) for d in DATASETS.values()]
+        print(_table(rows) + "\n\nYour own files: data.train / data.validation / data.test (.jsonl .csv .tsv .parquet; "
+              "images: a folder with one subfolder per class, or a file of path,label); data.eval_sets for more")
+    else:
+        from tunesmith.methods import METHODS
+
+        print(_table([("name", "what learns")] + [(name, m.description) for name, m in METHODS.items()]))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tunesmith.infer import evaluate_file
+
+    result = evaluate_file(args.run_dir, args.data, args.text_field, args.label_field,
+                           skip_bad_rows=args.skip_bad_rows, out=args.out)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from tunesmith.infer import merge_run
+
+    print(f"merged model written to {merge_run(args.run_dir, args.out_dir, overwrite=args.overwrite)}")
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "merge": _merge}
 
 
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "eval":
-            from tunesmith.infer import evaluate_file
-
-            print(json.dumps(evaluate_file(args.run_dir, args.data, args.text_field, args.label_field), indent=2))
-            return 0
-        if args.command == "predict":
-            return _predict(args)
-        if args.command == "generate":
-            return _generate(args)
-        if args.command == "compare":
-            return _compare(args)
-        if args.command == "merge":
-            from tunesmith.infer import merge_run
-
-            print(f"merged model written to {merge_run(args.run_dir, args.out_dir)}")
-            return 0
-        if args.command == "models":
-            from tunesmith.models import MODELS
-
-            rows = [("name", "kind", "params", "license", "what it is")]
-            rows += [(m.name, m.kind, m.params, m.license, m.description) for m in MODELS.values()]
-            print(_table(rows) + "\n\nAny local Hugging Face-format directory works too: model.name: /path/to/dir; "
-                  "or your own torch image model: model.name: package.module:factory + model.weights")
-            return 0
-        if args.command == "datasets":
-            from tunesmith.data import DATASETS
-
-            rows = [("name", "task", "license", "what it is")]
-            rows += [(d.name, d.task, d.license, d.description) for d in DATASETS.values()]
-            print(_table(rows) + "\n\nYour own files: data.train / data.validation / data.test (.jsonl .csv .tsv .parquet; "
-                  "images: a folder with one subfolder per class, or a file of path,label); data.eval_sets for more")
-            return 0
-        if args.command == "methods":
-            from tunesmith.methods import METHODS
-
-            print(_table([("name", "what learns")] + [(name, m.description) for name, m in METHODS.items()]))
-            return 0
+        if args.command in ("models", "datasets", "methods"):
+            return _listing(args.command)
+        handler = COMMANDS.get(args.command) or {"predict": _predict, "generate": _generate}[args.command]
+        return handler(args)
+    except Interrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     except TunesmithError as e:
         if args.debug:
             raise
@@ -170,18 +206,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 1
+    except BrokenPipeError:  # `tunesmith predict ... | head`: the reader left; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tunesmith.infer import predict
+    from tunesmith.infer import predict, read_inputs
 
-    inputs = list(args.texts) + (_read_lines(args.file) if args.file else [])
+    inputs = list(args.texts) + (read_inputs(args.run_dir, args.file, args.field) if args.file else [])
     if not inputs:
         raise TunesmithError("predict: give texts as arguments or --file texts.txt")
     rows, objective = predict(args.run_dir, inputs, args.top_k)
     for row in rows:
-        print(json.dumps(row) if args.json else objective.describe_prediction(row))
+        print(json.dumps(row) if args.json else objective.describe_prediction(row), flush=False)
     return 0
 
 
@@ -212,7 +250,7 @@ def _generate(args: argparse.Namespace) -> int:
         loaded = load_causal_lm(args.run_dir, 0)
         model, tokenizer = loaded.model, loaded.tokenizer
     cfg = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-    for prompt, text in zip(prompts, generate(model, tokenizer, prompts, cfg, chat=False if args.no_chat else None),
-                            strict=True):
+    texts = generate(model, tokenizer, prompts, cfg, chat=False if args.no_chat else None, system=args.system)
+    for prompt, text in zip(prompts, texts, strict=True):
         print(f">>> {prompt}\n{text}\n")
     return 0

@@ -6,6 +6,7 @@ Every error names the file, the line and the dotted field, so a user can fix it 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 import warnings
@@ -18,6 +19,7 @@ import yaml
 from tunesmith.data.config import DataConfig, SplitConfig
 from tunesmith.errors import ConfigError
 from tunesmith.objectives.base import ObjectiveConfig
+from tunesmith.ranges import ranged
 
 __all__ = [
     "RunConfig", "ModelConfig", "MethodConfig", "StageConfig", "LoraConfig", "PromptConfig", "TrainConfig",
@@ -31,9 +33,12 @@ SHORTHAND = {"objective": "name"}
 @dataclass
 class ModelConfig:
     name: str = "minilm-l6"  # a built-in name (`tunesmith models`), a local HF model directory, or module:factory
-    max_length: int = 128  # tokens per text; longer texts are truncated (and counted)
+    max_length: int = ranged(128, "> 0")  # tokens per text; longer texts are truncated (and counted)
+    # text classifiers: the [CLS] pooler trains with the new head under every method (linear_probe and LoRA
+    # too); unset: where the checkpoint says it pools otherwise (sentence-transformers, e.g. minilm-l6)
+    train_pooler: bool | None = None
     # image models: None takes the built-in model's own value
-    image_size: int | None = None  # square input side in pixels
+    image_size: int | None = ranged(None, ">= 8")  # square input side in pixels
     mean: list[float] | None = None  # per-channel normalisation of pixels scaled to [0, 1]
     std: list[float] | None = None
     weights: str | None = None  # module:factory models: a .safetensors file, or a .pth read with weights_only
@@ -44,9 +49,9 @@ class ModelConfig:
 class LoraConfig:
     """method.lora: options of the `lora` and `dora` methods (PEFT's LoraConfig, by the same meaning)."""
 
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    r: int = ranged(8, "> 0")
+    alpha: float = ranged(16.0, "> 0")
+    dropout: float = ranged(0.0, "[0, 1)")
     # names matched exactly or as a `.suffix`, a regex string (fullmatch on module paths), or "all-linear";
     # None: the usual attention projections of the model type (query/value for BERT, q_proj/v_proj for Llama)
     target_modules: str | list[str] | None = None
@@ -61,7 +66,7 @@ class LoraConfig:
 class PromptConfig:
     """method.prompt: options of the `prompt` method (prompt tuning)."""
 
-    num_virtual_tokens: int = 20
+    num_virtual_tokens: int = ranged(20, "> 0")
     init: str = "vocab"  # vocab: embeddings of random vocabulary tokens | text: embeddings of init_text
     init_text: str | None = None
 
@@ -72,7 +77,7 @@ class MethodConfig:
 
     name: str = "full"  # full | freeze | linear_probe | bitfit | lora | dora | prompt  (`tunesmith methods`)
     freeze_embeddings: bool = True  # freeze: also freeze the embedding layer
-    freeze_layers: int = 0  # freeze: the first N transformer blocks
+    freeze_layers: int = ranged(0, ">= 0")  # freeze: the first N transformer blocks
     freeze_patterns: list[str] = field(default_factory=list)  # freeze: glob patterns on parameter names
     lora: LoraConfig = field(default_factory=LoraConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -84,45 +89,49 @@ class EarlyStopConfig:
     # (classify: val_accuracy, causal_lm: val_loss), filled in when the config is read
     metric: str | None = None
     mode: str = "auto"  # auto (min for *loss, else max) | min | max
-    patience: int | None = None  # evaluations without improvement before stopping; None: never stop early
-    min_delta: float = 0.0
+    patience: int | None = ranged(None, ">= 1")  # evaluations without improvement; None: never stop early
+    min_delta: float = ranged(0.0, ">= 0")
     restore_best: bool = True  # end with the best evaluated weights, not the last
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 3.0
-    max_steps: int | None = None  # optimizer steps; overrides epochs when set
-    batch_size: int = 32  # examples per optimizer step, across all processes and accumulation
-    grad_accum: int = 1  # micro-batches per optimizer step (per process)
+    epochs: float = ranged(3.0, "> 0")
+    max_steps: int | None = ranged(None, "> 0")  # optimizer steps; overrides epochs when set
+    batch_size: int = ranged(32, "> 0")  # examples per optimizer step, across all processes and accumulation
+    grad_accum: int = ranged(1, "> 0")  # micro-batches per optimizer step (per process)
     group_by_length: bool = True  # batch items of similar length together: less padding, faster
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     fused_optimizer: bool = True  # AdamW's fused kernel (one pass over each tensor) where torch has it
     # torch.compile each repeated block that trains (see tunesmith/train/compile.py). Off by default:
     # compiling costs minutes and on a 2-core CPU paid back only after ~2,000 MiniLM steps
     compile: bool = False
-    lr: float = 5e-5
-    head_lr: float | None = None  # learning rate of the newly initialised head (default: lr)
-    weight_decay: float = 0.01  # not applied to biases and normalisation weights
+    lr: float = ranged(5e-5, "> 0")
+    head_lr: float | None = ranged(None, "> 0")  # learning rate of the newly initialised head (default: lr)
+    weight_decay: float = ranged(0.01, ">= 0")  # not applied to biases and normalisation weights
     schedule: str = "linear"  # linear | cosine | constant
-    warmup_ratio: float = 0.06
-    warmup_steps: int | None = None  # overrides warmup_ratio
-    max_grad_norm: float | None = 1.0
-    init_seed: int = 0  # new head weights (and dropout)
-    data_seed: int = 0  # order of training examples
-    eval_every: str | int = "epoch"  # "epoch" or every N optimizer steps
-    eval_batch_size: int = 64
-    log_every: int = 10  # optimizer steps between metrics.jsonl lines
-    checkpoint_every: int | None = None  # optimizer steps; a checkpoint is always written at the end
-    keep_checkpoints: int = 2
+    warmup_ratio: float = ranged(0.06, "[0, 1)")
+    warmup_steps: int | None = ranged(None, ">= 0")  # overrides warmup_ratio
+    max_grad_norm: float | None = ranged(1.0, "> 0")  # None: no clipping
+    init_seed: int = ranged(0, ">= 0")  # new head weights (and dropout)
+    data_seed: int = ranged(0, ">= 0")  # order of training examples
+    eval_every: str | int = ranged("epoch", "> 0")  # "epoch" or every N optimizer steps
+    eval_batch_size: int = ranged(64, "> 0")
+    log_every: int = ranged(10, "> 0")  # optimizer steps between metrics.jsonl lines
+    checkpoint_every: int | None = ranged(None, "> 0")  # optimizer steps; a checkpoint is always written at the end
+    # minutes of training between checkpoints (besides checkpoint_every), so a killed run loses little
+    checkpoint_minutes: float | None = ranged(10.0, "> 0")
+    keep_checkpoints: int = ranged(2, ">= 1")
+    # a finished run keeps its last checkpoint (and its best) without optimizer state, unless this is set
+    keep_optimizer_state: bool = False
     early_stopping: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     device: str = "auto"  # auto | cpu | cuda
     parallelism: str = "auto"  # auto (ddp under torchrun, else none) | none | ddp
-    threads: int | None = None  # torch intra-op threads; None: torch's default
+    threads: int | None = ranged(None, ">= 1")  # torch intra-op threads; None: torch's default
     progress: bool = True  # tqdm progress bar
     # stop (checkpoint, evaluate, write paused.json) after this fraction of all training steps; resume
     # continues from there. `tunesmith compare --early-discard` uses it to triage seeds.
-    pause_at_fraction: float | None = None
+    pause_at_fraction: float | None = ranged(None, "(0, 1)")
     eval_sets_during_training: bool = False  # also evaluate data.eval_sets (OOD sets) at every evaluation
 
 
@@ -133,12 +142,12 @@ class StageConfig:
 
     name: str = "stage"
     method: MethodConfig = field(default_factory=MethodConfig)
-    epochs: float | None = None
-    max_steps: int | None = None
-    lr: float | None = None
-    head_lr: float | None = None
-    weight_decay: float | None = None
-    warmup_ratio: float | None = None
+    epochs: float | None = ranged(None, "> 0")
+    max_steps: int | None = ranged(None, "> 0")
+    lr: float | None = ranged(None, "> 0")
+    head_lr: float | None = ranged(None, "> 0")
+    weight_decay: float | None = ranged(None, ">= 0")
+    warmup_ratio: float | None = ranged(None, "[0, 1)")
     schedule: str | None = None
 
 
@@ -161,18 +170,24 @@ def _default_objective() -> ObjectiveConfig:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _line_index(node: yaml.Node, prefix: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
-    """Map dotted field names to 1-based line numbers, so errors can point into the file."""
+def _line_index(node: yaml.Node, source: str, prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Map dotted field names to 1-based line numbers, so errors can point into the file. A key given
+    twice in one mapping is an error: YAML would silently keep the last."""
     out = {} if out is None else out
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
-            out[key] = key_node.start_mark.line + 1
-            _line_index(value_node, key + ".", out)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{source}:{line}: {key}: given twice (lines {seen[key]} and {line}); YAML would "
+                                  "keep only the last, so delete one")
+            seen[key] = out[key] = line
+            _line_index(value_node, source, key + ".", out)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[f"{prefix}{i}"] = item.start_mark.line + 1
-            _line_index(item, f"{prefix}{i}.", out)
+            _line_index(item, source, f"{prefix}{i}.", out)
     return out
 
 
@@ -195,8 +210,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the config must be a mapping of sections (model:, method:, data:, train:)")
-    lines = _line_index(node) if node is not None else {}
+    lines = _line_index(node, str(path)) if node is not None else {}
     data = apply_overrides(data, overrides or [])
+    for item in overrides or []:  # an error about an overridden field names --set, not the file's line
+        key = item.split("=", 1)[0].strip()
+        lines = {k: v for k, v in lines.items() if k != key and not k.startswith(key + ".")} | {key: SET}
     return config_from_dict(data, source=str(path), lines=lines)
 
 
@@ -223,7 +241,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<config>", lines: dict[str, int] | None = None) -> RunConfig:
+def config_from_dict(data: dict[str, Any], source: str = "<config>", lines: dict[str, Any] | None = None) -> RunConfig:
     """Build and check a run config; every error names the file, the line and the field."""
     from tunesmith.validate import check_run
 
@@ -239,7 +257,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>", lines: dict
 _MOVED_TO_OBJECTIVE = {"packing": False, "exact_match": True, "cache_frozen_prefix": True, "prefix_cache_mb": 2048.0}
 
 
-def _moved_fields(data: dict[str, Any], source: str, lines: dict[str, int]) -> dict[str, Any]:
+def _moved_fields(data: dict[str, Any], source: str, lines: dict[str, Any]) -> dict[str, Any]:
     train = data.get("train")
     if not isinstance(train, dict) or not any(k in train for k in _MOVED_TO_OBJECTIVE):
         return data
@@ -275,16 +293,26 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _where(source: str, lines: dict[str, int], key: str) -> str:
+SET = "--set"  # in a line index: the field's value came from --set
+# what the tools our users come from call our fields (transformers TrainingArguments, TRL, PEFT)
+_SYNONYMS = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+             "train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum", "max_seq_length": "max_length",
+             "seed": "init_seed", "lora_alpha": "alpha", "lora_dropout": "dropout", "lora_r": "r",
+             "save_steps": "checkpoint_every", "eval_steps": "eval_every", "logging_steps": "log_every",
+             "save_total_limit": "keep_checkpoints", "lr_scheduler_type": "schedule", "model_name_or_path": "name"}
+
+
+def _where(source: str, lines: dict[str, Any], key: str) -> str:
     line = lines.get(key)
-    if line is None:  # the field came from --set or a default
+    if line is None:  # a default, or a field inside a section given as a whole
         parent = key.rsplit(".", 1)[0] if "." in key else None
         line = lines.get(parent) if parent else None
-        return f"{source} (--set or default) {key}" if line is None else f"{source}:{line}: {key}"
-    return f"{source}:{line}: {key}"
+        if line is None:
+            return f"{source} (default) {key}"
+    return f"--set {key}" if line == SET else f"{source}:{line}: {key}"
 
 
-def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, int]) -> Any:
+def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, Any]) -> Any:
     section = prefix.rstrip(".") or "the config"
     if not isinstance(data, dict):
         raise ConfigError(f"{_where(source, lines, section)}: expected a mapping, got {type(data).__name__}")
@@ -293,7 +321,10 @@ def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, int]
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = f"{prefix}{unknown[0]}"
-        raise ConfigError(f"{_where(source, lines, key)}: unknown field; {section} takes: {', '.join(fields)}")
+        close = [_SYNONYMS[unknown[0]]] if _SYNONYMS.get(unknown[0]) in fields else \
+            difflib.get_close_matches(str(unknown[0]), fields, n=1)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"{_where(source, lines, key)}: unknown field; {guess}{section} takes: {', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}{name}"
@@ -312,7 +343,7 @@ def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, int]
     return cls(**kwargs)
 
 
-def _build_objective(value: Any, key: str, source: str, lines: dict[str, int]) -> ObjectiveConfig:
+def _build_objective(value: Any, key: str, source: str, lines: dict[str, Any]) -> ObjectiveConfig:
     """The objective's section, in the schema of the objective it names."""
     from tunesmith.objectives import OBJECTIVES
 

@@ -15,3 +15,15 @@ class DataError(TunesmithError):
 
 class TrainingError(TunesmithError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class Interrupted(TunesmithError):
+    """SIGTERM or SIGINT stopped training after a checkpoint; the process exits with 128 + the signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tunesmith.errors import TunesmithError
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -23,13 +25,17 @@ class GenerationConfig:
     seed: int = 0
 
 
-def prompt_ids(tokenizer, prompt: str, chat: bool | None = None) -> list[int]:
-    """The prompt as token ids; chat models get their chat template with the assistant header."""
+def prompt_ids(tokenizer, prompt: str, chat: bool | None = None, system: str | None = None) -> list[int]:
+    """The prompt as token ids; chat models get their chat template (after `system`, if given) with the
+    assistant header."""
     use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
     if use_chat:
         from tunesmith.objectives.causal_lm import chat_prefix
 
-        return chat_prefix(tokenizer, [{"role": "user", "content": prompt}])
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return chat_prefix(tokenizer, messages)
+    if system:
+        raise TunesmithError("a system message needs the chat template (drop --no-chat, or put it in the prompt)")
     return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
@@ -131,10 +137,10 @@ def generate_many(model: nn.Module, prompts: Sequence[Sequence[int]], eos_ids: s
 
 
 def generate(model: nn.Module, tokenizer, prompts: Sequence[str], cfg: GenerationConfig | None = None,
-             chat: bool | None = None, device: torch.device | str = "cpu") -> list[str]:
+             chat: bool | None = None, device: torch.device | str = "cpu", system: str | None = None) -> list[str]:
     """Completions of `prompts`, greedy or sampled (each prompt with its own seed, see generate_many)."""
     cfg = cfg or GenerationConfig()
-    ids = [prompt_ids(tokenizer, p, chat) for p in prompts]
+    ids = [prompt_ids(tokenizer, p, chat, system) for p in prompts]
     with evaluating(model):
         new = generate_many(model, ids, eos_ids(model, tokenizer), cfg, device)
     return [tokenizer.decode(t, skip_special_tokens=True) for t in new]
@@ -169,13 +175,14 @@ def answer_set(examples: Sequence) -> list[str]:
 
 def exact_match(model: nn.Module, tokenizer, examples: Sequence, max_new_tokens: int = 16,
                 device: torch.device | str = "cpu", progress: bool = True, batch_size: int = 16,
-                candidates: Sequence[str] | None = None) -> dict[str, float]:
+                candidates: Sequence[str] | None = None, answers_out: list | None = None) -> dict[str, float]:
     """Greedy answers vs the expected completion / last assistant turn.
 
     `exact_match`: the whole answer equals the expected one (case-, space- and final-stop-blind).
     `answer_match`: when there are at most 20 distinct expected answers (a labelled task), the first of
     them that the generated text mentions is the expected one; fairer to a model that answers in sentences.
     `candidates` fixes that answer set (sharded callers pass the full set so every shard agrees).
+    `answers_out`, when given, receives one row per scored example: where, expected, answer, verdicts.
     """
     from tunesmith.objectives.causal_lm import chat_prefix
 
@@ -196,4 +203,10 @@ def exact_match(model: nn.Module, tokenizer, examples: Sequence, max_new_tokens:
     if candidates:
         result["answer_match"] = sum(first_answer(a, candidates) == x
                                      for a, x in zip(answers, expected, strict=True)) / len(scored)
+    if answers_out is not None:
+        for e, a, x in zip(scored, answers, expected, strict=True):
+            row = {"where": e.where, "expected": e.answer, "answer": a, "exact_match": normalise(a) == x}
+            if candidates:
+                row["answer_match"] = first_answer(a, candidates) == x
+            answers_out.append(row)
     return result

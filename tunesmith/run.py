@@ -18,9 +18,10 @@ import torch
 from tunesmith import artifacts
 from tunesmith.atomic import write_json_atomic
 from tunesmith.config import RunConfig
+from tunesmith.errors import ConfigError, Interrupted, TrainingError
 from tunesmith.methods import count_parameters
 from tunesmith.objectives import Objective, build_objective
-from tunesmith.rundir import combine_stage_metrics, prepare_run_dir, start_run_dir
+from tunesmith.rundir import RunLock, combine_stage_metrics, has_progress, prepare_run_dir, start_run_dir
 from tunesmith.stages import Stage, plan_stages, set_up_stage, stage_steps
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import setup, teardown
@@ -33,35 +34,46 @@ def run(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, overwr
     started = time.perf_counter()
     run_dir = Path(run_dir)
     info = setup(cfg.train.device if cfg is not None else "auto")
+    lock = RunLock(run_dir)
     try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"{run_dir} is a file; the run directory must be a folder (give another --out)")
+        if info.rank == 0 and run_dir.exists():
+            lock.acquire()  # a live run there: refused before anything is read or written
         cfg = prepare_run_dir(cfg, run_dir, resume, overwrite, info.rank == 0)
         strategy = make_strategy(cfg.train.parallelism, info)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        return _run(cfg, run_dir, resume, overwrite, strategy, started)
+        return _run(cfg, run_dir, resume, overwrite, strategy, started, lock)
+    except Interrupted as e:
+        raise Interrupted(f"{e}; continue with: tunesmith train --resume {run_dir}", e.signum) from None
     finally:
+        lock.release()
         teardown()
 
 
 def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy: Strategy,
-         started: float) -> dict[str, Any]:
+         started: float, lock: RunLock) -> dict[str, Any]:
     say = _sayer(strategy)
     objective = build_objective(cfg)
     data = objective.load_data(cfg)
     for line in data.report.lines():
         say(line)
     stages = plan_stages(cfg, run_dir)
-    if resume and ckpt.latest_checkpoint(stages[0].dir / "checkpoints") is None:
-        say(f"no checkpoint in {stages[0].dir}/checkpoints yet: starting from the beginning")
+    if resume and not has_progress(run_dir):
+        say(f"no checkpoint in {run_dir} yet: starting from the beginning")
     if strategy.is_main:
-        start_run_dir(cfg, run_dir, clear=overwrite and not resume)
+        lock.acquire()
+        start_run_dir(cfg, run_dir, clear=not resume and (overwrite or not has_progress(run_dir)))
+        for stage in stages:
+            for stale in ckpt.remove_leftovers(stage.dir / "checkpoints"):
+                say(f"removed {stale}, a checkpoint write that was killed half-way")
     loaded = objective.load_model(cfg, data)
     pad_id = getattr(loaded.tokenizer, "pad_token_id", None)  # None for images
     encoded, encode_stats = _encode(objective, data, loaded.tokenizer, cfg, say)
     evaluators = _evaluators(objective, encoded, cfg, pad_id, len(data.label_names or []), strategy)
-    during = [name for name in _eval_splits(data) if encoded[name] and
-              (name == "validation" or (cfg.train.eval_sets_during_training and name != "test"))]
-    evaluate = _merged(evaluators, during)
+    during = ["validation", *(getattr(data, "eval_sets", None) or {} if cfg.train.eval_sets_during_training else ())]
+    evaluate = _merged(evaluators, [name for name in during if encoded[name]])
     n_train = len(encoded["train"])
     total = sum(stage_steps(st, n_train) for st in stages)
     pause_at = None if cfg.train.pause_at_fraction is None else math.ceil(cfg.train.pause_at_fraction * total)
@@ -94,6 +106,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
             details[name] = objective.details(sums, data.label_names)
             final |= metrics
     final |= objective.final_metrics(model, loaded.tokenizer, data, strategy)
+    _check_finite(model)
     summary = _summary(cfg, objective, data, stages, results, rows, encode_stats, final, details, strategy,
                        started, count_parameters(loaded.model)[1])
     if strategy.is_main:
@@ -102,8 +115,19 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
                 "init_seed": cfg.train.init_seed}
         artifacts.save_trained(model, loaded, [st.method for st in stages], run_dir, meta)
         artifacts.write_report(run_dir, summary, details, objective, data.label_names)
-        say(artifacts.final_line(run_dir, final))
+        freed = sum(ckpt.slim_finished(st.dir / "checkpoints", cfg.train.keep_optimizer_state) for st in stages)
+        say(artifacts.final_line(run_dir, final) + (f"; {freed / 2**20:,.0f} MB of checkpoints no longer needed "
+                                                    "were removed" if freed else ""))
     return summary
+
+
+def _check_finite(model: torch.nn.Module) -> None:
+    """No model is saved from weights that are not all finite (gradients are checked every step; this
+    also covers what came in from a checkpoint)."""
+    for name, param in model.named_parameters():
+        if param.requires_grad and not bool(torch.isfinite(param).all()):
+            raise TrainingError(f"the trained weights hold nan or inf ({name}); nothing was saved; lower train.lr "
+                                "or set train.max_grad_norm, and train again")
 
 
 def _sayer(strategy: Strategy):
@@ -167,8 +191,8 @@ def _train_stage(stage: Stage, model: torch.nn.Module, task: TrainTask, cfg: Run
     if strategy.is_main:
         stage.dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    resume_from = ckpt.latest_checkpoint(stage.dir / "checkpoints") if resume else None
-    finished = resume_from is not None and ckpt.load_meta(resume_from).get("final")
+    resume_from = ckpt.load_resumable(stage.dir / "checkpoints", say) if resume else None
+    finished = resume_from is not None and resume_from[3].get("final")
     cache = None if finished else _prefix_cache(cfg, objective, model, task, strategy, say)
     try:
         result = train(model, task, stage.train, stage.dir, strategy, resume_from=resume_from, pause_at_step=pause_at)

@@ -7,11 +7,13 @@ the rules that span sections.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
 from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError
+from tunesmith.ranges import check_ranges
 
 Where = Callable[[str], str]
 SCHEDULES = ("linear", "cosine", "constant")
@@ -26,9 +28,11 @@ def check_run(cfg: RunConfig, w: Where) -> None:
     from tunesmith.objectives import build_objective
 
     objective = build_objective(cfg)
+    check_ranges(cfg, w)
     _check_train(cfg, w)
     _check_data(cfg, w)
     objective.check(cfg, w)
+    _check_model(cfg, objective, w)
     _check_methods(cfg, objective, w)
     _check_early_stopping(cfg, objective, w)
 
@@ -39,26 +43,18 @@ def _check_train(cfg: RunConfig, w: Where) -> None:
     t = cfg.train
     choice(t.schedule, SCHEDULES, w("train.schedule"))
     choice(t.device, ("auto", "cpu", "cuda"), w("train.device"))
+    if t.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{w('train.device')}: cuda, but this torch ({torch.__version__}) sees no CUDA device; "
+                              "use auto or cpu")
     choice(t.parallelism, CHOICES, w("train.parallelism"))
     choice(t.early_stopping.mode, ("auto", "min", "max"), w("train.early_stopping.mode"))
-    positive = {"train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum, "train.lr": t.lr,
-                "train.eval_batch_size": t.eval_batch_size, "train.log_every": t.log_every,
-                "train.keep_checkpoints": t.keep_checkpoints, "model.max_length": cfg.model.max_length}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{w(key)}: must be > 0, got {value}")
-    if t.epochs <= 0 and t.max_steps is None:
-        raise ConfigError(f"{w('train.epochs')}: must be > 0 (or set train.max_steps)")
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"{w('train.batch_size')}: {t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
     if isinstance(t.eval_every, str) and t.eval_every != "epoch":
         raise ConfigError(f"{w('train.eval_every')}: expected 'epoch' or a number of steps, got {t.eval_every!r}")
-    if isinstance(t.eval_every, int) and t.eval_every <= 0:
-        raise ConfigError(f"{w('train.eval_every')}: must be > 0")
-    if not 0 <= t.warmup_ratio < 1:
-        raise ConfigError(f"{w('train.warmup_ratio')}: must be in [0, 1), got {t.warmup_ratio}")
-    if t.pause_at_fraction is not None and not 0 < t.pause_at_fraction < 1:
-        raise ConfigError(f"{w('train.pause_at_fraction')}: must be in (0, 1), got {t.pause_at_fraction}")
     seen: set[str] = set()
     for i, stage in enumerate(cfg.stages):
         at = f"stages.{i}"
@@ -68,10 +64,6 @@ def _check_train(cfg: RunConfig, w: Where) -> None:
         seen.add(stage.name)
         if stage.schedule is not None:
             choice(stage.schedule, SCHEDULES, w(at + ".schedule"))
-        for key in ("epochs", "max_steps", "lr", "head_lr"):
-            value = getattr(stage, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{w(f'{at}.{key}')}: must be > 0, got {value}")
 
 
 def _check_data(cfg: RunConfig, w: Where) -> None:
@@ -81,15 +73,31 @@ def _check_data(cfg: RunConfig, w: Where) -> None:
     for i, name in enumerate(d.augment):
         choice(name, ("crop", "flip"), w("data.augment") + f"[{i}]")
     lo_hi = d.crop_scale
-    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+    if len(lo_hi) != 2 or not all(math.isfinite(v) for v in lo_hi) or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
         raise ConfigError(f"{w('data.crop_scale')}: give [min, max] area fractions with 0 < min <= max <= 1, "
                           f"got {lo_hi}")
-    if m.image_size is not None and m.image_size < 8:
-        raise ConfigError(f"{w('model.image_size')}: must be >= 8 pixels, got {m.image_size}")
     for key, values in (("model.mean", m.mean), ("model.std", m.std)):
-        if values is not None and (len(values) not in (1, 3) or (key == "model.std" and min(values) <= 0)):
+        if values is not None and (len(values) not in (1, 3) or not all(math.isfinite(v) for v in values)
+                                   or (key == "model.std" and min(values) <= 0)):
             raise ConfigError(f"{w(key)}: give 1 or 3 numbers per channel" + (" (all > 0)" if "std" in key else "")
                               + f", got {values}")
+
+
+def _check_model(cfg: RunConfig, objective, w: Where) -> None:
+    """What can be known about the model without loading it: safe weights, its longest input."""
+    from tunesmith.models.registry import max_positions, weights_problem
+
+    if objective.model_kind == "image-classifier":
+        return
+    problem = weights_problem(cfg.model.name)
+    if problem:
+        raise ConfigError(f"{w('model.name')}: {problem}")
+    limit, source = max_positions(cfg.model.name)
+    virtual = max((m.prompt.num_virtual_tokens for _, m in stage_methods(cfg) if m.name == "prompt"), default=0)
+    if limit is not None and cfg.model.max_length + virtual > limit:
+        plus = f" + {virtual} virtual tokens" if virtual else ""
+        raise ConfigError(f"{w('model.max_length')}: {cfg.model.max_length}{plus} is more than the model takes "
+                          f"({limit} positions, from {source}); at most {limit - virtual}")
 
 
 def stage_methods(cfg: RunConfig) -> list[tuple[str, object]]:
@@ -127,6 +135,9 @@ def _check_early_stopping(cfg: RunConfig, objective, w: Where) -> None:
     from tunesmith.data.builtin import builtin_eval_sets
 
     stop = cfg.train.early_stopping
+    if stop.patience is not None and cfg.data.validation is None and cfg.data.split.validation == 0:
+        raise ConfigError(f"{w('train.early_stopping.patience')}: early stopping needs validation data, and "
+                          "data.split.validation is 0 with no data.validation file; give one, or drop patience")
     if stop.metric is None:
         stop.metric = objective.default_metric
         return

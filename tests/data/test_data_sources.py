@@ -203,3 +203,23 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
     path.write_bytes(b"this is not parquet")
     with pytest.raises(DataError, match=rf"^{path}: not a readable parquet file"):
         read_rows(path)
+
+
+def test_json_key_given_twice_is_a_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "x", "label": "y"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"d\.jsonl:2: key 'label' appears twice in the object"):
+        read_rows(path)
+    skipped: list[str] = []
+    assert [r.line for r in read_rows(path, skip_bad=skipped)] == [1] and len(skipped) == 1
+
+
+def test_csv_unterminated_quote_names_the_line_it_opens_on(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\ngood film,pos\n"an open quote,neg\nbad film,neg\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r'd\.csv:3: malformed CSV: a quoted field opened on this line is never closed'):
+        read_rows(path)
+    stray = tmp_path / "e.csv"
+    stray.write_text('text,label\n"quoted" then more,pos\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"e\.csv:2: malformed CSV"):
+        read_rows(stray)

@@ -257,5 +257,23 @@ def test_load_labelled_file(tmp_path: Path) -> None:
     assert [(e.text, e.label) for e in examples] == [("a", 1), ("b", 0)]
     assert report.counts == {"eval": 2} and report.skipped == 1
     assert report.label_counts == {"eval": {"0": 1, "1": 1}}
-    with pytest.raises(DataError, match="no field 'text'.*set text_field"):
+    with pytest.raises(DataError, match="no field .text.*with --text-field"):  # eval names its own flag
         load_labelled_file(path, "text", "y", ["0", "1"])
+
+
+def test_labels_mixing_numbers_and_words_are_a_stated_warning(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n" + "".join(f"text {i},{'fresh' if i % 3 else i % 2}\n" for i in range(30)),
+                    encoding="utf-8")
+    data = load_text_classification(DataConfig(train=str(path)))
+    (warning,) = [line for line in data.report.lines() if line.startswith("warning:")]
+    assert f"the training labels mix numbers ('0', '1'; e.g. {path}:2) with words ('fresh'; e.g. {path}:3)" in warning
+    clean = load_text_classification(DataConfig(train=write_jsonl(tmp_path / "ok.jsonl", balanced(20))))
+    assert not [line for line in clean.report.lines() if line.startswith("warning:")]
+
+
+def test_chat_rows_under_a_classifier_suggest_a_language_model(tmp_path: Path) -> None:
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "fresh"}]}] * 4
+    with pytest.raises(DataError, match="these look like chat rows, which train a language model: "
+                                        "set objective: causal_lm"):
+        load_text_classification(DataConfig(train=write_jsonl(tmp_path / "chat.jsonl", rows)))

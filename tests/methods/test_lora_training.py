@@ -25,7 +25,8 @@ def lora_cfg(model, tmp, **train):
 
 
 def test_lora_run_trains_only_adapters_and_saves_peft_adapter(tiny_bert, tmp_path):
-    summary = run(config_from_dict(lora_cfg(tiny_bert, tmp_path, checkpoint_every=60)), tmp_path / "run")
+    summary = run(config_from_dict(lora_cfg(tiny_bert, tmp_path, checkpoint_every=60, keep_optimizer_state=True)),
+                  tmp_path / "run")
     run_dir = tmp_path / "run"
     assert not (run_dir / "model").exists() and (run_dir / "adapter" / "adapter_model.safetensors").exists()
     assert summary["trainable_params"] < summary["total_params"] / 2

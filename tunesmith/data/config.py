@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tunesmith.ranges import ranged
+
 
 @dataclass
 class SplitConfig:
     """Fractions carved (seeded, deterministic) out of the training rows for splits not given as files."""
 
-    validation: float = 0.1
-    test: float = 0.1
-    seed: int = 0
+    validation: float = ranged(0.1, "[0, 1)")
+    test: float = ranged(0.1, "[0, 1)")
+    seed: int = ranged(0, ">= 0")
 
 
 @dataclass
@@ -24,8 +26,8 @@ class DataConfig:
     text_field: str | None = None  # None: the built-in's own column, else "text"
     label_field: str | None = None  # None: the built-in's own column, else "label"
     split: SplitConfig = field(default_factory=SplitConfig)
-    max_train_samples: int | None = None  # seeded subset of the training split (after splitting)
-    max_eval_samples: int | None = None  # seeded subset of validation, test and each eval set
+    max_train_samples: int | None = ranged(None, ">= 1")  # seeded subset of the training split (after splitting)
+    max_eval_samples: int | None = ranged(None, ">= 1")  # seeded subset of validation, test and each eval set
     on_bad_rows: str = "error"  # error | skip (skipped rows are counted and the first ones shown)
     # extra evaluation sets, NAME: file (images: file or folder), checked like data.test and evaluated at
     # the end next to it; NAME is lower-case letters, digits, '-' (e.g. ood-shift). A built-in set may

@@ -157,14 +157,14 @@ def _parse_row(
     row: Row, image_field: str, label_field: str, base: Path, bad: BadRows
 ) -> Parsed | None:
     """Check one row of a file listing images; None when it was bad (and on_bad_rows is skip)."""
-    values, where, option = row.values, row.where, bad.option
+    values, where = row.values, row.where
     for name, holds in ((image_field, "image path"), (label_field, "label")):
         if name not in values:
             field = "image_field" if name == image_field else "label_field"
             bad.bad(
                 where,
                 f"no field {name!r} (the row has {columns(values)})",
-                f"set {option}{field} to the column that holds the {holds}",
+                bad.name_column(field, holds),
             )
             return None
     value, label = values[image_field], values[label_field]
@@ -323,7 +323,7 @@ def load_labelled_images(
     """Load images to evaluate a trained model on (a folder or a file of paths and labels): their labels
     must be among the ones it was trained on."""
     check_format(format)
-    bad = BadRows(on_bad_rows, "")
+    bad = BadRows(on_bad_rows, style="flags")
     label_field = label_field or "label"
     source = _read_source(path, format, image_field or DEFAULT_IMAGE_FIELD, label_field, bad)
     index = {name: i for i, name in enumerate(label_names)}

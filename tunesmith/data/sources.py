@@ -145,12 +145,16 @@ def _jsonl_rows(text: str, name: str, skip_bad: list[str] | None) -> list[Row]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             hint = "each line must hold one complete JSON object"
             if number == 1 and line.lstrip().startswith("["):
                 hint = "the file looks like one JSON array; write JSON Lines instead (one object per line)"
             _report(f"{name}:{number}: malformed JSON ({e.msg} at column {e.colno}); {hint}", skip_bad)
+            continue
+        except _DuplicateKey as e:
+            _report(f"{name}:{number}: key {e.args[0]!r} appears twice in the object (JSON keeps only the last "
+                    "silently); keep one", skip_bad)
             continue
         if not isinstance(value, dict):
             _report(
@@ -161,6 +165,19 @@ def _jsonl_rows(text: str, name: str, skip_bad: list[str] | None) -> list[Row]:
             continue
         rows.append(Row(name, number, value))
     return rows
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _json_type(value: Any) -> str:
@@ -176,24 +193,39 @@ def _json_type(value: Any) -> str:
 
 
 def _csv_rows(text: str, name: str, delimiter: str, skip_bad: list[str] | None) -> list[Row]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a stray quote is an error naming its line, not a field that silently swallows the rest
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     old_limit = csv.field_size_limit(_CSV_FIELD_LIMIT)
     try:
         return _csv_records(reader, name, delimiter, skip_bad)
-    except csv.Error as e:
-        raise DataError(
-            f"{name}:{reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'} ({e})"
-        ) from e
     finally:
         csv.field_size_limit(old_limit)
+
+
+def _records(reader: Any, name: str, delimiter: str):
+    """(first line, fields) of each record; a malformed one is an error naming the line it starts on."""
+    kind = "CSV" if delimiter == "," else "TSV"
+    previous_end = 0
+    while True:
+        start = previous_end + 1  # records may span several lines
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            if "unexpected end of data" in str(e):
+                raise DataError(f"{name}:{start}: malformed {kind}: a quoted field opened on this line is never "
+                                'closed (an unterminated "); close the quote or remove it') from None
+            raise DataError(f"{name}:{start}: malformed {kind} ({e}); quote fields that contain quotes or "
+                            f"{delimiter!r}, doubling quotes inside them") from None
+        previous_end = reader.line_num
+        yield start, record
 
 
 def _csv_records(reader: Any, name: str, delimiter: str, skip_bad: list[str] | None) -> list[Row]:
     header: list[str] | None = None
     rows = []
-    previous_end = 0
-    for record in reader:
-        start, previous_end = previous_end + 1, reader.line_num  # records may span several lines
+    for start, record in _records(reader, name, delimiter):
         if not record:
             continue  # a blank line
         if header is None:

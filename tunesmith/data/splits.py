@@ -44,9 +44,10 @@ class DataReport:
     skipped_examples: list[str] = field(default_factory=list)
     # names of the extra evaluation sets, in order; sources / counts / label_counts list them after test
     eval_sets: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what looks wrong but may be meant
 
     def lines(self) -> list[str]:
-        out = []
+        out = [f"warning: {message}" for message in self.warnings]
         for split, count in self.counts.items():
             source = self.sources.get(split, "?")
             title = f"eval set {split}" if split in self.eval_sets else split
@@ -64,20 +65,35 @@ class DataReport:
         return out
 
 
-class BadRows:
-    """Carries out on_bad_rows: raise at the first bad row, or count it and keep the first messages."""
+# `tunesmith eval` flags that set what a run config's data.* fields set
+_FLAGS = {"text_field": "--text-field", "image_field": "--text-field", "label_field": "--label-field",
+          "on_bad_rows": "--skip-bad-rows"}
 
-    def __init__(self, mode: str, option: str) -> None:
+
+class BadRows:
+    """Carries out on_bad_rows: raise at the first bad row, or count it and keep the first messages.
+    `style` words the fixes for where the rows come from: a run config ("set data.text_field ...") or
+    `tunesmith eval`'s flags ("... with --text-field")."""
+
+    def __init__(self, mode: str, style: str = "config") -> None:
         if mode not in BAD_ROW_MODES:
-            raise DataError(f"{option}on_bad_rows is {mode!r}; valid values: {', '.join(BAD_ROW_MODES)}")
+            raise DataError(f"data.on_bad_rows is {mode!r}; valid values: {', '.join(BAD_ROW_MODES)}")
         self.skip = mode == "skip"
-        self.option = option  # "data." in a run config, "" for a plain function call
+        self.style = style
         self.count = 0
         self.examples: list[str] = []
+        self.warnings: list[str] = []
+
+    def name_column(self, option: str, holds: str) -> str:
+        """The fix for a missing column, in the words of where the option is set."""
+        if self.style == "config":
+            return f"set data.{option} to the column that holds the {holds}"
+        return f"name the column that holds the {holds} with {_FLAGS[option]}"
 
     def bad(self, where: str, problem: str, fix: str) -> None:
         if not self.skip:
-            raise DataError(f"{where}: {problem}; {fix} (or set {self.option}on_bad_rows: skip)")
+            skip = "set data.on_bad_rows: skip" if self.style == "config" else f"pass {_FLAGS['on_bad_rows']}"
+            raise DataError(f"{where}: {problem}; {fix} (or {skip})")
         self.add(f"{where}: {problem}")
 
     def add(self, message: str) -> None:
@@ -256,7 +272,7 @@ class Plan:
 def start(cfg: DataConfig, train_is: str = "a file", eval_sets: bool = True) -> Plan:
     """The checks every loader makes first."""
     check_format(cfg.format)
-    bad = BadRows(cfg.on_bad_rows, "data.")
+    bad = BadRows(cfg.on_bad_rows)
     if (cfg.builtin is None) == (cfg.train is None):
         both = "both are set" if cfg.builtin is not None else "neither is set"
         raise DataError(f"give exactly one of data.builtin (a built-in data set) or data.train ({train_is}); {both}")
@@ -286,4 +302,5 @@ def finish(plan: Plan, examples: dict[str, list], sources: dict[str, str], eval_
             sources[split] += f"; seeded subset of {len(examples[split]):,} of {before:,} (seed {seed})"
     return DataReport(sources={s: sources[s] for s in streams}, counts={s: len(examples[s]) for s in streams},
                       label_counts={s: counts_of(examples[s]) for s in streams}, skipped=plan.bad.count,
-                      skipped_examples=list(plan.bad.examples), eval_sets=list(eval_names))
+                      skipped_examples=list(plan.bad.examples), eval_sets=list(eval_names),
+                      warnings=list(plan.bad.warnings))

@@ -7,6 +7,7 @@ the text and label of each row.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ from tunesmith.data.splits import (
     start,
 )
 from tunesmith.errors import DataError
+
+_INTEGER = re.compile(r"-?\d+")
+_LM_ROWS = {"chat": {"messages"}, "prompt/completion": {"prompt", "completion"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +76,14 @@ def check_label(label: object, label_field: str, where: str, bad: BadRows) -> bo
 
 def _parse(row: Row, text_field: str, label_field: str, bad: BadRows) -> Parsed | None:
     """Check one row; None when it was bad (and on_bad_rows is skip)."""
-    values, where, option = row.values, row.where, bad.option
+    values, where = row.values, row.where
     for name, holds in ((text_field, "text"), (label_field, "label")):
         if name not in values:
-            field_name = "text_field" if name == text_field else "label_field"
-            bad.bad(where, f"no field {name!r} (the row has {columns(values)})",
-                    f"set {option}{field_name} to the column that holds the {holds}")
+            fix = bad.name_column("text_field" if name == text_field else "label_field", holds)
+            kind = next((k for k, keys in _LM_ROWS.items() if keys & set(values)), None)
+            if kind:  # a language model's rows given to a classifier
+                fix = f"these look like {kind} rows, which train a language model: set objective: causal_lm"
+            bad.bad(where, f"no field {name!r} (the row has {columns(values)})", fix)
             return None
     text, label = values[text_field], values[label_field]
     if not isinstance(text, str):
@@ -106,12 +112,22 @@ def to_examples(parsed: list[Parsed], index: dict[str, int], bad: BadRows, unkno
 def labels_of_training(parsed: list[Parsed], source: str, one: Callable[[str], str], bad: BadRows,
                        rows: str = "rows") -> list[str]:
     """Label names from the whole training split (so max_train_samples cannot drop one); at least two.
-    `one(label)` words the error for a training split with a single label."""
+    `one(label)` words the error for a training split with a single label. Labels that mix numbers and
+    words get a warning in the data report (`bad.warnings`)."""
     if not parsed:
         raise DataError(f"{source}: no usable training {rows}" + bad.note())
     labels = {p.label for p in parsed}
     if len(labels) < 2:
         raise DataError(f"{source}: the training split has only one {one(next(iter(labels)))}")
+    numbers = sorted(label for label in labels if _INTEGER.fullmatch(label))
+    if numbers and len(numbers) < len(labels):
+        # 0/1 beside "fresh": a shifted column or rows from another file, far likelier than a real label set
+        words = sorted(labels - set(numbers))
+        first = {kind: next(p.where for p in parsed if p.label in group)
+                 for kind, group in (("number", set(numbers)), ("word", set(words)))}
+        bad.warnings.append(f"the training labels mix numbers ({label_list(numbers)}; e.g. {first['number']}) with "
+                            f"words ({label_list(words)}; e.g. {first['word']}): a shifted column, or rows from "
+                            "another file? If not, make the labels one kind to silence this")
     return sort_labels(labels)
 
 
@@ -175,7 +191,7 @@ def load_labelled_file(path: str | Path, text_field: str, label_field: str, labe
                        format: str = "auto", on_bad_rows: str = "error") -> tuple[list[TextExample], DataReport]:
     """Load a file to evaluate a trained model on: its labels must be among the ones it was trained on."""
     check_format(format)
-    bad = BadRows(on_bad_rows, "")
+    bad = BadRows(on_bad_rows, style="flags")
     parsed = [p for row in bad.read(path, format) if (p := _parse(row, text_field, label_field, bad)) is not None]
     index = {name: i for i, name in enumerate(label_names)}
     examples = to_examples(parsed, index, bad, f"(field {label_field!r}) is not one the model was trained on")

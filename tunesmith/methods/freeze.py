@@ -48,10 +48,6 @@ class Freeze(Method):
     description = ("freeze the embeddings / CNN stem, the first N blocks (method.freeze_layers) and/or glob "
                    "patterns; frozen parts run in eval mode (BatchNorm statistics fixed)")
 
-    def check(self, cfg, run, where, at) -> None:
-        if cfg.freeze_layers < 0:
-            raise ConfigError(f"{where(at + '.freeze_layers')}: must be >= 0, got {cfg.freeze_layers}")
-
     def apply(self, loaded: LoadedModel, cfg: MethodConfig) -> None:
         frozen = set(frozen_names(loaded, cfg))
         for name, param in loaded.model.named_parameters():

@@ -150,12 +150,6 @@ class Lora(Method):
                                     ("bias", lora.bias, ("none", "all", "lora_only"))):
             if value not in allowed:
                 raise ConfigError(f"{where(f'{at}.lora.{key}')}: {value!r} is not one of {', '.join(allowed)}")
-        if lora.r <= 0:
-            raise ConfigError(f"{where(at + '.lora.r')}: must be > 0, got {lora.r}")
-        if not lora.alpha > 0:
-            raise ConfigError(f"{where(at + '.lora.alpha')}: must be > 0, got {lora.alpha}")
-        if not 0 <= lora.dropout < 1:
-            raise ConfigError(f"{where(at + '.lora.dropout')}: must be in [0, 1), got {lora.dropout}")
 
     def apply(self, loaded: LoadedModel, cfg: MethodConfig) -> None:
         settings = replace(cfg.lora, use_dora=True) if self.use_dora else cfg.lora

@@ -84,8 +84,6 @@ class Prompt(Method):
 
     def check(self, cfg, run, where, at) -> None:
         p = cfg.prompt
-        if p.num_virtual_tokens <= 0:
-            raise ConfigError(f"{where(at + '.prompt.num_virtual_tokens')}: must be > 0, got {p.num_virtual_tokens}")
         if p.init not in ("vocab", "text"):
             raise ConfigError(f"{where(at + '.prompt.init')}: {p.init!r} is not one of vocab, text")
         if p.init == "text" and not p.init_text:

@@ -40,8 +40,28 @@ class LoadedModel:
     save: Callable[[nn.Module, Path], None] | None = None  # writes RUN_DIR/model; None: Hugging Face format
 
 
-def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: int) -> LoadedModel:
-    """Pretrained encoder + a new classification head for `label_names`, seeded by `init_seed`."""
+def untrained_pooler(path: Path) -> bool:
+    """Whether a checkpoint says its [CLS] pooler was never what it was trained through: a
+    sentence-transformers model that pools by mean (or max) over tokens, e.g. all-MiniLM-L6-v2. Its
+    pooler weights are left over from pretraining, so a classifier must learn them with its head."""
+    import json
+
+    pooling = path / "1_Pooling" / "config.json"
+    try:
+        config = json.loads(pooling.read_text())
+    except (OSError, ValueError):
+        return False
+    return not config.get("pooling_mode_cls_token", False)
+
+
+def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: int,
+                         train_pooler: bool | None = None) -> LoadedModel:
+    """Pretrained encoder + a new classification head for `label_names`, seeded by `init_seed`.
+
+    `train_pooler`: the pooler (dense + tanh on [CLS]) trains as part of the head, under every method
+    (linear_probe and LoRA included); None: where the checkpoint declares its pooler untrained
+    (`untrained_pooler`). The model stays a plain BertForSequenceClassification (PEFT: the pooler is
+    one of modules_to_save)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
@@ -60,6 +80,10 @@ def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: i
     head = [n for n, _ in model.named_parameters() if n in new]
     if not head:  # e.g. re-tuning a saved classifier with the same labels: its head is still the head
         head = [n for n, _ in model.named_parameters() if n.split(".")[0] in ("classifier", "score")]
+    if train_pooler is None:
+        train_pooler = untrained_pooler(Path(path))
+    if train_pooler:
+        head += [n for n, _ in model.named_parameters() if ".pooler." in f".{n}" and n not in head]
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -72,9 +96,14 @@ def load_saved_classifier(model_dir: str | Path, device: str = "cpu") -> tuple[n
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
+    from tunesmith.models.registry import weights_problem
+
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise TunesmithError(f"{model_dir} holds no saved model (config.json missing); did the run finish?")
+    problem = weights_problem(str(model_dir))
+    if problem:
+        raise TunesmithError(problem)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     return model.to(device).eval(), tokenizer

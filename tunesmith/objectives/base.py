@@ -72,6 +72,7 @@ class Objective:
     def __init__(self, run: RunConfig | None = None) -> None:
         self.run = run
         self.cfg = run.objective if run is not None else self.Config()
+        self.outputs: dict[str, list[dict]] = {}  # files for the run dir (JSON lines), e.g. generated answers
 
     # -- config time: before any data or model is loaded -------------------------------------------
     def check(self, run: RunConfig, where) -> None:
@@ -131,7 +132,8 @@ class Objective:
         return None
 
     def final_metrics(self, model: nn.Module, tokenizer, data, strategy: Strategy) -> dict[str, float]:
-        """Metrics computed once at the end of a run beyond `evaluate` (e.g. from generated answers)."""
+        """Metrics computed once at the end of a run beyond `evaluate` (e.g. from generated answers);
+        what a user would want to read example by example goes in `self.outputs`."""
         return {}
 
     # -- a finished run ----------------------------------------------------------------------------
@@ -140,9 +142,21 @@ class Objective:
         raise NotImplementedError
 
     def load_labelled(self, path: str | Path, label_names: list[str], input_field: str | None,
-                      label_field: str | None, run: RunConfig):
+                      label_field: str | None, run: RunConfig, skip_bad_rows: bool = False):
         """(examples, report) of a labelled file to evaluate a finished run on."""
         raise NotImplementedError
+
+    def input_field(self, run: RunConfig) -> str:
+        """The column `predict --file rows.jsonl` reads its inputs from."""
+        return run.data.text_field or "text"
+
+    def resolve_input(self, value: str, file: Path) -> str:
+        """An input read from a file (an image path is relative to the file's folder)."""
+        return value
+
+    def example_input(self, example) -> str:
+        """What `predict` takes for one labelled example (`eval --out`)."""
+        return example.text
 
     def predict(self, saved: SavedRun, inputs: list[str], run: RunConfig, top_k: int = 3) -> list[dict]:
         raise NotImplementedError

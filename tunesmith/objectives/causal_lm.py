@@ -278,6 +278,8 @@ class CausalLM(Objective):
         if is_vision_model(run.model.name):
             raise ConfigError(f"{where('objective')}: causal_lm, but model.name {run.model.name!r} is an image "
                               "model; set objective: image_classify")
+        if run.model.train_pooler is not None:
+            raise ConfigError(f"{where('model.train_pooler')}: is for text classifiers (objective classify), not causal_lm")
 
     def load_data(self, run):
         from tunesmith.data.lm import load_lm_data
@@ -319,9 +321,10 @@ class CausalLM(Objective):
 
         if not self.cfg.exact_match or not data.test:
             return {}
-        candidates = answer_set(data.test)
+        candidates, rows = answer_set(data.test), []
         found = exact_match(model, tokenizer, data.test[strategy.rank :: strategy.world_size],
-                            device=strategy.device, progress=strategy.is_main, candidates=candidates)
+                            device=strategy.device, progress=strategy.is_main, candidates=candidates, answers_out=rows)
+        self.outputs["exact_match.jsonl"] = [row for part in strategy.gather_objects(rows) for row in part]
         n = found.get("exact_match_n", 0)
         keys = ["exact_match"] + (["answer_match"] if candidates else [])  # the same on every rank
         totals = strategy.all_reduce_sum(

@@ -16,6 +16,7 @@ from torch import nn
 
 from tunesmith.errors import ConfigError
 from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
+from tunesmith.ranges import ranged
 
 # Run the last encoder layer at position 0 only where the head reads nothing else (see first_token);
 # False keeps the model's own forward, which benchmarks/anchor.py uses to measure what this saves.
@@ -98,12 +99,19 @@ def metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def details(sums: dict[str, torch.Tensor], label_names: list[str]) -> dict:
-    """Per-class accuracy and the confusion matrix (true x predicted) for summary.json."""
-    confusion = sums["confusion"]
-    totals = confusion.sum(1)
-    accuracy = {name: (confusion[i, i].item() / totals[i].item() if totals[i] else None)
-                for i, name in enumerate(label_names)}
-    return {"accuracy": accuracy, "confusion": confusion.tolist()}
+    """Per class: accuracy (its recall), precision, recall, F1 and support (its examples); and the
+    confusion matrix (true x predicted), for summary.json and `tunesmith eval`."""
+    confusion = sums["confusion"].double()
+    support, predicted, tp = confusion.sum(1), confusion.sum(0), confusion.diag()
+    per_class = {}
+    for i, name in enumerate(label_names):
+        precision = tp[i].item() / predicted[i].item() if predicted[i] else None
+        recall = tp[i].item() / support[i].item() if support[i] else None
+        f1 = (2 * precision * recall / (precision + recall) if precision and recall else
+              (0.0 if precision is not None or recall is not None else None))
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(support[i].item())}
+    return {"accuracy": {name: row["recall"] for name, row in per_class.items()}, "per_class": per_class,
+            "confusion": sums["confusion"].tolist()}
 
 
 def plots(details_by_split: dict[str, dict], label_names: list[str], plot_dir) -> None:
@@ -122,7 +130,7 @@ class ClassifyConfig(ObjectiveConfig):
     # freeze / linear_probe: compute the frozen embeddings (a CNN's stem) and leading blocks once per
     # training example and reuse them every epoch; exact, since frozen parts run in eval mode
     cache_frozen_prefix: bool = True
-    prefix_cache_mb: float = 2048.0  # the cache is dropped (training recomputes) above this size
+    prefix_cache_mb: float = ranged(2048.0, "> 0")  # the cache is dropped (training recomputes) above this size
 
 
 class Classify(Objective):
@@ -137,8 +145,6 @@ class Classify(Objective):
     def check(self, run, where) -> None:
         from tunesmith.models.vision import is_vision_model
 
-        if self.cfg.prefix_cache_mb <= 0:
-            raise ConfigError(f"{where('objective.prefix_cache_mb')}: must be > 0, got {self.cfg.prefix_cache_mb}")
         if is_vision_model(run.model.name):
             raise ConfigError(f"{where('objective')}: {self.name}, but model.name {run.model.name!r} is an image "
                               "model; set objective: image_classify")
@@ -152,7 +158,7 @@ class Classify(Objective):
     def load_model(self, run, data):
         from tunesmith.models import load_text_classifier
 
-        return load_text_classifier(run.model.name, data.label_names, run.train.init_seed)
+        return load_text_classifier(run.model.name, data.label_names, run.train.init_seed, run.model.train_pooler)
 
     def prepare_model(self, model: nn.Module) -> str | None:
         from tunesmith.objectives.first_token import install_first_token_only
@@ -196,12 +202,12 @@ class Classify(Objective):
         self.prepare_model(model)
         return SavedRun(model, tokenizer, [model.config.id2label[i] for i in range(model.config.num_labels)])
 
-    def load_labelled(self, path, label_names, input_field, label_field, run):
+    def load_labelled(self, path, label_names, input_field, label_field, run, skip_bad_rows=False):
         from tunesmith.data import load_labelled_file
 
         return load_labelled_file(path, input_field or run.data.text_field or "text",
                                   label_field or run.data.label_field or "label", label_names,
-                                  on_bad_rows=run.data.on_bad_rows)
+                                  on_bad_rows="skip" if skip_bad_rows else run.data.on_bad_rows)
 
     @torch.inference_mode()
     def predict(self, saved: SavedRun, inputs: list[str], run, top_k: int = 3) -> list[dict]:

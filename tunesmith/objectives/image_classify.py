@@ -171,11 +171,11 @@ class ImageClassify(Classify):
     def check(self, run, where) -> None:
         from tunesmith.models.vision import is_vision_model
 
-        if self.cfg.prefix_cache_mb <= 0:
-            raise ConfigError(f"{where('objective.prefix_cache_mb')}: must be > 0, got {self.cfg.prefix_cache_mb}")
         if not is_vision_model(run.model.name):
             raise ConfigError(f"{where('objective')}: image_classify, but model.name {run.model.name!r} is not an "
                               "image model (image_classify needs e.g. efficientnet-lite0 or a module:factory model)")
+        if run.model.train_pooler is not None:
+            raise ConfigError(f"{where('model.train_pooler')}: is for text classifiers (objective classify), not image_classify")
 
     def load_data(self, run):
         from tunesmith.data.images import load_image_classification
@@ -219,11 +219,22 @@ class ImageClassify(Classify):
         model, prep, labels = load_saved_vision(model_dir, run.model)
         return SavedRun(model.eval(), prep, labels)
 
-    def load_labelled(self, path, label_names, input_field, label_field, run):
+    def load_labelled(self, path, label_names, input_field, label_field, run, skip_bad_rows=False):
         from tunesmith.data.images import load_labelled_images
 
         return load_labelled_images(path, label_names, input_field or run.data.image_field,
-                                    label_field or run.data.label_field, run.data.on_bad_rows)
+                                    label_field or run.data.label_field, "skip" if skip_bad_rows else run.data.on_bad_rows)
+
+    def input_field(self, run) -> str:
+        from tunesmith.data.images import DEFAULT_IMAGE_FIELD
+
+        return run.data.image_field or DEFAULT_IMAGE_FIELD
+
+    def resolve_input(self, value: str, file: Path) -> str:
+        return str(file.parent / value)  # an absolute path stays as it is
+
+    def example_input(self, example) -> str:
+        return str(example.image) if isinstance(example.image, Path) else example.where
 
     @torch.inference_mode()
     def predict(self, saved: SavedRun, inputs: list[str], run, top_k: int = 3) -> list[dict]:

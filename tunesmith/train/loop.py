@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,19 +23,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tunesmith.config import TrainConfig
-from tunesmith.errors import TrainingError
+from tunesmith.errors import Interrupted, TrainingError
 from tunesmith.objectives.base import Objective
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.callbacks import Callback
 from tunesmith.train.early_stop import EarlyStopper
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.parallel import Strategy
+from tunesmith.train.signals import StopRequests
 from tunesmith.train.step import StepOutput, SupervisedStep, epoch_batches
 from tunesmith.train.track import MetricsLog
 
-# Testing hook: SIGKILL this process right after the given optimizer step, exactly like an OOM kill or
-# a pre-empted node, so tests can prove that resuming is exact. Unset in normal use.
-_KILL_AT = int(os.environ["TUNESMITH_KILL_AT_STEP"]) if os.environ.get("TUNESMITH_KILL_AT_STEP") else None
+# Testing hook: "STEP" sends this process SIGKILL right after that optimizer step, exactly like an OOM
+# kill or a pre-empted node; "STEP:TERM" (or INT) sends that signal instead, as a scheduler or Ctrl-C
+# would. Tests use it to prove that resuming is exact. Unset in normal use.
+_KILL = os.environ.get("TUNESMITH_KILL_AT_STEP", "").partition(":")
+_KILL_AT = int(_KILL[0]) if _KILL[0] else None
+_KILL_WITH = getattr(signal, f"SIG{_KILL[2]}") if _KILL[2] else signal.SIGKILL
 
 
 @dataclass
@@ -101,6 +106,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self._epoch_cache: tuple[int, list[list[int]]] = (-1, [])
         self.finished = False
+        self.last_save = time.monotonic()  # checkpoint_minutes counts from here
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _position(self) -> dict[str, Any]:
@@ -114,7 +120,19 @@ class Trainer:
         return {"objective": self.task.objective.state_dict(), "step": step_state,
                 "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks}}
 
+    def checkpoint_due(self) -> bool:
+        minutes = self.cfg.checkpoint_minutes
+        return minutes is not None and time.monotonic() - self.last_save >= 60 * minutes
+
+    def agree(self, *flags: bool) -> list[bool]:
+        """Each flag true on any process is true on all (they must checkpoint and stop together)."""
+        if self.strategy.world_size == 1:
+            return list(flags)
+        summed = self.strategy.all_reduce_sum(torch.tensor([float(f) for f in flags], device=self.strategy.device))
+        return [bool(v) for v in summed.tolist()]
+
     def save(self, final: bool = False) -> None:
+        self.last_save = time.monotonic()
         rng = self.strategy.gather_objects(_rng_state(self.strategy.device))  # every process's dropout stream
         tensors = self.strategy.model_state(self.model)
         optimizer = self.strategy.optimizer_state(self.optimizer)
@@ -134,18 +152,31 @@ class Trainer:
                                  keep=1)
         self.strategy.barrier()
 
-    def resume(self, path: Path) -> None:
-        tensors, extra, meta = ckpt.load_checkpoint(path)
+    def resume(self, found: ckpt.Loaded) -> None:
+        path, tensors, extra, meta = found
         self.strategy.load_model_state(self.model, tensors)
-        self.strategy.load_optimizer_state(self.optimizer, extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
-        if meta["total_steps"] != self.total_steps:
-            raise TrainingError(f"{path}: the checkpoint was made for {meta['total_steps']} steps, this config "
-                                f"gives {self.total_steps}; resume with the run's own config")
         self.step, self.samples, self.train_seconds = meta["step"], meta["samples"], meta["train_seconds"]
+        # a finished run given more epochs or steps trains on (one that stopped early stays stopped)
+        completed = meta["step"] >= meta["total_steps"]
+        extended = meta["total_steps"] != self.total_steps
+        if extended and self.total_steps < self.step:
+            raise TrainingError(f"{path}: the run has trained {self.step} steps; this config gives only "
+                                f"{self.total_steps}: give more epochs or steps, or resume with the run's own config")
+        self.finished = bool(meta.get("final")) and not (completed and self.total_steps > self.step)
+        if "optimizer" in extra:
+            self.strategy.load_optimizer_state(self.optimizer, extra["optimizer"])
+        elif not self.finished:
+            self.say(f"{path}: the optimizer state was not kept (train.keep_optimizer_state: false), so AdamW's "
+                     "moments start afresh")
+        if extended:  # the schedule of the new length, at this step
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+                group["lr"] = base * self.scheduler.lr_lambdas[0](self.step)
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+            self.say(f"extending the run from {meta['total_steps']} to {self.total_steps} steps; the learning "
+                     "rate follows the schedule of the new length from here")
         self.stopper.load_state_dict(meta["stopper"])
         self.last_eval = meta["last_eval"]
-        self.finished = bool(meta.get("final"))  # e.g. stopped early: resuming must not train on
         states = extra.get("states", {})
         self.task.objective.load_state_dict(states.get("objective", {}))
         if hasattr(self.step_fn, "load_state_dict"):
@@ -187,9 +218,15 @@ class Trainer:
         finally:
             self.model.train()
 
+    def say(self, message: str) -> None:
+        if self.strategy.is_main:
+            tqdm.write(message, file=sys.stderr)  # above the progress bar, not through it
+
     def evaluate(self, log: MetricsLog) -> None:
         self.last_eval = self._run_evaluation()
         log.log({"step": self.step, "epoch": self.epoch} | self.last_eval)
+        self.say(f"step {self.step} (epoch {self.epoch:g}): "
+                 + "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items()))
         for cb in self.callbacks:
             cb.on_evaluate(self, self.last_eval)
         metric = self.stopper.metric
@@ -214,6 +251,7 @@ class Trainer:
                 raise TrainingError(f"{self.ckpt_dir}: the best checkpoint (step {self.stopper.best_step}) is missing")
             self.strategy.load_model_state(self.model, ckpt.load_checkpoint(path)[0])
             best["restored"] = True
+            self.say(f"restored the best weights, from step {best['step']} ({best['metric']} {best['value']:.4f})")
         return best
 
 
@@ -254,17 +292,28 @@ class _Window:
 
 
 def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, strategy: Strategy,
-          resume_from: Path | None = None, pause_at_step: int | None = None,
+          resume_from: ckpt.Loaded | Path | None = None, pause_at_step: int | None = None,
           step: Callable[[Trainer], StepOutput] | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train `model` in place; returns what happened. Under DDP every process calls this.
 
-    With `pause_at_step`, stop there (evaluated and checkpointed) without ending the run: resuming
-    continues as if never paused (the schedule is the full run's); a run resumed at or past the pause
-    step runs to the end."""
+    `resume_from`: a checkpoint (its path, or as checkpoint.load_resumable loaded it). With
+    `pause_at_step`, stop there (evaluated and checkpointed) without ending the run: resuming continues
+    as if never paused (the schedule is the full run's); a run resumed at or past the pause step runs to
+    the end. SIGTERM / SIGINT: the step in progress finishes, a checkpoint is written, and `Interrupted`
+    is raised."""
     trainer = Trainer(model, task, cfg, run_dir, strategy, step, callbacks)
+    if isinstance(resume_from, Path):
+        resume_from = (resume_from, *ckpt.load_checkpoint(resume_from))
     if resume_from is not None:
         trainer.resume(resume_from)
-    log = MetricsLog(run_dir, enabled=strategy.is_main, resume_step=trainer.step if resume_from else None)
+    with StopRequests() as stops:
+        return _train(trainer, task, cfg, run_dir, strategy, resume_from is not None, pause_at_step, stops)
+
+
+def _train(trainer: Trainer, task: TrainTask, cfg: TrainConfig, run_dir: Path, strategy: Strategy, resumed: bool,
+           pause_at_step: int | None, stops: StopRequests) -> TrainResult:
+    model = trainer.model
+    log = MetricsLog(run_dir, enabled=strategy.is_main, resume_step=trainer.step if resumed else None)
     if task.evaluate is None and cfg.early_stopping.patience is not None:
         raise TrainingError("train.early_stopping.patience is set but there is no validation data")
     model.train()
@@ -295,8 +344,8 @@ def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, st
                                 samples_s=f"{record['samples_per_s']:.1f}")
                 window = _Window()
             bar.update(1)
-            if _KILL_AT == trainer.step:  # fault injection for the kill-and-resume test
-                os.kill(os.getpid(), signal.SIGKILL)
+            if _KILL_AT == trainer.step:  # fault injection for the kill-and-resume tests
+                os.kill(os.getpid(), _KILL_WITH)
             if task.evaluate is not None and trainer.eval_due():
                 trainer.evaluate(log)
                 stopped_early = trainer.stopper.should_stop and trainer.step < trainer.total_steps
@@ -305,14 +354,20 @@ def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, st
             if paused and task.evaluate is not None and not trainer.eval_due():
                 trainer.peek(log)  # the metric that decides whether the run continues
             every = cfg.checkpoint_every
-            if paused or stopped_early or trainer.step == trainer.total_steps or (every and trainer.step % every == 0):
+            ending = paused or stopped_early or trainer.step == trainer.total_steps
+            stop, due = trainer.agree(stops.received is not None, trainer.checkpoint_due())
+            if ending or stop or due or (every and trainer.step % every == 0):
                 trainer.save(final=stopped_early or trainer.step == trainer.total_steps)
+            if stop and not ending:
+                signum = stops.received or signal.SIGTERM  # another process was signalled
+                raise Interrupted(f"stopped by {StopRequests.name(signum)} after step {trainer.step} of "
+                                  f"{trainer.total_steps}; a checkpoint was written", signum)
             if paused:
                 break
             if stopped_early:
-                bar.write(f"early stop at step {trainer.step}: {trainer.stopper.metric} has not improved "
-                          f"for {trainer.stopper.bad_evals} evaluations (best {trainer.stopper.best:.4f} "
-                          f"at step {trainer.stopper.best_step})")
+                trainer.say(f"early stop at step {trainer.step}: {trainer.stopper.metric} has not improved "
+                            f"for {trainer.stopper.bad_evals} evaluations (best {trainer.stopper.best:.4f} "
+                            f"at step {trainer.stopper.best_step})")
                 break
     finally:
         bar.close()

@@ -117,8 +117,16 @@ class SupervisedStep:
             for name, (amount, per) in out.logs.items():
                 before = logs.get(name, (0.0, counts.get(per, 0.0)))
                 logs[name] = (before[0] + float(amount) * weight, before[1])
+        params = [p for p in trainer.model.parameters() if p.grad is not None]
         if trainer.cfg.max_grad_norm is not None:
-            strategy.clip_grad_norm_(trainer.model.parameters(), trainer.cfg.max_grad_norm)
+            norm = strategy.clip_grad_norm_(params, trainer.cfg.max_grad_norm)
+        else:
+            norm = strategy.grad_norm(params)
+        if not torch.isfinite(norm):  # checked before the update: the weights stay finite
+            raise TrainingError(
+                f"the gradients became {norm.item()} at step {trainer.step + 1} (epoch "
+                f"{trainer.step // trainer.steps_per_epoch + 1}), so the step was not applied; lower train.lr, "
+                "set train.max_grad_norm, or check the data for extreme values")
         trainer.optimizer.step()
         trainer.scheduler.step()
         trainer.optimizer.zero_grad(set_to_none=True)

@@ -61,7 +61,12 @@ class Strategy:
         return nullcontext()
 
     def clip_grad_norm_(self, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """Scale the gradients to a total norm of at most `max_norm`; returns the norm before."""
         return torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+
+    def grad_norm(self, params: Iterable[torch.Tensor]) -> torch.Tensor:
+        grads = [p.grad for p in params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
     def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """What a checkpoint keeps of the model (trainable tensors and buffers), whole, on the main process."""

@@ -1,0 +1,143 @@
+"""Which head makes LoRA and the linear probe learn on a sentence-transformers checkpoint (minilm-l6)?
+
+all-MiniLM-L6-v2 was trained through mean pooling; its [CLS] pooler (dense + tanh) is left over from
+pretraining and never learned to summarise a sentence. A BERT classifier reads [CLS] through that
+pooler, so under LoRA or a linear probe (pooler frozen) it sees a poor feature. Three heads, same data,
+seeds and settings:
+
+- `frozen pooler`: the pooler stays as the checkpoint has it (tunesmith's default before);
+- `pooler trains with the head`: the pooler is part of the new head under every method (the default
+  now, `model.train_pooler`), and the model stays a plain BertForSequenceClassification;
+- `mean pooling`: the head reads the masked mean of the last hidden states, as the checkpoint was
+  trained (a reference: such a model is not a standard Hugging Face class, so PEFT and transformers
+  could not load it as saved).
+
+    .venv/bin/python -m benchmarks.pooler_defaults [--seeds 2] [--train 2000] [--out runs/bench-pooler]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+TASKS = {  # built-in data set -> what differs from the defaults
+    "rotten-tomatoes": {"max_length": 64},
+    "20newsgroups": {"max_length": 128},
+}
+METHODS = {
+    "linear_probe": {"method": {"name": "linear_probe"},
+                     "train": {"lr": 0.05, "head_lr": 0.05, "weight_decay": 0.0, "warmup_ratio": 0.0, "epochs": 3}},
+    "lora": {"method": {"name": "lora", "lora": {"r": 8, "alpha": 16, "target_modules": ["query", "value"]}},
+             "train": {"lr": 2e-3, "epochs": 3}},
+}
+HEADS = ("frozen pooler", "pooler trains with the head", "mean pooling")
+
+
+class MeanPooler(nn.Module):
+    """Stands in for BertPooler: the masked mean of the last hidden states (the mask is caught by a
+    pre-hook on the encoder, since BertPooler is called without it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        mask = self.mask if self.mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
+        mask = mask[:, : hidden.shape[1]].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def _mean_pooling_loader():
+    """load_text_classifier, with BERT's pooler replaced by MeanPooler (the reference head)."""
+    from tunesmith.models import hf
+
+    original = hf.load_text_classifier
+
+    def load(name, labels, seed, train_pooler=None):
+        loaded = original(name, labels, seed, train_pooler=False)
+        bert = loaded.model.bert
+        pooler = MeanPooler()
+        bert.pooler = pooler
+        bert.register_forward_pre_hook(lambda m, a, k: setattr(pooler, "mask", k.get("attention_mask")),
+                                       with_kwargs=True)
+        loaded.head_params = [n for n in loaded.head_params if "pooler" not in n]
+        return loaded
+
+    return load
+
+
+def run_one(task: str, method: str, head: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
+    from tunesmith.config import config_from_dict
+    from tunesmith.run import run
+
+    spec = METHODS[method]
+    cfg = {"model": {"name": "minilm-l6", "max_length": TASKS[task]["max_length"],
+                     "train_pooler": head == "pooler trains with the head"},
+           "method": spec["method"],
+           "data": {"builtin": task, "split": {"validation": 0.1, "test": 0.15, "seed": 0},
+                    "max_train_samples": args.train, "max_eval_samples": args.test},
+           "train": {"batch_size": 32, "init_seed": seed, "data_seed": seed, "progress": False, "log_every": 50,
+                     "eval_every": "epoch", "checkpoint_minutes": None} | spec["train"]}
+    import tunesmith.models as models
+
+    original = models.load_text_classifier
+    if head == "mean pooling":  # the classify objective looks the loader up here when it loads the model
+        models.load_text_classifier = _mean_pooling_loader()
+    try:
+        summary = run(config_from_dict(cfg, source="benchmark"), out / task / method / head.split()[0] / f"seed{seed}",
+                      overwrite=True)
+    finally:
+        models.load_text_classifier = original
+    return {"task": task, "method": method, "head": head, "seed": seed,
+            "test_accuracy": summary["final"]["test_accuracy"], "test_loss": summary["final"]["test_loss"],
+            "trainable_params": summary["trainable_params"], "train_seconds": summary["train_seconds"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--train", type=int, default=2000)
+    p.add_argument("--test", type=int, default=1000)
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--out", default="runs/bench-pooler")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    rows = []
+    for task in args.tasks.split(","):
+        for method in METHODS:
+            for seed in range(args.seeds):
+                for head in HEADS:
+                    print(f"== {task} / {method} / {head} / seed {seed}", file=sys.stderr, flush=True)
+                    rows.append(run_one(task, method, head, seed, args, out))
+                    print(f"   test accuracy {rows[-1]['test_accuracy']:.4f}, loss {rows[-1]['test_loss']:.4f}",
+                          file=sys.stderr, flush=True)
+    machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+               f"python {platform.python_version()}")
+    lines = [f"minilm-l6: {args.train:,} training examples, 3 epochs, batch 32, test on {args.test:,}; "
+             f"seeds 0..{args.seeds - 1} (init and data order), mean (per-seed values); machine: {machine}", "",
+             "| task | method | head | test accuracy | test loss | trainable params |", "|---|---|---|---|---|---|"]
+    for task in args.tasks.split(","):
+        for method in METHODS:
+            for head in HEADS:
+                mine = [r for r in rows if (r["task"], r["method"], r["head"]) == (task, method, head)]
+                accs = ", ".join(f"{r['test_accuracy']:.4f}" for r in mine)
+                lines.append(f"| {task} | {method} | {head} | {statistics.fmean(r['test_accuracy'] for r in mine):.4f} "
+                             f"({accs}) | {statistics.fmean(r['test_loss'] for r in mine):.4f} | "
+                             f"{mine[0]['trainable_params']:,} |")
+    table = "\n".join(lines)
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
