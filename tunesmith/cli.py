@@ -66,6 +66,26 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
 
+    sc = sub.add_parser("score", help="rewards of texts from a reward-model run", parents=[common])
+    sc.add_argument("run_dir")
+    sc.add_argument("texts", nargs="*", help="completions (with --prompt) or whole texts to score")
+    sc.add_argument("--prompt", help="the prompt the texts answer (rendered as in training)")
+    sc.add_argument("--file", help="a text file, one text per line")
+    sc.add_argument("--json", action="store_true", help="print JSON lines")
+
+    pa = sub.add_parser("pairs", help="preference pairs from a model's own samples, judged by a run (AI feedback)",
+                        parents=[common])
+    pa.add_argument("--model", required=True, help="the model that answers: a causal_lm run, a built-in name or an HF dir")
+    pa.add_argument("--judge", required=True, help="a reward run, or a classification run (with --prefer)")
+    pa.add_argument("--prompts", required=True, help="a text file, one prompt per line")
+    pa.add_argument("--out", required=True, help="the pairs, as JSON lines {prompt, chosen, rejected, scores}")
+    pa.add_argument("--prefer", help="classification judge: the label whose probability is the score")
+    pa.add_argument("--k", type=int, default=4, help="samples per prompt; the best and the worst make the pair")
+    pa.add_argument("--max-new-tokens", type=int, default=48)
+    pa.add_argument("--temperature", type=float, default=1.0)
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
     mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: a plain HF model", parents=[common])
     mg.add_argument("run_dir")
     mg.add_argument("out_dir")
@@ -92,7 +112,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        positional = {"predict": "texts", "generate": "prompts"}.get(args.command)
+        positional = {"predict": "texts", "generate": "prompts", "score": "texts"}.get(args.command)
         if positional is None or any(x.startswith("-") for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         setattr(args, positional, getattr(args, positional) + extra)
@@ -182,7 +202,30 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "merge": _merge}
+def _score(args: argparse.Namespace) -> int:
+    from tunesmith.infer import score
+
+    texts = list(args.texts) + (_read_lines(args.file) if args.file else [])
+    if not texts:
+        raise TunesmithError("score: give texts as arguments or --file texts.txt")
+    for text, value in zip(texts, score(args.run_dir, texts, args.prompt), strict=True):
+        print(json.dumps({"text": text, "reward": value}) if args.json else f"{value:.4f}\t{text[:100]}")
+    return 0
+
+
+def _pairs(args: argparse.Namespace) -> int:
+    from tunesmith.feedback import make_pairs
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise TunesmithError(f"{out} already exists; pass --overwrite to replace it")
+    report = make_pairs(args.model, _read_lines(args.prompts), args.judge, out, k=args.k, prefer=args.prefer,
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "merge": _merge, "score": _score, "pairs": _pairs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +285,8 @@ def _generate(args: argparse.Namespace) -> int:
 
         opened = open_saved(args.run_dir)
         if not opened.objective.generates:
-            raise TunesmithError(f"{args.run_dir} is a {opened.objective.name} run; use `tunesmith predict`")
+            raise TunesmithError(f"{args.run_dir} is a {opened.objective.name} run; use "
+                                 f"`tunesmith {opened.objective.command}`")
         model, tokenizer = opened.model, opened.tokenizer
     else:
         from tunesmith.models import load_causal_lm

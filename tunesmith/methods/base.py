@@ -33,6 +33,8 @@ class Method:
     peft_type: ClassVar[str | None] = None  # adapter_config.json's peft_type of the adapters it saves
     model_kinds: ClassVar[tuple[str, ...] | None] = None  # objectives' model kinds it applies to; None: all
     exclusive: ClassVar[bool] = False  # wraps the model: no other method may share its run (stages)
+    # reference() works without a copy of the weights (what it trains in place is small, and kept)
+    free_reference: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._originals: list[tuple[nn.Parameter, torch.Tensor]] = []

@@ -6,6 +6,7 @@ from tunesmith.methods.common import set_trainable
 
 class BitFit(Method):
     name = "bitfit"
+    free_reference = True
     description = "only bias terms and the new task head train"
 
     def apply(self, loaded, cfg) -> None:

@@ -6,6 +6,7 @@ from tunesmith.methods.common import frozen_subtrees, keep_in_eval, set_trainabl
 
 class LinearProbe(Method):
     name = "linear_probe"
+    free_reference = True
     description = "only the new task head trains (pretrained features untouched)"
     trains_base = False
 

@@ -138,6 +138,7 @@ class Lora(Method):
     from, as PEFT's ModulesToSaveWrapper keeps `original_module`."""
 
     name = "lora"
+    free_reference = True
     description = "low-rank adapters (method.lora: r, alpha, target_modules, use_rslora); base weights frozen"
     trains_base = False
     adapter = True

@@ -75,6 +75,7 @@ def initial_prompt(loaded: LoadedModel, n: int, init: str, text: str | None, see
 
 class Prompt(Method):
     name = "prompt"
+    free_reference = True
     description = "prompt tuning: trainable virtual tokens before the input (method.prompt); model frozen"
     trains_base = False
     adapter = True

@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING
 from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
 from tunesmith.objectives.causal_lm import CausalLM
 from tunesmith.objectives.classify import Classify
+from tunesmith.objectives.dpo import DPO
 from tunesmith.objectives.image_classify import ImageClassify
+from tunesmith.objectives.kto import KTO
+from tunesmith.objectives.orpo import ORPO
+from tunesmith.objectives.reward import Reward
+from tunesmith.objectives.simpo import SimPO
 
 if TYPE_CHECKING:
     from tunesmith.config import RunConfig
@@ -19,6 +24,11 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "classify": Classify,
     "causal_lm": CausalLM,
     "image_classify": ImageClassify,
+    "reward": Reward,
+    "dpo": DPO,
+    "orpo": ORPO,
+    "simpo": SimPO,
+    "kto": KTO,
 }
 
 

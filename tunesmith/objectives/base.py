@@ -47,6 +47,22 @@ class Loss:
 
 
 @dataclass
+class StageStart:
+    """What an objective may need before a training stage: e.g. preference objectives find their
+    reference model here (the method's `reference()`, or log-probabilities computed now and kept with
+    the run)."""
+
+    model: nn.Module
+    method: Any  # methods.Method
+    encoded: dict[str, list]  # every split's items
+    pad_id: int | None
+    strategy: Strategy
+    run_dir: Path
+    batch_size: int
+    say: Any  # Callable[[str], None]
+
+
+@dataclass
 class SavedRun:
     """A finished run opened for use: the model in eval mode, its tokenizer (or image preprocessing)
     and its class names (None for a language model)."""
@@ -68,6 +84,7 @@ class Objective:
     model_kind: ClassVar[str] = ""  # text-classifier | causal-lm | image-classifier: which methods apply
     has_labels: ClassVar[bool] = False  # its runs answer `predict` and `eval`
     generates: ClassVar[bool] = False  # its runs answer `generate`
+    command: ClassVar[str] = "predict"  # the command that uses its finished runs (predict | generate | score)
 
     def __init__(self, run: RunConfig | None = None) -> None:
         self.run = run
@@ -111,6 +128,9 @@ class Objective:
     def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """All terms of one batch added up: what a speed-up's self-check compares."""
         return sum(self.loss(model, batch).terms.values())
+
+    def begin_stage(self, start: StageStart) -> None:
+        """Called before each training stage, once its method is applied."""
 
     def prefix_cache_mb(self, run: RunConfig) -> float | None:
         """The frozen-prefix cache's budget where this objective's inputs make it exact; None: off."""

@@ -271,15 +271,17 @@ class CausalLM(Objective):
     default_metric = "val_loss"
     model_kind = "causal-lm"
     generates = True
+    command = "generate"
 
     def check(self, run, where) -> None:
         from tunesmith.models.vision import is_vision_model
 
         if is_vision_model(run.model.name):
-            raise ConfigError(f"{where('objective')}: causal_lm, but model.name {run.model.name!r} is an image "
+            raise ConfigError(f"{where('objective')}: {self.name}, but model.name {run.model.name!r} is an image "
                               "model; set objective: image_classify")
         if run.model.train_pooler is not None:
-            raise ConfigError(f"{where('model.train_pooler')}: is for text classifiers (objective classify), not causal_lm")
+            raise ConfigError(f"{where('model.train_pooler')}: is for text classifiers (objective classify), "
+                              f"not {self.name}")
 
     def load_data(self, run):
         from tunesmith.data.lm import load_lm_data

@@ -1,0 +1,187 @@
+"""Preference data in TRL's conventions, so users' files work unchanged, validated and split.
+
+Row formats (detected per row, from the column names):
+- `{"prompt": str, "chosen": str, "rejected": str}`: a pair of completions of one prompt, the first
+  preferred;
+- `{"prompt": [messages], "chosen": [messages], "rejected": [messages]}`: the same as conversations,
+  rendered with the tokenizer's chat template (chosen / rejected hold the assistant turn(s));
+- `{"prompt": ..., "completion": ..., "label": true|false}`: an unpaired judgement (KTO): the
+  completion is desirable (true) or not.
+
+A row whose chosen and rejected are the same, or with an empty side, is a bad row, named by file and
+line (an error, or skipped and counted with on_bad_rows: skip). A pair whose completion tokens are all
+cut away by model.max_length is caught when it is tokenized (objectives/pairs.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.data.builtin import get_dataset
+from tunesmith.data.config import DataConfig
+from tunesmith.data.lm import ROLES
+from tunesmith.data.sources import Row
+from tunesmith.data.splits import SPLITS, BadRows, DataReport, finish, start
+from tunesmith.errors import DataError
+
+Text = str | tuple[dict[str, str], ...]  # a string, or messages
+
+
+@dataclass(frozen=True, slots=True)
+class PrefExample:
+    """A pair (chosen and rejected set), or an unpaired judgement (completion and label set)."""
+
+    where: str
+    prompt: Text
+    chosen: Text | None = None
+    rejected: Text | None = None
+    completion: Text | None = None
+    label: bool | None = None
+
+    @property
+    def chat(self) -> bool:
+        return not isinstance(self.prompt, str)
+
+    @property
+    def paired(self) -> bool:
+        return self.chosen is not None
+
+    @property
+    def answer(self) -> str | None:
+        """The preferred answer as text, for exact-match evaluation of greedy generations."""
+        best = self.chosen if self.paired else (self.completion if self.label else None)
+        if best is None:
+            return None
+        return best if isinstance(best, str) else best[-1]["content"]
+
+    @property
+    def messages(self) -> tuple[dict[str, str], ...] | None:
+        """Chat prompts as LMExample gives them to exact-match scoring: the prompt, then the answer."""
+        return None if not self.chat else (*self.prompt, {"role": "assistant", "content": self.answer or ""})
+
+    @property
+    def kind(self) -> str:
+        return "chat" if self.chat else "prompt"
+
+
+@dataclass
+class PrefData:
+    train: list[PrefExample]
+    validation: list[PrefExample]
+    test: list[PrefExample]
+    report: DataReport
+    label_names: list[str] | None = None
+
+
+def _messages(value: Any, field: str, where: str, bad: BadRows, roles: tuple[str, ...]) -> tuple | None:
+    if not isinstance(value, list) or not value:
+        bad.bad(where, f"field {field!r} is an empty list" if isinstance(value, list) else
+                f"field {field!r} must be a list of {{role, content}} like the prompt's", "fix the row")
+        return None
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in roles or not isinstance(m.get("content"), str):
+            bad.bad(where, f"{field}[{i}] must be {{'role': one of {'/'.join(roles)}, 'content': text}}, got {m!r}"[:300],
+                    "fix the row")
+            return None
+    return tuple({"role": m["role"], "content": m["content"]} for m in value)
+
+
+def _side(values: dict, field: str, chat: bool, where: str, bad: BadRows) -> Text | None:
+    value = values.get(field)
+    if chat:
+        found = _messages(value, field, where, bad, ("assistant",))
+        if found is not None and not any(m["content"].strip() for m in found):
+            bad.bad(where, f"field {field!r} is empty", "give the completion or remove the row")
+            return None
+        return found
+    if not isinstance(value, str) or not value.strip():
+        what = "missing" if value is None else ("empty" if isinstance(value, str) else f"a {type(value).__name__}")
+        bad.bad(where, f"field {field!r} is {what}", "give the completion as text (or as messages, with a message "
+                "list as the prompt)")
+        return None
+    return value
+
+
+def parse_pref_row(row: Row, bad: BadRows) -> PrefExample | None:
+    """Check one row; None when it was bad (and on_bad_rows is skip)."""
+    v, where = row.values, row.where
+    paired, unpaired = "chosen" in v or "rejected" in v, "completion" in v or "label" in v
+    if not paired and not unpaired:
+        have = ", ".join(map(repr, v)) or "no fields"
+        bad.bad(where, f"no fields 'chosen'/'rejected' (a pair) or 'completion'/'label' (an unpaired judgement); "
+                f"the row has {have}", "use TRL's preference format: prompt, chosen, rejected")
+        return None
+    prompt = v.get("prompt")
+    chat = isinstance(prompt, list)
+    if chat:
+        prompt = _messages(prompt, "prompt", where, bad, ROLES)
+        if prompt is None:
+            return None
+    elif not isinstance(prompt, str) or not prompt.strip():
+        bad.bad(where, "field 'prompt' is missing or empty", "give the prompt (text, or a list of messages)")
+        return None
+    if paired:
+        chosen, rejected = (_side(v, f, chat, where, bad) for f in ("chosen", "rejected"))
+        if chosen is None or rejected is None:
+            return None
+        if chosen == rejected:
+            bad.bad(where, "chosen and rejected are the same", "a pair must differ; remove the row")
+            return None
+        return PrefExample(where, prompt, chosen=chosen, rejected=rejected)
+    completion = _side(v, "completion", chat, where, bad)
+    if completion is None:
+        return None
+    label = v.get("label")
+    if not isinstance(label, bool):
+        bad.bad(where, f"field 'label' is {label!r}", "give true (a desirable completion) or false")
+        return None
+    return PrefExample(where, prompt, completion=completion, label=label)
+
+
+def load_pref_data(cfg: DataConfig, paired: bool = True) -> PrefData:
+    """Load, validate and split preference rows (the split and subset rules of every loader). `paired`:
+    pairs are wanted (DPO, reward models), else unpaired judgements (KTO; a pair then counts as one
+    desirable and one undesirable judgement of the same prompt)."""
+    plan = start(cfg, eval_sets=False)
+    bad = plan.bad
+    carved = plan.carve(official_test=False)
+    entry = get_dataset(cfg.builtin) if cfg.builtin is not None else None
+    train_rows = entry.load() if entry else bad.read(str(cfg.train), cfg.format)
+    file_rows = {s: bad.read(getattr(cfg, s), cfg.format) for s in ("validation", "test") if s not in carved}
+    parsed_train = [parse_pref_row(r, bad) for r in train_rows]
+    indices = plan.indices(len(train_rows))
+    examples: dict[str, list[PrefExample]] = {
+        s: [p for i in indices[s] if (p := parsed_train[i]) is not None] for s in ("train", *carved)}
+    for split, rows in file_rows.items():
+        examples[split] = [p for r in rows if (p := parse_pref_row(r, bad)) is not None]
+    for split, found in examples.items():
+        kinds = {e.paired for e in found}
+        if paired and False in kinds:
+            first = next(e for e in found if not e.paired)
+            raise DataError(f"{first.where}: an unpaired judgement (completion, label), but this objective learns "
+                            "from pairs (prompt, chosen, rejected); use objective: kto for unpaired data")
+        if not paired:
+            examples[split] = [u for e in found for u in _unpaired(e)]
+        if split in file_rows and not examples[split]:
+            raise DataError(f"{getattr(cfg, split)}: no rows left for the {split} split" + bad.note())
+    sources = plan.sources(f"builtin:{entry.name}" if entry else str(cfg.train), file_rows)
+    sources = {s: sources[s] for s in SPLITS}
+    if not examples["train"]:
+        raise DataError(f"{sources['train']}: no usable training rows" + bad.note())
+
+    def kinds(split_examples: list[PrefExample]) -> dict[str, int]:
+        counts = {"pairs": sum(e.paired for e in split_examples),
+                  "desirable": sum(e.label is True for e in split_examples),
+                  "undesirable": sum(e.label is False for e in split_examples)}
+        return {k: n for k, n in counts.items() if n}
+
+    report = finish(plan, examples, sources, [], kinds)
+    return PrefData(examples["train"], examples["validation"], examples["test"], report)
+
+
+def _unpaired(example: PrefExample) -> list[PrefExample]:
+    if not example.paired:
+        return [example]
+    return [PrefExample(f"{example.where} (chosen)", example.prompt, completion=example.chosen, label=True),
+            PrefExample(f"{example.where} (rejected)", example.prompt, completion=example.rejected, label=False)]
