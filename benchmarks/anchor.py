@@ -80,11 +80,16 @@ def workload(case: Case, probes: int = 8) -> dict[str, float]:
     objective = build_objective(cfg)
     data = load_data(s, case.objective)
     loaded = objective.load_model(cfg, data)
-    METHODS[cfg.method.name]().apply(loaded, cfg.method)
+    method = METHODS[cfg.method.name]()
+    method.apply(loaded, cfg.method)
     model = loaded.model.train()
+    if getattr(objective, "needs_reference", False):  # the standard path: adapters off, full sequences
+        objective._reference = lambda: method.reference(model)
+        objective.cfg.share_prompt = False
     pad_id = getattr(loaded.tokenizer, "pad_token_id", None)
     items, _ = objective.encode(data.train, loaded.tokenizer, s.max_length)
-    tokens = sum(len(it.input_ids) for it in items) if hasattr(items[0], "input_ids") else None
+    tokens = (sum(getattr(it, "token_count", None) or len(it.input_ids) for it in items)
+              if hasattr(items[0], "input_ids") else None)
     picks = items[:: max(1, len(items) // probes)][:probes]
     flops = 0
     standard, causal_lm.TARGET_ONLY_LOGITS = causal_lm.TARGET_ONLY_LOGITS, False
@@ -233,7 +238,8 @@ def bench(case: Case, repeats: int, out: Path, sizes: dict, variants: list[str] 
 
 def render(path: Path) -> str:
     record = json.loads(path.read_text())
-    case = get_case(record["case"], **{k: record["setup"][k] for k in ("train", "test", "epochs", "batch_size", "model")})
+    case = get_case(record["case"], **{k: record["setup"][k] for k in ("train", "test", "epochs", "batch_size", "model",
+                                                                      "max_length") if k in record["setup"]})
     repeats = len({r["seed"] for r in record["runs"]})
     rows = summarise(case, record["runs"], record["workload"], record["matmul_peak_flops"])
     return f"machine: {record['machine']}\n\n" + table(case, rows, record["workload"], record["matmul_peak_flops"], repeats)
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/anchor")
     p.add_argument("--variants", help="comma-separated subset: anchor, tunesmith and the case's ablations "
                    "(no-grouping, plain-adamw, all-logits, no-cache) and A/B checks (same-order); default: all)")
-    for size in ("train", "test", "batch_size"):
+    for size in ("train", "test", "batch_size", "max_length"):
         p.add_argument(f"--{size.replace('_', '-')}", dest=size, type=int)
     p.add_argument("--epochs", type=float)
     p.add_argument("--model", help="another model (name or local HF directory) for the same job")
@@ -261,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not a.case:
         p.error("--case is required (or --render)")
-    sizes = {k: getattr(a, k) for k in ("train", "test", "batch_size", "epochs", "model")}
+    sizes = {k: getattr(a, k) for k in ("train", "test", "batch_size", "epochs", "model", "max_length")}
     if a.child:
         run_child(a.case, a.child, a.seed, Path(a.result), sizes)
         return 0

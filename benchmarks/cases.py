@@ -73,8 +73,8 @@ def run_config(s: Setup, objective: str, seed: int, overrides: dict | None = Non
     if objective == "image_classify":
         model = {"name": s.model, "image_size": s.image_size}
     section = {"name": objective}
-    if objective == "causal_lm":
-        section["exact_match"] = False  # the shared held-out metric is loss / token accuracy
+    if objective in ("causal_lm", "dpo"):
+        section["exact_match"] = False  # the shared held-out metric is the loss
     config = {"model": model, "method": s.method, "objective": section, "data": data_block(s), "train": train}
     for key, value in (overrides or {}).items():  # "train.group_by_length": False
         section, name = key.split(".")
@@ -102,13 +102,18 @@ def tunesmith_batches(s: Setup, seed: int, items: list) -> list[list[list[int]]]
     return [epoch_batches(len(items), s.batch_size, seed, epoch, lengths) for epoch in range(math.ceil(s.epochs))]
 
 
-def held_out(objective: str, model, items, pad_id, num_labels: int = 0) -> dict[str, float]:
-    """The shared yardstick: tunesmith's own evaluation sums on the held-out items."""
+def held_out(objective: str, model, items, pad_id, num_labels: int = 0, reference=None) -> dict[str, float]:
+    """The shared yardstick: tunesmith's own evaluation sums on the held-out items (`reference`: a
+    preference objective's reference model)."""
+    from contextlib import nullcontext
+
     import torch
 
     from tunesmith.objectives import OBJECTIVES
 
     judge = OBJECTIVES[objective]()
+    if reference is not None:
+        judge._reference = lambda: nullcontext(reference.eval())
     model.eval()
     return judge.metrics(judge.eval_sums(model, items, 64, pad_id, torch.device("cpu"), num_labels))
 
@@ -209,6 +214,29 @@ def _cases() -> dict[str, Case]:
              "same-order": partial(hf.trl_sft, same_order=True)},
             {"all-logits": "tunesmith without the output layer on target positions only",
              "no-grouping": "tunesmith without length-grouped batches", "same-order": same_order}),
+        "smollm2-dpo-lora": Case(
+            "smollm2-dpo-lora", "smollm2-135m + LoRA r=8 (q, k, v, o) DPO on rotten-tomatoes-prefs",
+            "dpo", "loss", False,
+            Setup("smollm2-135m", "rotten-tomatoes-prefs", train=120, test=100, epochs=1, batch_size=8, lr=5e-4,
+                  max_length=128, weight_decay=0.0, warmup_ratio=0.05,
+                  method={"name": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
+                                                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}),
+            "TRL DPOTrainer + PEFT LoRA (reference: adapters off)",
+            {"anchor": hf.trl_dpo, "tunesmith": tunesmith_runner("dpo"),
+             "no-shared-prompt": tunesmith_runner("dpo", {"objective.share_prompt": False}),
+             "no-shared-prompt-all-logits": tunesmith_runner("dpo", {"objective.share_prompt": False},
+                                                             setup=_full_logits)},
+            {"no-shared-prompt": "tunesmith without the shared prompt (chosen and rejected each in full)",
+             "no-shared-prompt-all-logits": "... and with the output layer at every position"}),
+        "minilm-reward": Case(
+            "minilm-reward", "minilm-l6 reward model (full fine-tuning) on rotten-tomatoes-prefs",
+            "reward", "accuracy", True,
+            Setup("minilm-l6", "rotten-tomatoes-prefs", train=1000, test=500, epochs=1, batch_size=16, lr=5e-5,
+                  max_length=128, method={"name": "full"}),
+            "TRL RewardTrainer",
+            {"anchor": hf.trl_reward, "tunesmith": tunesmith_runner("reward"),
+             "no-grouping": tunesmith_runner("reward", no_grouping)},
+            {"no-grouping": "tunesmith without length-grouped batches"}),
         "efficientnet-freeze": Case(
             "efficientnet-freeze", "efficientnet-lite0, stem + 12 of 16 blocks frozen, on fashion-mnist (64 px)",
             "image_classify", "accuracy", True,
@@ -231,7 +259,8 @@ def get_case(name: str, **sizes: Any) -> Case:
     return replace(case, setup=replace(case.setup, **changed)) if changed else case
 
 
-CASE_NAMES = ("minilm-lora", "minilm-full", "minilm-probe", "smollm2-lora-sft", "efficientnet-freeze")
+CASE_NAMES = ("minilm-lora", "minilm-full", "minilm-probe", "smollm2-lora-sft", "efficientnet-freeze",
+              "smollm2-dpo-lora", "minilm-reward")
 
 
 def timed(fn: Callable[[], Any]) -> float:

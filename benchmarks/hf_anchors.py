@@ -149,6 +149,79 @@ def trl_sft(s: Setup, seed: int, out: Path, same_order: bool = False, step_losse
             "step_losses": _logged_losses(trainer)}
 
 
+def trl_dpo(s: Setup, seed: int, out: Path, step_losses: bool = False) -> dict[str, Any]:
+    """TRL's DPOTrainer with a PEFT LoRA adapter: its reference is the model with adapters off, as ours."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    from tunesmith.models.registry import resolve_model_dir
+    from tunesmith.objectives.pairs import encode_pairs
+
+    data = load_data(s, "dpo")
+    model_dir = resolve_model_dir(s.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    set_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    rows = [{"prompt": list(e.prompt), "chosen": list(e.chosen), "rejected": list(e.rejected)} for e in data.train]
+    lora = s.method["lora"]
+    args = DPOConfig(**_trainer_args(s, seed, out, len(rows), step_losses), max_length=s.max_length, beta=0.1,
+                     loss_type=["sigmoid"], gradient_checkpointing=False, bf16=False, fp16=False,
+                     precompute_ref_log_probs=False)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=LoraConfig(task_type="CAUSAL_LM", r=lora["r"], lora_alpha=lora["alpha"],
+                                                lora_dropout=lora["dropout"], target_modules=lora["target_modules"]))
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    merged = trainer.model.merge_and_unload()
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    test, _ = encode_pairs(data.test, tokenizer, s.max_length)
+    return {"train_seconds": seconds, "step_losses": _logged_losses(trainer),
+            "metrics": held_out("dpo", merged, test, tokenizer.pad_token_id, reference=reference)}
+
+
+class _NoTokenTypes(torch.nn.Module):
+    """The anchor's model read as it was trained: TRL's preference collator passes no token type ids."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs):
+        return self.model(**{k: v for k, v in inputs.items() if k != "token_type_ids"})
+
+
+def trl_reward(s: Setup, seed: int, out: Path, step_losses: bool = False) -> dict[str, Any]:
+    """TRL's RewardTrainer fed the very token ids tunesmith trains on (prompt and completion as a pair)."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from trl import RewardConfig, RewardTrainer
+
+    from tunesmith.models.registry import resolve_model_dir
+    from tunesmith.objectives import OBJECTIVES
+
+    data = load_data(s, "reward")
+    model_dir = resolve_model_dir(s.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    set_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    reward = OBJECTIVES["reward"]()
+    items, _ = reward.encode(data.train, tokenizer, s.max_length)
+    rows = [{"chosen_ids": it.chosen[0], "rejected_ids": it.rejected[0]} for it in items]
+    args = RewardConfig(**_trainer_args(s, seed, out, len(rows), step_losses), max_length=s.max_length,
+                        gradient_checkpointing=False, bf16=False, fp16=False, center_rewards_coefficient=None)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    test, _ = reward.encode(data.test, tokenizer, s.max_length)
+    return {"train_seconds": seconds, "step_losses": _logged_losses(trainer),
+            "metrics": held_out("reward", _NoTokenTypes(model), test, tokenizer.pad_token_id)}
+
+
 def plain_image_loop(s: Setup, seed: int, out: Path, same_order: bool = False, step_losses: bool = False
                      ) -> dict[str, Any]:
     """What a careful PyTorch user writes: preprocessed tensors, a DataLoader, the frozen part in eval."""

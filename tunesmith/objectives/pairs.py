@@ -41,6 +41,11 @@ class PairItem:
     def input_ids(self) -> list[int]:  # for length-grouped batches: the longer sequence
         return self.prompt_ids + max(self.chosen_ids, self.rejected_ids, key=len)
 
+    @property
+    def token_count(self) -> int:
+        """The pair's distinct tokens: the prompt once, both completions."""
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
 
 def _ids(result) -> list[int]:
     if hasattr(result, "keys") and "input_ids" in result:

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from tunesmith.errors import ConfigError, TrainingError
-from tunesmith.objectives.base import Loss, StageStart
-from tunesmith.objectives.causal_lm import CausalLM, CausalLMConfig
+from tunesmith.objectives.base import Loss, ObjectiveConfig, StageStart
+from tunesmith.objectives.causal_lm import CausalLM
 from tunesmith.objectives.pairs import chosen_rejected, collate_pairs, completion_logps, encode_pairs
 from tunesmith.ranges import ranged
 
@@ -31,7 +31,8 @@ REFERENCE_FILE = "reference_logps.safetensors"
 
 
 @dataclass
-class PreferenceConfig(CausalLMConfig):
+class PreferenceConfig(ObjectiveConfig):
+    exact_match: bool = True  # at the end: greedy answers to the test prompts vs the chosen answers
     beta: float = ranged(0.1, "> 0")
     # the prompt once for chosen and rejected (its key/value cache serves both); off: each full sequence
     share_prompt: bool = True

@@ -39,6 +39,10 @@ class ScoredPair:
     def input_ids(self) -> list[int]:
         return max(self.chosen[0], self.rejected[0], key=len)
 
+    @property
+    def token_count(self) -> int:
+        return len(self.chosen[0]) + len(self.rejected[0])
+
 
 def _text(value) -> str:
     return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
@@ -88,8 +92,9 @@ class Reward(Classify):
             *rejected, cut_r = render(tokenizer, e.prompt, e.rejected, max_length)
             truncated += cut_c or cut_r
             if chosen[0] == rejected[0]:
-                raise DataError(f"{e.where}: chosen and rejected read the same after truncation at "
-                                f"model.max_length={max_length}; raise it")
+                why = (f"truncation at model.max_length={max_length} cut what differs; raise it" if cut_c or cut_r
+                       else "the tokenizer reads both alike (words it does not know?)")
+                raise DataError(f"{e.where}: chosen and rejected give the model the same tokens: {why}")
             items.append(ScoredPair(e.where, tuple(chosen), tuple(rejected)))
         return items, {"truncated": truncated}
 

@@ -1,0 +1,192 @@
+"""Weak supervision: labeling functions (LFs) turn unlabeled text into noisy votes.
+
+An LF votes one label for a text or abstains. Three kinds, declared in the run config (or a YAML file of
+them, or the built-in data set's own):
+- keywords: any of the words or phrases occurs (case-insensitive, whole words) -> its label;
+- regex: the pattern matches (case-insensitive) -> its label;
+- function: `package.module:function`, called with the text, returns a label name or None (abstain).
+
+Applied to every text they give the label matrix L (examples x LFs; -1 where an LF abstains), computed
+once and cached in the run dir. `lf_stats` gives what a user iterates on while writing LFs: per LF
+coverage, overlap, conflict and (on labelled rows) empirical accuracy, and the totals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.errors import ConfigError, DataError
+
+ABSTAIN = -1
+
+
+@dataclass
+class LFConfig:
+    """One labeling function: `keywords` or `regex` (both vote `label`), or `function`."""
+
+    name: str = ""
+    label: str | None = None
+    keywords: list[str] = field(default_factory=list)
+    regex: str | None = None
+    function: str | None = None  # package.module:function, text -> label name or None
+
+
+@dataclass(frozen=True)
+class LabelingFunction:
+    name: str
+    vote: Callable[[str], str | None]
+    labels: tuple[str, ...]  # the labels it can vote (empty: any, a function's)
+
+
+def compile_lfs(configs: Sequence[LFConfig], where: str) -> list[LabelingFunction]:
+    """Check and compile LF declarations; each error names the LF."""
+    if not configs:
+        raise ConfigError(f"{where}: no labeling functions; declare some (keywords, regex or function)")
+    seen, out = set(), []
+    for i, lf in enumerate(configs):
+        name = lf.name or f"lf{i}"
+        at = f"{where} {name!r}"
+        if name in seen:
+            raise ConfigError(f"{at}: two labeling functions share this name")
+        seen.add(name)
+        kinds = [k for k in ("keywords", "regex", "function") if getattr(lf, k)]
+        if len(kinds) != 1:
+            raise ConfigError(f"{at}: give exactly one of keywords, regex or function (it has "
+                              f"{', '.join(kinds) or 'none'})")
+        if kinds[0] != "function" and not lf.label:
+            raise ConfigError(f"{at}: a {kinds[0]} labeling function needs the label it votes")
+        if lf.keywords:
+            words = [w.strip() for w in lf.keywords if isinstance(w, str) and w.strip()]
+            pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+            out.append(LabelingFunction(name, _matcher(pattern, lf.label), (lf.label,)))
+        elif lf.regex:
+            try:
+                pattern = re.compile(lf.regex, re.IGNORECASE)
+            except re.error as e:
+                raise ConfigError(f"{at}: regex {lf.regex!r} does not compile ({e})") from None
+            out.append(LabelingFunction(name, _matcher(pattern, lf.label), (lf.label,)))
+        else:
+            out.append(LabelingFunction(name, _import(lf.function, at), ()))
+    return out
+
+
+def _matcher(pattern: re.Pattern, label: str) -> Callable[[str], str | None]:
+    return lambda text: label if pattern.search(text) else None
+
+
+def _import(path: str, at: str) -> Callable[[str], Any]:
+    module, _, attr = path.partition(":")
+    if not module or not attr:
+        raise ConfigError(f"{at}: function {path!r} is not package.module:function")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{at}: cannot import {path} ({e})") from None
+    if not callable(fn):
+        raise ConfigError(f"{at}: {path} is not callable")
+    return fn
+
+
+def load_lf_file(path: str | Path) -> list[LFConfig]:
+    """LFs from a YAML file: a list of {name, label, keywords | regex | function}."""
+    import yaml
+
+    from tunesmith.config import _build  # one schema and its checks, for files as for configs
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the labeling functions ({e})") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: expected a list of labeling functions")
+    return [_build(LFConfig, item, f"{i}.", str(path), {}) for i, item in enumerate(data)]
+
+
+def label_matrix(lfs: Sequence[LabelingFunction], texts: Sequence[str], wheres: Sequence[str],
+                 label_names: Sequence[str]) -> np.ndarray:
+    """(examples x LFs) label indices, ABSTAIN where an LF abstains; an LF that raises, or votes a label
+    outside `label_names`, is an error naming it and the row."""
+    from tqdm.auto import tqdm
+
+    index = {name: i for i, name in enumerate(label_names)}
+    out = np.full((len(texts), len(lfs)), ABSTAIN, dtype=np.int64)
+    for j, lf in enumerate(lfs):
+        for i, (text, where) in enumerate(tqdm(list(zip(texts, wheres, strict=True)), desc=f"LF {lf.name}",
+                                              unit="text", leave=False, disable=len(texts) < 20000)):
+            try:
+                vote = lf.vote(text)
+            except Exception as e:  # a user's LF: any failure is theirs to see, with where it happened
+                raise DataError(f"{where}: labeling function {lf.name!r} raised {type(e).__name__}: {e}") from None
+            if vote is None:
+                continue
+            if vote not in index:
+                raise DataError(f"{where}: labeling function {lf.name!r} voted {vote!r}, which is not one of the "
+                                f"labels {', '.join(label_names)}")
+            out[i, j] = index[vote]
+    return out
+
+
+def cache_key(configs: Sequence[LFConfig], texts: Sequence[str], label_names: Sequence[str]) -> str:
+    digest = hashlib.sha256(json.dumps([asdict(c) for c in configs], sort_keys=True).encode())
+    digest.update(json.dumps(list(label_names)).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:24]
+
+
+def cached_label_matrix(lfs, configs, texts, wheres, label_names, cache_dir: Path | None, say) -> np.ndarray:
+    """label_matrix, read from `cache_dir` when these LFs already ran on these texts (functions are
+    keyed by name: change the name when you change the code)."""
+    if cache_dir is None:
+        return label_matrix(lfs, texts, wheres, label_names)
+    path = cache_dir / f"label_matrix-{cache_key(configs, texts, label_names)}.npy"
+    if path.exists():
+        say(f"weak supervision: label matrix read from {path}")
+        return np.load(path)
+    matrix = label_matrix(lfs, texts, wheres, label_names)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, matrix)
+    tmp.replace(path)
+    return matrix
+
+
+def lf_stats(L: np.ndarray, names: Sequence[str], num_labels: int, gold: np.ndarray | None = None) -> dict[str, Any]:
+    """Per LF: coverage, overlap (another LF also votes), conflict (another LF votes otherwise) and, on
+    rows with a gold label, empirical accuracy; totals: coverage and majority-vote accuracy."""
+    votes = L != ABSTAIN
+    n = max(len(L), 1)
+    per = {}
+    for j, name in enumerate(names):
+        mine = votes[:, j]
+        others = np.delete(votes, j, axis=1).any(axis=1) if L.shape[1] > 1 else np.zeros(len(L), bool)
+        differ = (np.delete(L, j, axis=1) != L[:, [j]]) & np.delete(votes, j, axis=1) if L.shape[1] > 1 else \
+            np.zeros((len(L), 0), bool)
+        row = {"coverage": float(mine.mean()) if len(L) else 0.0,
+               "overlap": float((mine & others).sum() / n), "conflict": float((mine & differ.any(axis=1)).sum() / n)}
+        if gold is not None:
+            judged = mine & (gold >= 0)
+            row["accuracy"] = float((L[judged, j] == gold[judged]).mean()) if judged.any() else None
+            row["judged"] = int(judged.sum())
+        per[name] = row
+    total = {"examples": int(len(L)), "coverage": float(votes.any(axis=1).mean()) if len(L) else 0.0,
+             "conflicting": float(sum(len(set(r[r != ABSTAIN])) > 1 for r in L) / n)}
+    if gold is not None:
+        from tunesmith.data.label_model import majority_vote
+
+        soft = majority_vote(L, num_labels)
+        covered = votes.any(axis=1) & (gold >= 0)
+        total["majority_vote_accuracy"] = (float((soft[covered].argmax(1) == gold[covered]).mean())
+                                           if covered.any() else None)
+    return {"lfs": per, "total": total}
