@@ -101,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--keep", type=int, default=1, help="seeds per strategy that continue after --early-discard")
     c.add_argument("--strategies", help="comma-separated subset of the config's strategies")
 
+    ws = sub.add_parser("weak-stats", help="labeling functions of a weak-supervision config: coverage, overlap, "
+                        "conflict, dev accuracy, label model", parents=[common])
+    ws.add_argument("config", help="a run config with objective: weak")
+    ws.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a config field (repeatable)")
+    ws.add_argument("--out", help="where lf_stats.json and lf_stats.png go (default runs/weak-stats-<config name>)")
+
     sub.add_parser("models", help="list built-in models", parents=[common])
     sub.add_parser("datasets", help="list built-in data sets", parents=[common])
     sub.add_parser("methods", help="list fine-tuning methods", parents=[common])
@@ -225,7 +232,20 @@ def _pairs(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "merge": _merge, "score": _score, "pairs": _pairs}
+def _weak_stats(args: argparse.Namespace) -> int:
+    from tunesmith.config import load_config
+    from tunesmith.objectives.weak import weak_stats
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out or f"runs/weak-stats-{Path(args.config).stem}")
+    lines, written = weak_stats(cfg, out)
+    print("\n".join(lines))
+    print(f"written: {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "merge": _merge, "score": _score, "pairs": _pairs,
+            "weak-stats": _weak_stats}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
          started: float, lock: RunLock) -> dict[str, Any]:
     say = _sayer(strategy)
     objective = build_objective(cfg)
+    objective.run_dir = run_dir
     data = objective.load_data(cfg)
     for line in data.report.lines():
         say(line)
@@ -75,19 +76,22 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
     evaluators = _evaluators(objective, encoded, cfg, pad_id, len(data.label_names or []), strategy)
     during = ["validation", *(getattr(data, "eval_sets", None) or {} if cfg.train.eval_sets_during_training else ())]
     evaluate = _merged(evaluators, [name for name in during if encoded[name]])
-    n_train = len(encoded["train"])
-    total = sum(stage_steps(st, n_train) for st in stages)
+    total = sum(stage_steps(st, len(objective.train_items(st.name, encoded["train"]))) for st in stages)
     pause_at = None if cfg.train.pause_at_fraction is None else math.ceil(cfg.train.pause_at_fraction * total)
 
     results, rows, steps_before = [], [], 0
     for stage in stages:
         model = set_up_stage(stage, loaded, objective, cfg, strategy.device,
                              lambda m, st=stage: say(m if len(stages) == 1 else f"stage {st.name}: {m}"))
-        objective.begin_stage(StageStart(model, stage.method, encoded, pad_id, strategy, run_dir,
+        objective.begin_stage(StageStart(model, stage.method, stage.name, encoded, pad_id, strategy, run_dir,
                                          cfg.train.eval_batch_size, say))
-        task = TrainTask(items=encoded["train"], collate=lambda items: objective.collate(items, pad_id, train=True),
+        items = objective.train_items(stage.name, encoded["train"])
+        if len(items) < len(encoded["train"]):
+            say(f"{f'stage {stage.name}: ' if len(stages) > 1 else ''}trains on {len(items):,} of the "
+                f"{len(encoded['train']):,} training examples")
+        task = TrainTask(items=items, collate=lambda items: objective.collate(items, pad_id, train=True),
                          objective=objective, pad_id=pad_id, evaluate=evaluate, head_params=set(loaded.head_params),
-                         lengths=_lengths(objective, encoded["train"]))
+                         lengths=_lengths(objective, items))
         result, row = _train_stage(stage, model, task, cfg, objective, strategy, resume,
                                    None if pause_at is None or pause_at <= steps_before else pause_at - steps_before,
                                    loaded, say, len(stages) > 1)
@@ -198,7 +202,8 @@ def _train_stage(stage: Stage, model: torch.nn.Module, task: TrainTask, cfg: Run
     finished = resume_from is not None and resume_from[3].get("final")
     cache = None if finished else _prefix_cache(cfg, objective, model, task, strategy, say)
     try:
-        result = train(model, task, stage.train, stage.dir, strategy, resume_from=resume_from, pause_at_step=pause_at)
+        result = train(model, task, stage.train, stage.dir, strategy, resume_from=resume_from, pause_at_step=pause_at,
+                       callbacks=objective.callbacks(stage.name))
     finally:
         if cache is not None:
             cache.detach()  # the next stage may train what this one froze

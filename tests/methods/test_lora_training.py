@@ -19,7 +19,7 @@ LORA = {"name": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["word_em
 
 
 def lora_cfg(model, tmp, **train):
-    cfg = tiny_config(model, tmp / "data", epochs=30, lr=3e-2, **train)
+    cfg = tiny_config(model, tmp / "data", epochs=30, lr=1e-2, **train)
     cfg["method"] = LORA
     return cfg
 

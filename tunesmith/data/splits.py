@@ -286,12 +286,14 @@ def start(cfg: DataConfig, train_is: str = "a file", eval_sets: bool = True) -> 
 
 
 def finish(plan: Plan, examples: dict[str, list], sources: dict[str, str], eval_names: list[str],
-           counts_of: Any, same_stream_as_test: Iterable[str] = ()) -> DataReport:
+           counts_of: Any, same_stream_as_test: Iterable[str] = (), limits: dict[str, int] | None = None
+           ) -> DataReport:
     """Seeded subsets (max_train_samples, max_eval_samples; each split and eval set on its own stream,
     except eval sets that are altered copies of the test set, which keep the test subset's examples),
     noted in the sources; then the report. `counts_of(examples)` gives a split's label counts."""
     cfg, seed = plan.cfg, plan.cfg.split.seed
-    limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_eval_samples}
+    limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_eval_samples} | {
+        split: min(n, cfg.max_eval_samples or n) for split, n in (limits or {}).items()}  # a loader's own caps
     streams = {**{split: i for i, split in enumerate(SPLITS, 1)}, **{n: eval_stream(n) for n in eval_names}}
     for name in same_stream_as_test:
         streams[name] = streams["test"]

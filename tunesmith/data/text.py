@@ -74,10 +74,12 @@ def check_label(label: object, label_field: str, where: str, bad: BadRows) -> bo
     return True
 
 
-def _parse(row: Row, text_field: str, label_field: str, bad: BadRows) -> Parsed | None:
-    """Check one row; None when it was bad (and on_bad_rows is skip)."""
+def _parse(row: Row, text_field: str, label_field: str, bad: BadRows, need_label: bool = True) -> Parsed | None:
+    """Check one row; None when it was bad (and on_bad_rows is skip). Without `need_label` (weak
+    supervision's unlabelled training rows) only the text is checked; a usable label is kept (for
+    statistics only), anything else becomes "" (no label)."""
     values, where = row.values, row.where
-    for name, holds in ((text_field, "text"), (label_field, "label")):
+    for name, holds in ((text_field, "text"), *([(label_field, "label")] if need_label else [])):
         if name not in values:
             fix = bad.name_column("text_field" if name == text_field else "label_field", holds)
             kind = next((k for k, keys in _LM_ROWS.items() if keys & set(values)), None)
@@ -85,7 +87,7 @@ def _parse(row: Row, text_field: str, label_field: str, bad: BadRows) -> Parsed 
                 fix = f"these look like {kind} rows, which train a language model: set objective: causal_lm"
             bad.bad(where, f"no field {name!r} (the row has {columns(values)})", fix)
             return None
-    text, label = values[text_field], values[label_field]
+    text, label = values[text_field], values.get(label_field)
     if not isinstance(text, str):
         kind = "null" if text is None else f"a {type(text).__name__} ({text!r:.40})"
         bad.bad(where, f"field {text_field!r} is {kind}, not a string", "give the text to classify as a string")
@@ -93,6 +95,8 @@ def _parse(row: Row, text_field: str, label_field: str, bad: BadRows) -> Parsed 
     if not text.strip():
         bad.bad(where, f"field {text_field!r} is empty", "fill in the text or remove the row")
         return None
+    if not need_label:
+        return Parsed(text, str(label) if isinstance(label, str | int) and str(label).strip() else "", where)
     if not check_label(label, label_field, where, bad):
         return None
     return Parsed(text, str(label), where)
@@ -131,8 +135,14 @@ def labels_of_training(parsed: list[Parsed], source: str, one: Callable[[str], s
     return sort_labels(labels)
 
 
-def load_text_classification(cfg: DataConfig) -> TextData:
-    """Load, validate and split the data a run config describes."""
+def load_text_classification(cfg: DataConfig, unlabelled_train: bool = False, label_names: list[str] | None = None,
+                             validation_limit: int | None = None) -> TextData:
+    """Load, validate and split the data a run config describes.
+
+    Weak supervision (`unlabelled_train`): training rows need only a text; a label they carry is kept
+    where it is one of the labels (for statistics, never for training), else the example's label is -1.
+    Validation and test rows are labelled (carved ones too). The labels are `label_names`, or those of
+    the labelled splits. `validation_limit`: a seeded subset of at most that many validation examples."""
     plan = start(cfg)
     bad = plan.bad
     entry = get_dataset(cfg.builtin) if cfg.builtin is not None else None
@@ -156,9 +166,16 @@ def load_text_classification(cfg: DataConfig) -> TextData:
     eval_rows = {name: bad.read(plan.eval_files[name], cfg.format) if name in plan.eval_files
                  else splits.eval_sets[name] for name in eval_names}
 
-    train_parsed = [_parse(row, text_field, label_field, bad) for row in train_rows]
+    train_parsed = [_parse(row, text_field, label_field, bad, need_label=not unlabelled_train) for row in train_rows]
     indices = plan.indices(len(train_rows))
     parsed = {s: [p for i in indices[s] if (p := train_parsed[i]) is not None] for s in ("train", *carved)}
+    for split in carved if unlabelled_train else ():
+        for p in parsed[split]:
+            if not p.label:
+                bad.bad(p.where, f"no label in field {label_field!r}, and the {split} split is carved from "
+                        "data.train, so its rows need labels", f"label these rows, or give data.{split} as a "
+                        "labelled file")
+        parsed[split] = [p for p in parsed[split] if p.label]
     for split, rows in [*file_rows.items(), *eval_rows.items()]:
         parsed[split] = [p for row in rows if (p := _parse(row, text_field, label_field, bad)) is not None]
 
@@ -170,19 +187,31 @@ def load_text_classification(cfg: DataConfig) -> TextData:
     sources = {s: sources[s] for s in SPLITS}
     for name in eval_names:
         sources[name] = plan.eval_files.get(name) or f"builtin:{cfg.builtin}: {about.get(name, name)}"
-    label_names = labels_of_training(
-        parsed["train"], sources["train"], lambda label: f"label ({label!r}) in field {label_field!r}; classification "
-        "needs at least 2 (is data.label_field the right column?)", bad)
-    index = {name: i for i, name in enumerate(label_names)}
-    examples = {"train": to_examples(parsed["train"], index, bad, "never appears in training")}
+    if unlabelled_train:
+        label_names = label_names or sort_labels({p.label for s in parsed if s != "train" for p in parsed[s]})
+        if len(label_names) < 2:
+            raise DataError(f"{sources['validation']}: weak supervision needs at least 2 labels; name them (for "
+                            "objective weak: objective.labels) or give labelled validation rows")
+        index = {name: i for i, name in enumerate(label_names)}
+        examples = {"train": [TextExample(p.text, index.get(p.label, -1), p.where) for p in parsed["train"]]}
+    else:
+        label_names = labels_of_training(
+            parsed["train"], sources["train"], lambda label: f"label ({label!r}) in field {label_field!r}; "
+            "classification needs at least 2 (is data.label_field the right column?)", bad)
+        index = {name: i for i, name in enumerate(label_names)}
+        examples = {"train": to_examples(parsed["train"], index, bad, "never appears in training")}
     for split in ("validation", "test", *eval_names):
-        examples[split] = to_examples(parsed[split], index, bad,
-                                      f"(field {label_field!r}) never appears in the training split")
+        examples[split] = to_examples(parsed[split], index, bad, f"(field {label_field!r}) is not one of the labels"
+                                      if unlabelled_train else f"(field {label_field!r}) never appears in the "
+                                      "training split")
         if split in named and not examples[split]:
             raise DataError(f"{getattr(cfg, split)}: no rows left for the {split} split" + bad.note())
         if split in eval_names and not examples[split]:
             raise DataError(f"{sources[split]}: no rows left for the eval set {split!r}" + bad.note())
-    report = finish(plan, examples, sources, eval_names, lambda ex: label_counts(ex, label_names))
+    report = finish(plan, examples, sources, eval_names, lambda ex: label_counts(ex, label_names),
+                    limits={"validation": validation_limit} if validation_limit else None)
+    if unlabelled_train:
+        report.label_counts["train"] = {}  # its labels, where it has any, are not trained on
     return TextData(examples["train"], examples["validation"], examples["test"], label_names, report,
                     {name: examples[name] for name in eval_names})
 

@@ -7,7 +7,7 @@ them, or the built-in data set's own):
 - function: `package.module:function`, called with the text, returns a label name or None (abstain).
 
 Applied to every text they give the label matrix L (examples x LFs; -1 where an LF abstains), computed
-once and cached in the run dir. `lf_stats` gives what a user iterates on while writing LFs: per LF
+once and kept in the run dir. `lf_stats` gives what a user iterates on while writing LFs: per LF
 coverage, overlap, conflict and (on labelled rows) empirical accuracy, and the totals.
 """
 
@@ -47,14 +47,15 @@ class LabelingFunction:
     labels: tuple[str, ...]  # the labels it can vote (empty: any, a function's)
 
 
-def compile_lfs(configs: Sequence[LFConfig], where: str) -> list[LabelingFunction]:
-    """Check and compile LF declarations; each error names the LF."""
+def compile_lfs(configs: Sequence[LFConfig], where: str | Callable[[int], str]) -> list[LabelingFunction]:
+    """Check and compile LF declarations; each error names the LF (and, with `where(i)`, its line)."""
     if not configs:
-        raise ConfigError(f"{where}: no labeling functions; declare some (keywords, regex or function)")
+        raise ConfigError(f"{where if isinstance(where, str) else where(0)}: no labeling functions; declare some "
+                          "(keywords, regex or function)")
     seen, out = set(), []
     for i, lf in enumerate(configs):
         name = lf.name or f"lf{i}"
-        at = f"{where} {name!r}"
+        at = f"{where if isinstance(where, str) else where(i)} {name!r}"
         if name in seen:
             raise ConfigError(f"{at}: two labeling functions share this name")
         seen.add(name)
@@ -145,21 +146,17 @@ def cache_key(configs: Sequence[LFConfig], texts: Sequence[str], label_names: Se
     return digest.hexdigest()[:24]
 
 
-def cached_label_matrix(lfs, configs, texts, wheres, label_names, cache_dir: Path | None, say) -> np.ndarray:
-    """label_matrix, read from `cache_dir` when these LFs already ran on these texts (functions are
-    keyed by name: change the name when you change the code)."""
-    if cache_dir is None:
-        return label_matrix(lfs, texts, wheres, label_names)
-    path = cache_dir / f"label_matrix-{cache_key(configs, texts, label_names)}.npy"
-    if path.exists():
-        say(f"weak supervision: label matrix read from {path}")
-        return np.load(path)
-    matrix = label_matrix(lfs, texts, wheres, label_names)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+def matrix_cache(cache_dir: Path, configs, texts: Sequence[str], label_names: Sequence[str]) -> Path:
+    """Where the label matrix of these LFs on these texts is kept (functions are keyed by their name:
+    rename one when you change its code)."""
+    return cache_dir / f"label_matrix-{cache_key(configs, texts, label_names)}.npy"
+
+
+def write_matrix(path: Path, matrix: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npy")
     np.save(tmp, matrix)
     tmp.replace(path)
-    return matrix
 
 
 def lf_stats(L: np.ndarray, names: Sequence[str], num_labels: int, gold: np.ndarray | None = None) -> dict[str, Any]:
@@ -183,10 +180,9 @@ def lf_stats(L: np.ndarray, names: Sequence[str], num_labels: int, gold: np.ndar
     total = {"examples": int(len(L)), "coverage": float(votes.any(axis=1).mean()) if len(L) else 0.0,
              "conflicting": float(sum(len(set(r[r != ABSTAIN])) > 1 for r in L) / n)}
     if gold is not None:
-        from tunesmith.data.label_model import majority_vote
+        from tunesmith.data.label_model import fit_label_model
 
-        soft = majority_vote(L, num_labels)
         covered = votes.any(axis=1) & (gold >= 0)
-        total["majority_vote_accuracy"] = (float((soft[covered].argmax(1) == gold[covered]).mean())
-                                           if covered.any() else None)
+        predicted = fit_label_model("majority", L, num_labels).predict(L)  # ties broken as the label model does
+        total["majority_vote_accuracy"] = float((predicted[covered] == gold[covered]).mean()) if covered.any() else None
     return {"lfs": per, "total": total}

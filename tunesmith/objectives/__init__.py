@@ -16,6 +16,7 @@ from tunesmith.objectives.kto import KTO
 from tunesmith.objectives.orpo import ORPO
 from tunesmith.objectives.reward import Reward
 from tunesmith.objectives.simpo import SimPO
+from tunesmith.objectives.weak import Weak
 
 if TYPE_CHECKING:
     from tunesmith.config import RunConfig
@@ -29,6 +30,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "orpo": ORPO,
     "simpo": SimPO,
     "kto": KTO,
+    "weak": Weak,
 }
 
 

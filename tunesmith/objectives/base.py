@@ -54,6 +54,7 @@ class StageStart:
 
     model: nn.Module
     method: Any  # methods.Method
+    stage: str  # its name ("main" for a run without stages)
     encoded: dict[str, list]  # every split's items
     pad_id: int | None
     strategy: Strategy
@@ -90,6 +91,7 @@ class Objective:
         self.run = run
         self.cfg = run.objective if run is not None else self.Config()
         self.outputs: dict[str, list[dict]] = {}  # files for the run dir (JSON lines), e.g. generated answers
+        self.run_dir: Path | None = None  # where the run writes; None outside a run (stats, predict, eval)
 
     # -- config time: before any data or model is loaded -------------------------------------------
     def check(self, run: RunConfig, where) -> None:
@@ -131,6 +133,15 @@ class Objective:
 
     def begin_stage(self, start: StageStart) -> None:
         """Called before each training stage, once its method is applied."""
+
+    def train_items(self, stage: str, items: list) -> list:
+        """The training items a stage learns from (e.g. weak supervision: only the texts a labeling
+        function covers, until self-training takes them all)."""
+        return items
+
+    def callbacks(self, stage: str) -> list:
+        """Loop callbacks (train/callbacks.py) a stage runs with, e.g. relabeling every T steps."""
+        return []
 
     def prefix_cache_mb(self, run: RunConfig) -> float | None:
         """The frozen-prefix cache's budget where this objective's inputs make it exact; None: off."""

@@ -1,0 +1,175 @@
+"""Weak supervision end to end on a tiny BERT: LFs in the config, a weak fine-tune then COSINE, relabeling
+in the log and the state, a killed run that resumes bitwise across a relabeling, `tunesmith weak-stats`,
+and the bad-input errors."""
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+from helpers import cli, model_weights, write_config
+from tiny import NEGATIVE, POSITIVE, sentiment_rows, write_jsonl
+
+from tunesmith.config import config_from_dict
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.run import run
+
+pytestmark = pytest.mark.slow
+
+# each LF knows two of the five words of its sentiment: the others only self-training can pick up
+LFS = [{"name": "pos_words", "label": "pos", "keywords": POSITIVE[:2]},
+       {"name": "neg_words", "label": "neg", "keywords": NEGATIVE[:2]},
+       {"name": "pos_regex", "label": "pos", "regex": r"\b(fine|lovely)\b"}]
+
+
+def weak_config(model, tmp, stages=True, n_train=160, **objective):
+    data = tmp / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    train = [{"text": r["text"]} for r in sentiment_rows(n_train, 1)]  # no labels: weak supervision
+    cfg = {"model": {"name": str(model), "max_length": 16},
+           "objective": {"name": "weak", "lfs": LFS, "update_period": 4, "eps": 0.05} | objective,
+           "data": {"train": str(write_jsonl(data / "train.jsonl", train)),
+                    "validation": str(write_jsonl(data / "val.jsonl", sentiment_rows(40, 2))),
+                    "test": str(write_jsonl(data / "test.jsonl", sentiment_rows(64, 3)))},
+           "train": {"epochs": 8, "batch_size": 16, "lr": 1e-2, "progress": False, "warmup_ratio": 0.0,
+                     "log_every": 1, "checkpoint_minutes": None, "eval_every": 5}}
+    if stages:
+        cfg["stages"] = [{"name": "weak", "method": {"name": "full"}, "epochs": 8},
+                         {"name": "cosine", "method": {"name": "full"}, "max_steps": 14, "lr": 1e-3}]
+    return cfg
+
+
+def test_weak_then_cosine_trains_relabels_and_reports(tiny_bert, tmp_path):
+    s = run(config_from_dict(weak_config(tiny_bert, tmp_path)), tmp_path / "r")
+    final = s["final"]
+    # the LFs cover the texts that hold one of their words; the stats and the matrix are kept with the run
+    stats = json.loads((tmp_path / "r" / "weak" / "lf_stats.json").read_text())
+    assert stats["train"]["lfs"]["pos_words"]["coverage"] > 0.1
+    assert stats["dev"]["lfs"]["neg_words"]["accuracy"] == 1.0  # a keyword LF on this data is never wrong
+    assert 0.4 < final["train_lf_coverage"] < 0.8
+    assert list((tmp_path / "r" / "weak").glob("label_matrix-*.npy"))
+    assert (tmp_path / "r" / "weak" / "lf_stats.png").stat().st_size > 0
+    # stage 1 trains on covered texts only; COSINE on all, relabeling at 0, 4, 8, 12
+    assert s["stages"][0]["steps"] < s["stages"][1]["steps"] or s["stages"][1]["steps"] == 14
+    assert final["cosine_relabels"] == 4.0 and final["cosine_relabel_seconds"] > 0
+    lines = [json.loads(x) for x in (tmp_path / "r" / "stages" / "2-cosine" / "metrics.jsonl").read_text().splitlines()
+             if "train_loss" in x]
+    for key in ("train_self_training", "train_confidence", "train_contrastive", "train_selected"):
+        assert key in lines[-1], key
+    assert sum("relabel_seconds" in line for line in lines) == 3  # after steps 4, 8, 12
+    assert final["test_accuracy"] >= 0.85, final
+    # the run is a plain classifier
+    out = cli("predict", str(tmp_path / "r"), "the film was great")
+    assert out.returncode == 0 and out.stdout.startswith("pos"), out.stderr
+
+
+def test_cosine_reaches_texts_no_lf_covers(tiny_bert, tmp_path):
+    """Stage 1 learns the LFs' words (and, from co-occurrence, little else); COSINE's pseudo-labels on
+    the uncovered texts are where the rest is learned: test accuracy on the texts no LF covers goes up."""
+    s = run(config_from_dict(weak_config(tiny_bert, tmp_path, stages=False)), tmp_path / "weak-only")
+    both = run(config_from_dict(weak_config(tiny_bert, tmp_path)), tmp_path / "cosine")
+    assert both["final"]["test_accuracy"] >= s["final"]["test_accuracy"]
+    assert "cosine_relabels" not in s["final"]  # no stage is called cosine: weak fine-tuning only
+
+
+def test_killed_run_resumes_bitwise_across_a_relabeling(tiny_bert, tmp_path):
+    cfg = weak_config(tiny_bert, tmp_path)
+    cfg["train"]["checkpoint_every"] = 3
+    cfg["stages"][1]["max_steps"] = 56  # longer than stage 1 (48 steps): the kill hook counts a stage's own steps
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    whole = cli("train", str(path), "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    # killed at COSINE step 53, after the relabeling at 52; the last checkpoint (51) is from before it
+    killed = cli("train", str(path), "--out", str(tmp_path / "k"), env={"TUNESMITH_KILL_AT_STEP": "53"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "step 52: COSINE relabel 14" in killed.stderr
+    resumed = cli("train", "--resume", str(tmp_path / "k"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step 52: COSINE relabel 14" in resumed.stderr  # replayed from step 51, relabeled again
+    a, b = model_weights(tmp_path / "whole"), model_weights(tmp_path / "k")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summaries = [json.loads((tmp_path / r / "summary.json").read_text())["final"] for r in ("whole", "k")]
+    assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]
+    assert summaries[1]["cosine_relabels"] == 14.0  # the count came back from the checkpoint
+
+
+def test_checkpoints_carry_the_pseudo_labels(tiny_bert, tmp_path):
+    """The objective's state (pseudo-labels, selection weights, relabel count) is in every checkpoint."""
+    from tunesmith.train import checkpoint as ckpt
+
+    path = write_config(tmp_path / "cfg.yaml", weak_config(tiny_bert, tmp_path))
+    assert cli("train", str(path), "--out", str(tmp_path / "r")).returncode == 0
+    found = ckpt.load_checkpoint(tmp_path / "r" / "stages" / "2-cosine" / "checkpoints" / "step-00000014")
+    state = found[1]["states"]["objective"]
+    assert state["stage"] == "cosine" and state["relabels"] == 4  # relabeled at 0, 4, 8 and 12
+    assert state["targets"].shape == (160, 2) and torch.allclose(state["targets"].sum(-1), torch.ones(160))
+    assert ((state["weights"] == 0) | (state["weights"] > 0.05)).all()
+
+
+def test_weak_stats_command(tiny_bert, tmp_path):
+    path = write_config(tmp_path / "cfg.yaml", weak_config(tiny_bert, tmp_path))
+    out = cli("weak-stats", str(path), "--out", str(tmp_path / "stats"))
+    assert out.returncode == 0, out.stderr
+    assert "pos_words" in out.stdout and "coverage" in out.stdout and "label model:" in out.stdout
+    stats = json.loads((tmp_path / "stats" / "lf_stats.json").read_text())
+    assert set(stats) >= {"train", "dev", "test", "label_model"}
+    assert stats["test"]["label_model_accuracy"] > 0.6
+    assert (tmp_path / "stats" / "lf_stats.png").exists()
+    assert not (tmp_path / "runs").exists()  # nothing else written, no model loaded
+
+
+def test_unlabelled_rows_with_a_label_column_are_fine_and_gold_gives_the_ceiling(tiny_bert, tmp_path):
+    cfg = weak_config(tiny_bert, tmp_path, stages=False, label_model="gold")
+    with pytest.raises(DataError, match="gold trains on the rows' own labels, and this row has none"):
+        run(config_from_dict(cfg), tmp_path / "r")
+    cfg["data"]["train"] = str(write_jsonl(tmp_path / "labelled.jsonl", sentiment_rows(160, 1)))
+    ceiling = run(config_from_dict(cfg), tmp_path / "gold")
+    assert ceiling["final"]["test_accuracy"] >= 0.95  # every word is learned from the real labels
+    cfg["objective"]["label_model"] = "majority"
+    weak = run(config_from_dict(cfg), tmp_path / "weak")  # the label column is there, and not trained on
+    assert weak["final"]["train_label_model_accuracy"] == 1.0  # the hidden labels score the LFs
+    assert weak["final"]["test_accuracy"] < ceiling["final"]["test_accuracy"]
+
+
+def test_bad_inputs(tiny_bert, tmp_path):
+    base = weak_config(tiny_bert, tmp_path)
+    bad_label = json.loads(json.dumps(base))
+    bad_label["objective"]["lfs"][0]["label"] = "positive"
+    with pytest.raises(DataError, match="labeling function 'pos_words' votes 'positive', which is not one of"):
+        run(config_from_dict(bad_label), tmp_path / "a")
+    assert not (tmp_path / "a").exists()  # refused before the run dir is written
+    missing = json.loads(json.dumps(base))
+    missing["objective"]["lfs"].append({"name": "mine", "function": "no_such_pkg_q:vote"})
+    with pytest.raises(ConfigError, match=r"objective\.lfs\.3.*'mine': cannot import no_such_pkg_q:vote"):
+        config_from_dict(missing)
+    silent = json.loads(json.dumps(base))
+    silent["objective"]["lfs"] = [{"name": "never", "label": "pos", "keywords": ["zebra"]}]
+    with pytest.raises(DataError, match="no labeling function voted on any of the 160 training texts"):
+        run(config_from_dict(silent), tmp_path / "b")
+    first = json.loads(json.dumps(base))
+    first["stages"] = first["stages"][::-1]
+    with pytest.warns(UserWarning, match="self-training \\('cosine'\\) is the first stage"):
+        config_from_dict(first)  # allowed: model.name may already be fine-tuned on the weak labels
+    unnamed = json.loads(json.dumps(base))
+    unnamed["stages"][1]["name"] = "selftrain"
+    with pytest.raises(ConfigError, match="'cosine' is not one of the stages"):
+        config_from_dict(unnamed)
+
+
+def test_builtin_weak_sets_bring_their_lfs():
+    from tunesmith.data.builtin import get_dataset
+    from tunesmith.objectives.weak import _LF_DIR, Weak
+
+    for name, labels in (("rotten-tomatoes-weak", ["fresh", "rotten"]),
+                         ("20newsgroups-weak", ["comp", "rec", "sci", "talk"])):
+        cfg = config_from_dict({"model": {"name": "minilm-l6"}, "objective": "weak",
+                                "data": {"builtin": name, "max_train_samples": 300, "max_eval_samples": 100}})
+        objective = Weak(cfg)
+        data = objective.load_data(cfg)
+        assert data.label_names == labels and len(data.validation) <= 100
+        assert objective.stats["train"]["total"]["coverage"] > 0.2
+        assert (np.array([e.label for e in data.test]) >= 0).all()
+        assert data.report.label_counts["train"] == {}  # training labels are not used, so not reported
+        lf_file = (_LF_DIR / get_dataset(name).labeling_functions).read_text()
+        assert "never tuned on the test labels" in lf_file
