@@ -25,8 +25,9 @@ METHODS = {
     "linear probe": ["method.name=linear_probe", "train.lr=0.1", "train.head_lr=0.1", "train.weight_decay=0.0",
                      "train.warmup_ratio=0.0"],
     # BERT's classification head is pooler + classifier; the pooler of all-MiniLM-L6-v2 was never trained
-    # for [CLS] features (the model was trained with mean pooling), so it trains with the head under every
-    # method (model.train_pooler's default for such checkpoints): the probe and LoRA learn it too
+    # for [CLS] features (the model was trained with mean pooling), so it trains with the head
+    # (model.train_pooler's default for such checkpoints): LoRA learns it too; a run that starts with a
+    # linear probe keeps it frozen (measured better there, benchmarks/pooler_defaults.py)
     "LoRA r=8 (query, value)": ["method.name=lora", "method.lora.r=8", "method.lora.alpha=16",
                                 "method.lora.target_modules=[query, value]", "train.lr=2e-3"],
     "full fine-tuning": ["method.name=full", "train.lr=1e-4"],

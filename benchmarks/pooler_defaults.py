@@ -13,6 +13,9 @@ seeds and settings:
   could not load it as saved).
 
     .venv/bin/python -m benchmarks.pooler_defaults [--seeds 2] [--train 2000] [--out runs/bench-pooler]
+
+Runs already finished under --out are read rather than retrained, so an interrupted invocation picks
+up where it stopped.
 """
 
 from __future__ import annotations
@@ -87,16 +90,19 @@ def run_one(task: str, method: str, head: str, seed: int, lr: float, args: argpa
                     "max_train_samples": args.train, "max_eval_samples": args.test},
            "train": {"batch_size": 32, "init_seed": seed, "data_seed": seed, "progress": False, "log_every": 50,
                      "eval_every": "epoch", "checkpoint_minutes": None, "lr": lr, "head_lr": lr} | spec["train"]}
-    import tunesmith.models as models
+    where = out / task / method / head.split()[0] / f"lr{lr:g}-seed{seed}"
+    if (where / "summary.json").exists():  # a finished run of an earlier invocation: read, not retrained
+        summary = json.loads((where / "summary.json").read_text())
+    else:
+        import tunesmith.models as models
 
-    original = models.load_text_classifier
-    if head == "mean pooling":  # the classify objective looks the loader up here when it loads the model
-        models.load_text_classifier = _mean_pooling_loader()
-    try:
-        summary = run(config_from_dict(cfg, source="benchmark"),
-                      out / task / method / head.split()[0] / f"lr{lr:g}-seed{seed}", overwrite=True)
-    finally:
-        models.load_text_classifier = original
+        original = models.load_text_classifier
+        if head == "mean pooling":  # the classify objective looks the loader up here when it loads the model
+            models.load_text_classifier = _mean_pooling_loader()
+        try:
+            summary = run(config_from_dict(cfg, source="benchmark"), where, overwrite=True)
+        finally:
+            models.load_text_classifier = original
     return {"task": task, "method": method, "head": head, "seed": seed, "lr": lr,
             "val_accuracy": summary["final"]["val_accuracy"],
             "test_accuracy": summary["final"]["test_accuracy"], "test_loss": summary["final"]["test_loss"],
@@ -110,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", type=int, default=1000)
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--out", default="runs/bench-pooler")
+    p.add_argument("--probe-lrs", default=",".join(f"{lr:g}" for lr in METHODS["linear_probe"]["lrs"]),
+                   help="the linear probe's learning rates to choose from (on validation accuracy)")
+    p.add_argument("--out", default="runs/bench-pooler", help="finished runs already here are read, not rerun")
     args = p.parse_args(argv)
+    METHODS["linear_probe"]["lrs"] = tuple(float(x) for x in args.probe_lrs.split(","))
     out = Path(args.out)
     rows, methods = [], args.methods.split(",")
     for task in args.tasks.split(","):

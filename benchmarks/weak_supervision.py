@@ -15,6 +15,9 @@ Also the label models (majority, Dawid-Skene, snorkel's LabelModel where install
 matrices: accuracy on the training texts the LFs cover, and on the whole test set.
 
     .venv/bin/python -m benchmarks.weak_supervision [--seeds 3] [--train 3000] [--out runs/bench-weak]
+
+Runs already finished under --out are read rather than retrained (an interrupted invocation picks up
+where it stopped; delete --out to measure afresh).
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ def base_config(task: str, seed: int, args: argparse.Namespace, **objective) -> 
 def run_config(cfg: dict, out: Path) -> dict:
     from tunesmith.config import config_from_dict
     from tunesmith.run import run
+
+    if (out / "summary.json").exists():  # finished by an earlier invocation: read, not retrained
+        return json.loads((out / "summary.json").read_text())
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # COSINE from (b)'s model: its self-training stage comes first, as meant

@@ -74,19 +74,27 @@ def test_confidence_is_one_minus_normalised_entropy():
 def test_selection_keeps_confident_texts_with_their_confidence():
     probs = torch.tensor([[0.99, 0.01], [0.6, 0.4], [0.02, 0.98]])
     targets, weights = pseudo_labels(probs, power=2.0, eps=0.6)
-    c = confidence(probs)
+    c = confidence(targets)  # the paper's Eq. 6: the sharpened pseudo-label's confidence
     assert weights[1] == 0 and c[1] < 0.6  # unsure: not selected
     assert weights[0] == c[0] and weights[2] == c[2]
     assert targets.argmax(-1).tolist() == [0, 0, 1]  # the prediction's own label, sharpened
-    # the confidence is the prediction's, not the sharpened label's (the official code's order)
-    assert not torch.allclose(weights[0], confidence(targets)[0])
+    # the official code's order: the prediction's confidence, lower than the sharpened label's
+    _, official = pseudo_labels(probs, power=2.0, eps=0.6, confidence_from="prediction")
+    assert official[0] == confidence(probs)[0] and official[0] < weights[0]
+    # a prediction at p = 0.9 (where the confidence regulariser holds a binary model): selected by the
+    # pseudo-label's confidence, not by the prediction's
+    held = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
+    assert (pseudo_labels(held, 2.0, 0.6)[1] > 0).all()
+    assert (pseudo_labels(held, 2.0, 0.6, confidence_from="prediction")[1] == 0).all()
+    with pytest.raises(ValueError, match="confidence_from"):
+        pseudo_labels(probs, 2.0, 0.6, confidence_from="teacher")
 
 
 def test_self_training_sum_is_the_official_weighted_kl():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(6, 3, generator=g)
     teacher = torch.softmax(torch.randn(6, 3, generator=g) * 3, -1)
-    targets, weights = pseudo_labels(teacher, 2.0, 0.3)
+    targets, weights = pseudo_labels(teacher, 2.0, 0.3, confidence_from="prediction")
     log_probs = torch.log_softmax(logits, -1)
     # official calc_loss: KLDivLoss(reduction='none')(log p, target) * mask * weight, summed (targets are
     # sharpened over the batch, here the batch is all the texts)

@@ -25,6 +25,7 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.objectives.base import Loss, ObjectiveConfig
 from tunesmith.objectives.classify import Classify, collate, encode
 from tunesmith.objectives.cosine import (
+    CONFIDENCE_FROM,
     DISTANCES,
     Relabel,
     capture_input,
@@ -60,6 +61,9 @@ class WeakConfig(ObjectiveConfig):
     confreg: float = ranged(0.1, ">= 0")  # weight of the confidence regulariser
     margin: float = ranged(1.0, "> 0")  # contrastive margin for pairs with different pseudo-labels
     distmetric: str = "cos"  # cos | l2
+    # whose confidence selects a text: pseudo_label (the sharpened label, the paper's Eq. 6) | prediction
+    # (before sharpening, the official code's order; with the paper's log C it starves selection)
+    confidence_from: str = "pseudo_label"
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,9 @@ class Weak(Classify):
         if cfg.distmetric not in DISTANCES:
             raise ConfigError(f"{where('objective.distmetric')}: {cfg.distmetric!r} is not one of "
                               f"{', '.join(DISTANCES)}")
+        if cfg.confidence_from not in CONFIDENCE_FROM:
+            raise ConfigError(f"{where('objective.confidence_from')}: {cfg.confidence_from!r} is not one of "
+                              f"{', '.join(CONFIDENCE_FROM)}")
         self.lf_configs = lf_configs(run, where)
         from tunesmith.data.weak import compile_lfs
 
@@ -298,7 +305,7 @@ class Weak(Classify):
             probs[ids] = logits.float().softmax(-1).double().cpu()
         probs = strategy.all_reduce_sum(probs.to(strategy.device)).cpu().float()
         previous = None if self.pseudo is None else self.targets.argmax(-1)
-        self.targets, self.weights = pseudo_labels(probs, self.cfg.power, self.cfg.eps)
+        self.targets, self.weights = pseudo_labels(probs, self.cfg.power, self.cfg.eps, self.cfg.confidence_from)
         if self.pseudo is None:
             self.pseudo = {"relabels": 0, "seconds": 0.0}
         self.pseudo["relabels"] += 1
