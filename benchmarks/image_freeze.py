@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 from pathlib import Path
 
-import torch
-
+from benchmarks.results import machine_line, save_results
 from tunesmith.config import load_config
 from tunesmith.run import run
 
@@ -108,8 +106,7 @@ def main() -> int:
                      "trainable_params": s["trainable_params"], "total_params": s["total_params"],
                      "train_seconds": s["train_seconds"], "samples_per_s": s["samples_per_s"],
                      "per_class": s["details"]["test"]["accuracy"]})
-    machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-               f"python {platform.python_version()}")
+    machine = machine_line()
     title = (f"efficientnet-lite0 on fashion-mnist: {args.train:,} training images at {args.size}x{args.size}, "
              f"{args.epochs:g} epochs, batch 64, test = {args.test:,} official test images")
     lines = [title, f"machine: {machine}", "",
@@ -122,10 +119,7 @@ def main() -> int:
     total = sum(r["train_seconds"] for r in rows)
     lines += ["", f"total training time {total / 60:.1f} min"]
     table = "\n".join(lines)
-    print(table)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
+    save_results(out, table, machine, args, rows)
     plot(rows, out / "accuracy_vs_frozen.png", title)
     if args.docs:
         (ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)

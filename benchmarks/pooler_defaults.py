@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from benchmarks.results import machine_line, save_results
 
 TASKS = {  # built-in data set -> what differs from the defaults
     "rotten-tomatoes": {"max_length": 64},
@@ -134,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"   val accuracy {tried[-1]['val_accuracy']:.4f}, test accuracy "
                               f"{tried[-1]['test_accuracy']:.4f}", file=sys.stderr, flush=True)
                     rows.append(max(tried, key=lambda r: r["val_accuracy"]) | {"tried": tried})
-    machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-               f"python {platform.python_version()}")
+    machine = machine_line()
     grids = "; ".join(f"{m}: {', '.join(f'{lr:g}' for lr in METHODS[m]['lrs'])}" for m in methods)
     lines = [f"minilm-l6: {args.train:,} training examples, 3 epochs, batch 32, test on {args.test:,}; "
              f"seeds 0..{args.seeds - 1} (init and data order), mean (per-seed values); each run's learning rate "
@@ -152,10 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"({accs}) | {statistics.fmean(r['test_loss'] for r in mine):.4f} | {lrs} | "
                              f"{mine[0]['trainable_params']:,} |")
     table = "\n".join(lines)
-    print(table)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
+    save_results(out, table, machine, args, rows)
     return 0
 
 

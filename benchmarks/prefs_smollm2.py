@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.results import machine_line, save_results
 
 SFT_LR, DPO_LR = 1e-3, 5e-4
 LORA = {"name": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj",
@@ -113,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                      "max_length": 160}}),
                 out / label.split(":")[1].split(",")[0].strip().lower(), overwrite=True))["final"]["test_accuracy"],
             "train_seconds": s["train_seconds"]})
-    machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-               f"python {platform.python_version()}")
+    machine = machine_line()
     lines = [f"rotten-tomatoes-prefs / -chat: {args.train:,} training pairs (or conversations), 1 epoch, batch 8, "
              f"DPO beta 0.1 lr {DPO_LR:g}, SFT lr {SFT_LR:g}, LoRA r=8 (q,k,v,o); held-out: {args.test:,} pairs and "
              f"prompts; seed 0; machine: {machine}", "",
@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['row']} | {fmt(r.get('likelihood_accuracy'))} | {fmt(r.get('reward_accuracy'))} | "
                      f"{fmt(r.get('exact_match'))} | {fmt(r.get('answer_match'))} | {r.get('train_seconds', 0):.0f} |")
     table = "\n".join(lines)
-    print(table)
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
+    save_results(out, table, machine, args, rows)
     return 0
 
 

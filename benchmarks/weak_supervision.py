@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -32,7 +31,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from benchmarks.results import machine_line, save_results
 
 # training texts per task: 20newsgroups' posts are longer (128 tokens) and its LFs cover 91% of them, so
 # fewer texts keep its three seeds within this machine's hour
@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "supervised": gold["train_seconds"]}}
             rows.append(row)
             print(f"   {json.dumps(row)}", file=sys.stderr, flush=True)
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-               f"{torch.__version__}, python {platform.python_version()}")
+    machine = machine_line()
     eval_unit = f"{args.eval_every} steps" if isinstance(args.eval_every, int) else str(args.eval_every)
     sizes = ", ".join(f"{task} {train_size(task, args):,}" for task in args.tasks.split(","))
     lines = [f"minilm-l6, full fine-tuning; training texts (seeded subsets): {sizes}; dev 300, the "
@@ -183,11 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{models[m]['train_covered']:.4f} / {models[m]['test']:.4f}" if m in models else "not installed"
             for m in ("majority", "dawid_skene", "snorkel")) + " |")
     table = "\n".join(lines)
-    print(table)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows,
-                                                  "label_models": lms}, indent=2))
+    save_results(out, table, machine, args, rows, label_models=lms)
     return 0
 
 
