@@ -158,6 +158,8 @@ def _full_last_layer() -> None:
 def _cases() -> dict[str, Case]:
     from benchmarks import hf_anchors as hf
 
+    smollm2_lora = {"name": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
+                                             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}
     lora_qv = {"name": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["query", "value"],
                                         "modules_to_save": ["bert.pooler"]}}
     no_grouping = {"train.group_by_length": False}
@@ -205,8 +207,7 @@ def _cases() -> dict[str, Case]:
             "causal_lm", "loss", False,
             Setup("smollm2-135m", "rotten-tomatoes-chat", train=120, test=200, epochs=1, batch_size=8, lr=1e-3,
                   max_length=128, weight_decay=0.0, warmup_ratio=0.05,
-                  method={"name": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
-                                                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}),
+                  method=smollm2_lora),
             "TRL SFTTrainer + PEFT LoRA",
             {"anchor": hf.trl_sft, "tunesmith": tunesmith_runner("causal_lm"),
              "all-logits": tunesmith_runner("causal_lm", setup=_full_logits),
@@ -219,8 +220,7 @@ def _cases() -> dict[str, Case]:
             "dpo", "loss", False,
             Setup("smollm2-135m", "rotten-tomatoes-prefs", train=120, test=100, epochs=1, batch_size=8, lr=5e-4,
                   max_length=128, weight_decay=0.0, warmup_ratio=0.05,
-                  method={"name": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
-                                                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}),
+                  method=smollm2_lora),
             "TRL DPOTrainer + PEFT LoRA (reference: adapters off)",
             {"anchor": hf.trl_dpo, "tunesmith": tunesmith_runner("dpo"),
              "no-shared-prompt": tunesmith_runner("dpo", {"objective.share_prompt": False}),
@@ -237,6 +237,15 @@ def _cases() -> dict[str, Case]:
             {"anchor": hf.trl_reward, "tunesmith": tunesmith_runner("reward"),
              "no-grouping": tunesmith_runner("reward", no_grouping)},
             {"no-grouping": "tunesmith without length-grouped batches"}),
+        "smollm2-reward-lora": Case(
+            "smollm2-reward-lora", "smollm2-135m + LoRA r=8 (q, k, v, o) reward model on rotten-tomatoes-prefs",
+            "reward", "accuracy", True,
+            Setup("smollm2-135m", "rotten-tomatoes-prefs", train=240, test=200, epochs=1, batch_size=8, lr=1e-3,
+                  max_length=128, weight_decay=0.0, warmup_ratio=0.05, method=smollm2_lora),
+            "TRL RewardTrainer + PEFT LoRA",
+            {"anchor": hf.trl_reward, "tunesmith": tunesmith_runner("reward"),
+             "no-shared-prompt": tunesmith_runner("reward", {"objective.share_prompt": False})},
+            {"no-shared-prompt": "tunesmith without the shared prompt (chosen and rejected each in full)"}),
         "efficientnet-freeze": Case(
             "efficientnet-freeze", "efficientnet-lite0, stem + 12 of 16 blocks frozen, on fashion-mnist (64 px)",
             "image_classify", "accuracy", True,
@@ -260,7 +269,7 @@ def get_case(name: str, **sizes: Any) -> Case:
 
 
 CASE_NAMES = ("minilm-lora", "minilm-full", "minilm-probe", "smollm2-lora-sft", "efficientnet-freeze",
-              "smollm2-dpo-lora", "minilm-reward")
+              "smollm2-dpo-lora", "minilm-reward", "smollm2-reward-lora")
 
 
 def timed(fn: Callable[[], Any]) -> float:

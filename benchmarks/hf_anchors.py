@@ -194,7 +194,9 @@ class _NoTokenTypes(torch.nn.Module):
 
 
 def trl_reward(s: Setup, seed: int, out: Path, step_losses: bool = False) -> dict[str, Any]:
-    """TRL's RewardTrainer fed the very token ids tunesmith trains on (prompt and completion as a pair)."""
+    """TRL's RewardTrainer fed the very token ids tunesmith trains on (prompt and completion as a pair for
+    an encoder, the whole conversation for a causal LM), with a PEFT LoRA adapter when the case has one
+    (task SEQ_CLS: the new score layer trains in full, as tunesmith's head)."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
@@ -206,20 +208,29 @@ def trl_reward(s: Setup, seed: int, out: Path, step_losses: bool = False) -> dic
     model_dir = resolve_model_dir(s.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     set_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     reward = OBJECTIVES["reward"]()
     items, _ = reward.encode(data.train, tokenizer, s.max_length)
     rows = [{"chosen_ids": it.chosen[0], "rejected_ids": it.rejected[0]} for it in items]
     args = RewardConfig(**_trainer_args(s, seed, out, len(rows), step_losses), max_length=s.max_length,
                         gradient_checkpointing=False, bf16=False, fp16=False, center_rewards_coefficient=None)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    peft = {}
+    if s.method.get("name") == "lora":
+        from peft import LoraConfig
+
+        lora = s.method["lora"]
+        peft = {"peft_config": LoraConfig(task_type="SEQ_CLS", r=lora["r"], lora_alpha=lora["alpha"],
+                                          lora_dropout=lora["dropout"], target_modules=lora["target_modules"])}
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                            **peft)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
+    trained = trainer.model.merge_and_unload() if peft else trainer.model
     test, _ = reward.encode(data.test, tokenizer, s.max_length)
     return {"train_seconds": seconds, "step_losses": _logged_losses(trainer),
-            "metrics": held_out("reward", _NoTokenTypes(model), test, tokenizer.pad_token_id)}
+            "metrics": held_out("reward", _NoTokenTypes(trained), test, tokenizer.pad_token_id)}
 
 
 def plain_image_loop(s: Setup, seed: int, out: Path, same_order: bool = False, step_losses: bool = False

@@ -58,12 +58,13 @@ def test_same_steps_as_the_anchor_without_randomness(case, model, request, tmp_p
 
 
 @pytest.mark.parametrize("case, model, metric", [("smollm2-dpo-lora", "tiny_llama", "loss"),
-                                                 ("minilm-reward", "tiny_bert", "accuracy")])
+                                                 ("minilm-reward", "tiny_bert", "accuracy"),
+                                                 ("smollm2-reward-lora", "tiny_llama", "accuracy")])
 def test_preference_cases_run_against_trl(case, model, metric, request, tmp_path):
     """The DPO and reward-model cases: TRL's DPOTrainer / RewardTrainer and tunesmith on the same pairs,
     judged by the same held-out evaluation, with tunesmith's ablation rows."""
     out = tmp_path / "bench"
-    variants = "anchor,tunesmith," + ("no-shared-prompt" if case.endswith("dpo-lora") else "no-grouping")
+    variants = "anchor,tunesmith," + ("no-grouping" if case == "minilm-reward" else "no-shared-prompt")
     result = cli("--case", case, "--model", str(request.getfixturevalue(model)), "--train", "24", "--test", "16",
                  "--max-length", "48", "--repeats", "1", "--variants", variants, "--out", str(out),
                  module="benchmarks.anchor", cwd=ROOT, timeout=900)

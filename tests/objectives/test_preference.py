@@ -152,6 +152,41 @@ def test_shared_prompt_equals_the_joint_forward(llama):
         torch.testing.assert_close(gs[name], gj[name], rtol=1e-4, atol=1e-6)
 
 
+def test_reward_model_shares_the_prompt_with_the_same_scores_and_gradients(tiny_llama, tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunesmith.objectives.reward import score_route
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=1, pad_token_id=tok.pad_token_id)
+    reward = OBJECTIVES["reward"]()
+    items, _ = reward.encode(pairs(), tok, max_length=64)
+    assert len({it.shared for it in items}) > 1  # prompts of several lengths: left padding is exercised
+    batch = reward.collate(items, tok.pad_token_id)
+    assert "score_at" in batch and score_route(model) is not None
+    results = []
+    for layout in (["input_ids", "attention_mask"], list(batch)):  # every sequence in full, then shared
+        model.zero_grad()
+        chosen, rejected = reward.rewards(model, {k: batch[k] for k in layout})
+        (chosen.sum() - 2 * rejected.sum()).backward()
+        results.append((torch.stack([chosen, rejected]).detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (joint, gj), (shared, gs) = results
+    torch.testing.assert_close(shared, joint, rtol=1e-5, atol=1e-5)
+    for name in gj:
+        torch.testing.assert_close(gs[name], gj[name], rtol=1e-4, atol=1e-6)
+    # the shared route replaces a forward of 2 x (prompt + answer) tokens by prompt + 2 x answer
+    assert batch["prompt_ids"].numel() + batch["completion_ids"].numel() < 0.7 * batch["input_ids"].numel()
+    # too long: both sides lose the same leading tokens, so the rest of the prompt is still shared
+    cut, _ = reward.encode(pairs()[3:4], tok, max_length=12)
+    full, _ = reward.encode(pairs()[3:4], tok, max_length=64)
+    (c, _), (r, _) = cut[0].chosen, cut[0].rejected
+    assert max(len(c), len(r)) == 12 and cut[0].shared >= 1
+    assert c == full[0].chosen[0][-len(c):] and r == full[0].rejected[0][-len(r):]
+    # an encoder reads both directions: no shared route, the model's own forward runs
+    encoder = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=1)
+    assert score_route(encoder) is None
+
+
 def test_lora_reference_equals_a_separately_loaded_base(llama, tiny_llama):
     base, tok = llama
     loaded = load_causal_lm(str(tiny_llama), 0)

@@ -22,7 +22,7 @@ from tunesmith.data.builtin import get_dataset
 from tunesmith.data.config import DataConfig
 from tunesmith.data.lm import ROLES
 from tunesmith.data.sources import Row
-from tunesmith.data.splits import SPLITS, BadRows, DataReport, finish, start
+from tunesmith.data.splits import BadRows, DataReport, finish_splits, start
 from tunesmith.errors import DataError
 
 Text = str | tuple[dict[str, str], ...]  # a string, or messages
@@ -165,18 +165,13 @@ def load_pref_data(cfg: DataConfig, paired: bool = True) -> PrefData:
             examples[split] = [u for e in found for u in _unpaired(e)]
         if split in file_rows and not examples[split]:
             raise DataError(f"{getattr(cfg, split)}: no rows left for the {split} split" + bad.note())
-    sources = plan.sources(f"builtin:{entry.name}" if entry else str(cfg.train), file_rows)
-    sources = {s: sources[s] for s in SPLITS}
-    if not examples["train"]:
-        raise DataError(f"{sources['train']}: no usable training rows" + bad.note())
-
     def kinds(split_examples: list[PrefExample]) -> dict[str, int]:
         counts = {"pairs": sum(e.paired for e in split_examples),
                   "desirable": sum(e.label is True for e in split_examples),
                   "undesirable": sum(e.label is False for e in split_examples)}
         return {k: n for k, n in counts.items() if n}
 
-    report = finish(plan, examples, sources, [], kinds)
+    report = finish_splits(plan, examples, file_rows, f"builtin:{entry.name}" if entry else str(cfg.train), kinds)
     return PrefData(examples["train"], examples["validation"], examples["test"], report)
 
 

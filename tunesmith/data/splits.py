@@ -306,3 +306,14 @@ def finish(plan: Plan, examples: dict[str, list], sources: dict[str, str], eval_
                       label_counts={s: counts_of(examples[s]) for s in streams}, skipped=plan.bad.count,
                       skipped_examples=list(plan.bad.examples), eval_sets=list(eval_names),
                       warnings=list(plan.bad.warnings))
+
+
+def finish_splits(plan: Plan, examples: dict[str, list], file_rows: Iterable[str], train_source: str,
+                  counts_of: Any) -> DataReport:
+    """`finish` for the loaders without extra eval sets (language-model and preference data): each split's
+    source, and an error naming the training source when no row of it was usable."""
+    sources = plan.sources(train_source, file_rows)
+    sources = {s: sources[s] for s in SPLITS}
+    if not examples["train"]:
+        raise DataError(f"{sources['train']}: no usable training rows" + plan.bad.note())
+    return finish(plan, examples, sources, [], counts_of)

@@ -153,8 +153,10 @@ def joint_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch
     return sums.index_add(0, rows, _token_logps(logits, targets)), wanted.sum(1).float()
 
 
-def shared_logps(body: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same as joint_logps, with the prompt computed once for both completions of a pair."""
+def prompt_then_completions(body: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each pair's last prompt hidden state, repeated for its two completions (2B, H); the completions'
+    hidden states (2B, T, H)): the prompt runs once (B rows, left-padded), then both completions against
+    its key/value cache, with gradients flowing through the cache."""
     from tunesmith.generate import cache_kwarg, output_cache
 
     prompt_mask = batch["prompt_mask"]
@@ -168,9 +170,15 @@ def shared_logps(body: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor
     mask = torch.cat([prompt_mask.repeat_interleave(2, 0), comp_mask], dim=1)
     hidden = body(input_ids=comp_ids, attention_mask=mask, position_ids=comp_positions, use_cache=True,
                   **{cache_kwarg(body): cache}).last_hidden_state
+    return out.last_hidden_state[:, -1].repeat_interleave(2, 0), hidden
+
+
+def shared_logps(body: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same as joint_logps, with the prompt computed once for both completions of a pair."""
+    last_prompt, hidden = prompt_then_completions(body, batch)
+    comp_ids, comp_mask = batch["completion_ids"], batch["completion_mask"]
     # completion token j is predicted at position j - 1; token 0 by the prompt's last position
-    first = out.last_hidden_state[:, -1].repeat_interleave(2, 0).unsqueeze(1)
-    predictors = torch.cat([first, hidden[:, :-1]], dim=1)
+    predictors = torch.cat([last_prompt.unsqueeze(1), hidden[:, :-1]], dim=1)
     wanted = comp_mask.bool()
     logps = _token_logps(head(predictors[wanted]), comp_ids[wanted])
     rows = wanted.nonzero()[:, 0]
@@ -178,13 +186,17 @@ def shared_logps(body: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor
     return sums.index_add(0, rows, logps), wanted.sum(1).float()
 
 
-def can_share_prompt(model: nn.Module) -> bool:
-    """The cache route needs the body and output layer apart, and no activation checkpointing (which
-    turns the cache off)."""
+def without_checkpointing(model: nn.Module) -> bool:
+    """Activation checkpointing turns the key/value cache off, so the prompt cannot be shared under it."""
     checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers 5; 4.x: the old name
     if checkpointing is None:
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
-    return not checkpointing and _body_and_head(model) is not None
+    return not checkpointing
+
+
+def can_share_prompt(model: nn.Module) -> bool:
+    """The cache route needs the body and output layer apart, and no activation checkpointing."""
+    return without_checkpointing(model) and _body_and_head(model) is not None
 
 
 def completion_logps(model: nn.Module, batch: dict[str, torch.Tensor], share_prompt: bool

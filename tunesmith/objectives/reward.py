@@ -6,7 +6,11 @@ which `tunesmith score RUN ...` and any RLHF code can read.
 
 What the model reads: a conversation through the chat template where the tokenizer has one (a causal
 LM), else the prompt and the completion as a text pair ([CLS] prompt [SEP] completion [SEP] for BERT).
-Chosen and rejected of a pair go through one forward (rows interleaved).
+Chosen and rejected of a pair go through one forward (rows interleaved). On a causal LM the tokens the
+two share (the prompt) run once, and both answers read its key/value cache (`share_prompt`, as in DPO);
+the score is read where the model's own forward reads it (the last token that is not padding), so the
+rewards are the same numbers either way (tested). An encoder reads every token in both directions, so
+there nothing can be shared.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tunesmith.errors import DataError
+from tunesmith.fastpath import checked_once, same_result
 from tunesmith.objectives.base import Loss, ObjectiveConfig, SavedRun
 from tunesmith.objectives.classify import Classify
+from tunesmith.objectives.pairs import prompt_then_completions, without_checkpointing
 from tunesmith.ranges import ranged
 
 
@@ -27,6 +34,8 @@ from tunesmith.ranges import ranged
 class RewardConfig(ObjectiveConfig):
     name: str = "reward"
     margin: float = ranged(0.0, ">= 0")  # the reward gap below which a pair still costs (0: plain Bradley-Terry)
+    # causal LMs: the tokens chosen and rejected share run once for both (off: each sequence in full)
+    share_prompt: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +43,7 @@ class ScoredPair:
     where: str
     chosen: tuple[list[int], list[int] | None]  # token ids, token type ids (None where the model has none)
     rejected: tuple[list[int], list[int] | None]
+    shared: int = 0  # leading tokens chosen and rejected have in common (each keeps at least one of its own)
 
     @property
     def input_ids(self) -> list[int]:
@@ -46,6 +56,12 @@ class ScoredPair:
 
 def _text(value) -> str:
     return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
+
+
+def cut_from_the_left(tokenizer, prompt) -> bool:
+    """Whether `render` reads the text as one sequence (a causal LM), keeping its end when it is too long."""
+    return bool(getattr(tokenizer, "chat_template", None) and not isinstance(prompt, str)) or \
+        not getattr(tokenizer, "sep_token", None)
 
 
 def render(tokenizer, prompt, completion, max_length: int) -> tuple[list[int], list[int] | None, bool]:
@@ -90,12 +106,17 @@ class Reward(Classify):
         for e in examples:
             *chosen, cut_c = render(tokenizer, e.prompt, e.chosen, max_length)
             *rejected, cut_r = render(tokenizer, e.prompt, e.rejected, max_length)
+            if (cut_c or cut_r) and cut_from_the_left(tokenizer, e.prompt):  # both at one point: the prompt stays shared
+                whole_c = render(tokenizer, e.prompt, e.chosen, 1 << 30)[0]
+                whole_r = render(tokenizer, e.prompt, e.rejected, 1 << 30)[0]
+                drop = max(len(whole_c), len(whole_r)) - max_length
+                chosen, rejected = [whole_c[drop:], None], [whole_r[drop:], None]
             truncated += cut_c or cut_r
             if chosen[0] == rejected[0]:
                 why = (f"truncation at model.max_length={max_length} cut what differs; raise it" if cut_c or cut_r
                        else "the tokenizer reads both alike (words it does not know?)")
                 raise DataError(f"{e.where}: chosen and rejected give the model the same tokens: {why}")
-            items.append(ScoredPair(e.where, tuple(chosen), tuple(rejected)))
+            items.append(ScoredPair(e.where, tuple(chosen), tuple(rejected), common_prefix(chosen[0], rejected[0])))
         return items, {"truncated": truncated}
 
     def collate(self, items, pad_id, train=False):
@@ -111,15 +132,23 @@ class Reward(Classify):
                 types[i, : len(type_ids)] = torch.tensor(type_ids)
         batch = {"input_ids": input_ids, "attention_mask": mask}
         if any(type_ids for _, type_ids in rows):
-            batch["token_type_ids"] = types
+            batch["token_type_ids"] = types  # an encoder: nothing to share
+        elif self.cfg.share_prompt:
+            batch |= shared_layout(items, pad_id)
         return batch
-
     def counts(self, batch):
         return {"pairs": float(batch["input_ids"].shape[0] // 2)}
 
     def rewards(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        scores = model(**inputs).logits.float().squeeze(-1)
+        route = score_route(model) if "score_at" in batch else None
+        if route is not None:
+            body, score = route
+            _, hidden = prompt_then_completions(body, batch)
+            scores = score(hidden[torch.arange(hidden.shape[0], device=hidden.device), batch["score_at"]])
+        else:
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            scores = model(**inputs).logits
+        scores = scores.float().squeeze(-1)
         return scores[0::2], scores[1::2]
 
     def loss(self, model, batch):
@@ -181,3 +210,67 @@ class Reward(Classify):
             batch = self.collate([ScoredPair("", r, r) for r in chunk], pad)
             out += self.rewards(saved.model, batch)[0].tolist()
         return out
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens a and b share, leaving each at least one token of its own."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return min(n, len(a) - 1, len(b) - 1)
+
+
+def shared_layout(items, pad_id: int) -> dict[str, torch.Tensor]:
+    """The batch as `prompt_then_completions` reads it: each pair's shared tokens (left-padded), its two
+    remainders (right-padded, chosen i at row 2i), and where each row's score is read: the last token
+    that is not padding, as the model's own forward picks it. Empty where a pair shares nothing or a
+    remainder is all pad tokens (then every sequence runs in full)."""
+    if any(it.shared < 1 for it in items):
+        return {}
+    rest = [ids[it.shared:] for it in items for ids, _ in (it.chosen, it.rejected)]
+    score_at = [max((j for j, t in enumerate(r) if t != pad_id), default=-1) for r in rest]
+    if min(score_at) < 0:
+        return {}
+    width = max(it.shared for it in items)
+    prompt_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, it in enumerate(items):
+        prompt_ids[i, width - it.shared:] = torch.tensor(it.chosen[0][: it.shared])
+        prompt_mask[i, width - it.shared:] = 1
+    cwidth = max(len(r) for r in rest)
+    completion_ids = torch.full((len(rest), cwidth), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(rest), cwidth), dtype=torch.long)
+    for i, r in enumerate(rest):
+        completion_ids[i, : len(r)] = torch.tensor(r)
+        completion_mask[i, : len(r)] = 1
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+            "completion_mask": completion_mask, "score_at": torch.tensor(score_at)}
+
+
+def score_route(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(the transformer body, the score layer) of a plain transformers `*ForSequenceClassification`
+    causal LM whose pair scores the shared-prompt route reproduces; None for anything else (an encoder,
+    a wrapped model, activation checkpointing), where every sequence runs in full. Checked once per
+    model on a short pair of made-up tokens."""
+    prefix = getattr(model, "base_model_prefix", None)
+    body = getattr(model, prefix, None) if prefix else None
+    score = getattr(model, "score", None)
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    if not (isinstance(body, nn.Module) and isinstance(score, nn.Linear) and pad is not None
+            and type(model).__name__.endswith("ForSequenceClassification") and without_checkpointing(model)):
+        return None
+
+    def check() -> tuple[nn.Module, nn.Module] | tuple[()]:
+        tokens = [t for t in range(1, 12) if t != pad][:9]
+        pairs = [ScoredPair("check", (tokens[:7], None), (tokens[:5] + tokens[7:9], None), 5),
+                 ScoredPair("check", (tokens[:3] + tokens[4:5], None), (tokens[:3] + tokens[5:6], None), 3)]
+        batch = {k: v.to(score.weight.device) for k, v in Reward().collate(pairs, pad).items()}
+        joint = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        hidden = lambda: prompt_then_completions(body, batch)[1]  # noqa: E731
+        same = same_result(model, lambda: model(**joint).logits,
+                           lambda: score(hidden()[torch.arange(4, device=score.weight.device), batch["score_at"]]))
+        return (body, score) if same else ()
+
+    return checked_once(model, "body_score", check) or None
