@@ -34,9 +34,10 @@ SHORTHAND = {"objective": "name"}
 class ModelConfig:
     name: str = "minilm-l6"  # a built-in name (`tunesmith models`), a local HF model directory, or module:factory
     max_length: int = ranged(128, "> 0")  # tokens per text; longer texts are truncated (and counted)
-    # text classifiers: the [CLS] pooler trains with the new head under every method (linear_probe and LoRA
-    # too); unset: where the checkpoint says it pools otherwise (sentence-transformers, e.g. minilm-l6),
-    # unless the run starts with a linear probe (measured: benchmarks/pooler_defaults.py)
+    # text classifiers: the [CLS] pooler is part of the new head (its lr, trained under every method);
+    # unset: where the checkpoint says it pools otherwise (sentence-transformers, e.g. minilm-l6) and the
+    # run starts with LoRA, DoRA or prompt tuning (measured: benchmarks/pooler_defaults.py,
+    # configs/compare-20ng-pooler.yaml); under full and freeze it trains with the body at train.lr
     train_pooler: bool | None = None
     # image models: None takes the built-in model's own value
     image_size: int | None = ranged(None, ">= 8")  # square input side in pixels

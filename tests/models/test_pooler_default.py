@@ -1,6 +1,7 @@
 """Whether the [CLS] pooler trains with the head: on by default for a sentence-transformers checkpoint
-that pools by mean (its pooler never learned to summarise), off for a linear probe (measured: about a
-point worse there), and whatever `model.train_pooler` says when set."""
+that pools by mean (its pooler never learned to summarise) under LoRA-like methods, off for a linear
+probe (measured: about a point worse there) and for full / freeze (the pooler trains with the body at
+train.lr there; at head_lr it cost OOD accuracy), and whatever `model.train_pooler` says when set."""
 
 import json
 import shutil
@@ -32,9 +33,12 @@ def head(path, method, train_pooler=None, stages=None):
     return set(load_text_classifier(str(path), ["a", "b"], 0, pooler_trains(cfg)).head_params)
 
 
-def test_mean_pooled_checkpoint_trains_its_pooler_except_under_a_probe(mean_pooled):
+def test_mean_pooled_checkpoint_trains_its_pooler_with_the_head_under_adapters(mean_pooled):
     assert POOLER <= head(mean_pooled, "lora")
-    assert POOLER <= head(mean_pooled, "full")
+    assert POOLER <= head(mean_pooled, "dora")
+    # full and freeze train the pooler anyway, with the body at train.lr (at head_lr it cost OOD accuracy)
+    assert not POOLER & head(mean_pooled, "full")
+    assert not POOLER & head(mean_pooled, "freeze")
     assert not POOLER & head(mean_pooled, "linear_probe")
     assert not POOLER & head(mean_pooled, "lora", stages=["linear_probe", "full"])  # LP-FT: the probe comes first
     assert POOLER <= head(mean_pooled, "linear_probe", train_pooler=True)  # asked for
