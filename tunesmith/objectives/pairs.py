@@ -121,21 +121,28 @@ def collate_pairs(items: Sequence[PairItem], pad_id: int) -> dict[str, torch.Ten
     lm_items = [LMItem(it.prompt_ids + c, [IGNORE] * len(it.prompt_ids) + c)
                 for it in items for c in (it.chosen_ids, it.rejected_ids)]
     batch = lm_collate(lm_items, pad_id)
-    width = max(len(it.prompt_ids) for it in items)
-    prompt_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, it in enumerate(items):
-        prompt_ids[i, width - len(it.prompt_ids):] = torch.tensor(it.prompt_ids)
-        prompt_mask[i, width - len(it.prompt_ids):] = 1
-    completions = [c for it in items for c in (it.chosen_ids, it.rejected_ids)]
+    return batch | shared_prompt_batch([it.prompt_ids for it in items],
+                                       [c for it in items for c in (it.chosen_ids, it.rejected_ids)], pad_id)
+
+
+def shared_prompt_batch(prompts: Sequence[list[int]], completions: Sequence[list[int]], pad_id: int
+                        ) -> dict[str, torch.Tensor]:
+    """The `shared` layout `prompt_then_completions` reads: prompts left-padded (one row per pair), their
+    completions right-padded (two rows per pair, chosen i at row 2i)."""
+    width = max(len(ids) for ids in prompts)
+    prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, ids in enumerate(prompts):
+        prompt_ids[i, width - len(ids):] = torch.tensor(ids)
+        prompt_mask[i, width - len(ids):] = 1
     cwidth = max(len(c) for c in completions)
     completion_ids = torch.full((len(completions), cwidth), pad_id, dtype=torch.long)
     completion_mask = torch.zeros((len(completions), cwidth), dtype=torch.long)
     for i, c in enumerate(completions):
         completion_ids[i, : len(c)] = torch.tensor(c)
         completion_mask[i, : len(c)] = 1
-    return batch | {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-                    "completion_mask": completion_mask}
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+            "completion_mask": completion_mask}
 
 
 # -- log-probabilities ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from tunesmith.errors import DataError
 from tunesmith.fastpath import checked_once, same_result
 from tunesmith.objectives.base import Loss, ObjectiveConfig, SavedRun
 from tunesmith.objectives.classify import Classify
-from tunesmith.objectives.pairs import prompt_then_completions, without_checkpointing
+from tunesmith.objectives.pairs import prompt_then_completions, shared_prompt_batch, without_checkpointing
 from tunesmith.ranges import ranged
 
 
@@ -104,13 +104,15 @@ class Reward(Classify):
     def encode(self, examples, tokenizer, max_length):
         items, truncated = [], 0
         for e in examples:
-            *chosen, cut_c = render(tokenizer, e.prompt, e.chosen, max_length)
-            *rejected, cut_r = render(tokenizer, e.prompt, e.rejected, max_length)
-            if (cut_c or cut_r) and cut_from_the_left(tokenizer, e.prompt):  # both at one point: the prompt stays shared
+            if cut_from_the_left(tokenizer, e.prompt):  # both cut at one point, so the prompt stays shared
                 whole_c = render(tokenizer, e.prompt, e.chosen, 1 << 30)[0]
                 whole_r = render(tokenizer, e.prompt, e.rejected, 1 << 30)[0]
-                drop = max(len(whole_c), len(whole_r)) - max_length
+                drop = max(0, max(len(whole_c), len(whole_r)) - max_length)
                 chosen, rejected = [whole_c[drop:], None], [whole_r[drop:], None]
+                cut_c = cut_r = drop > 0
+            else:
+                *chosen, cut_c = render(tokenizer, e.prompt, e.chosen, max_length)
+                *rejected, cut_r = render(tokenizer, e.prompt, e.rejected, max_length)
             truncated += cut_c or cut_r
             if chosen[0] == rejected[0]:
                 why = (f"truncation at model.max_length={max_length} cut what differs; raise it" if cut_c or cut_r
@@ -136,6 +138,7 @@ class Reward(Classify):
         elif self.cfg.share_prompt:
             batch |= shared_layout(items, pad_id)
         return batch
+
     def counts(self, batch):
         return {"pairs": float(batch["input_ids"].shape[0] // 2)}
 
@@ -233,20 +236,8 @@ def shared_layout(items, pad_id: int) -> dict[str, torch.Tensor]:
     score_at = [max((j for j, t in enumerate(r) if t != pad_id), default=-1) for r in rest]
     if min(score_at) < 0:
         return {}
-    width = max(it.shared for it in items)
-    prompt_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, it in enumerate(items):
-        prompt_ids[i, width - it.shared:] = torch.tensor(it.chosen[0][: it.shared])
-        prompt_mask[i, width - it.shared:] = 1
-    cwidth = max(len(r) for r in rest)
-    completion_ids = torch.full((len(rest), cwidth), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((len(rest), cwidth), dtype=torch.long)
-    for i, r in enumerate(rest):
-        completion_ids[i, : len(r)] = torch.tensor(r)
-        completion_mask[i, : len(r)] = 1
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-            "completion_mask": completion_mask, "score_at": torch.tensor(score_at)}
+    return shared_prompt_batch([it.chosen[0][: it.shared] for it in items], rest, pad_id) | {
+        "score_at": torch.tensor(score_at)}
 
 
 def score_route(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
