@@ -235,8 +235,10 @@ def _cases() -> dict[str, Case]:
                   max_length=128, method={"name": "full"}),
             "TRL RewardTrainer",
             {"anchor": hf.trl_reward, "tunesmith": tunesmith_runner("reward"),
-             "no-grouping": tunesmith_runner("reward", no_grouping)},
-            {"no-grouping": "tunesmith without length-grouped batches"}),
+             "no-grouping": tunesmith_runner("reward", no_grouping),
+             "dropout": tunesmith_runner("reward", {"objective.disable_dropout": False})},
+            {"no-grouping": "tunesmith without length-grouped batches",
+             "dropout": "tunesmith with the model's dropout on (TRL's RewardTrainer turns it off)"}),
         "smollm2-reward-lora": Case(
             "smollm2-reward-lora", "smollm2-135m + LoRA r=8 (q, k, v, o) reward model on rotten-tomatoes-prefs",
             "reward", "accuracy", True,

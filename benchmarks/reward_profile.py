@@ -1,5 +1,5 @@
 """Where a reward step's time goes on SmolLM2 + LoRA: 8 batches of 8 pairs through the joint route (every
-sequence in full) and the shared-prompt route, twice each, then a torch profile of 4 shared batches.
+sequence in full) and the shared-prompt route (packed rows), twice each, then a torch profile of 4 shared batches.
 
     .venv/bin/python -m benchmarks.reward_profile      (one torch thread; about 6 minutes)
 """
@@ -40,7 +40,7 @@ def main() -> None:
     batches = [reward.collate(items[i : i + 8], loaded.tokenizer.pad_token_id) for i in range(0, 64, 8)]
     print(machine_line())
     print("tokens per pass: joint", sum(b["input_ids"].numel() for b in batches),
-          "shared", sum(b["prompt_ids"].numel() + b["completion_ids"].numel() for b in batches))
+          "shared", sum(b["packed_ids"].numel() for b in batches))
 
     def step(batch: dict) -> None:
         chosen, rejected = reward.rewards(model, batch)

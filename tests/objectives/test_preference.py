@@ -131,13 +131,18 @@ def test_completion_tokens_are_cut_from_the_joined_text(llama):
     assert chat_prompt + chat_answer == whole and tok.eos_token_id in chat_answer
 
 
-def test_shared_prompt_equals_the_joint_forward(llama):
-    model, tok = llama
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_equals_the_joint_forward(tiny_llama, attention):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation=attention).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
     items, _ = encode_pairs(pairs(), tok, max_length=64)
-    assert len({len(it.prompt_ids) for it in items}) > 1  # prompts of several lengths: left padding is exercised
+    assert len({len(it.prompt_ids) for it in items}) > 1  # prompts of several lengths: padding is exercised
+    assert len({len(it.chosen_ids) - len(it.rejected_ids) for it in items}) > 1  # answers of several lengths
     batch = collate_pairs(items, tok.pad_token_id)
     from tunesmith.objectives.causal_lm import _body_and_head
+    from tunesmith.objectives.pairs import can_share_prompt
 
+    assert can_share_prompt(model)  # the once-per-model check agrees
     body, head = _body_and_head(model)
     results = []
     for path in ("joint", "shared"):
@@ -175,7 +180,7 @@ def test_reward_model_shares_the_prompt_with_the_same_scores_and_gradients(tiny_
     for name in gj:
         torch.testing.assert_close(gs[name], gj[name], rtol=1e-4, atol=1e-6)
     # the shared route replaces a forward of 2 x (prompt + answer) tokens by prompt + 2 x answer
-    assert batch["prompt_ids"].numel() + batch["completion_ids"].numel() < 0.7 * batch["input_ids"].numel()
+    assert batch["packed_ids"].numel() < 0.7 * batch["input_ids"].numel()
     # too long: both sides lose the same leading tokens, so the rest of the prompt is still shared
     cut, _ = reward.encode(pairs()[3:4], tok, max_length=12)
     full, _ = reward.encode(pairs()[3:4], tok, max_length=64)
@@ -185,6 +190,36 @@ def test_reward_model_shares_the_prompt_with_the_same_scores_and_gradients(tiny_
     # an encoder reads both directions: no shared route, the model's own forward runs
     encoder = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=1)
     assert score_route(encoder) is None
+
+
+def test_preference_objectives_turn_the_models_dropout_off(tiny_bert, tiny_llama):
+    """As TRL's disable_dropout: a reward model in train mode scores a text the same twice; an adapter's
+    dropout stays as configured; `disable_dropout: false` keeps the model's own."""
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    ids = {"input_ids": torch.tensor([[2, 5, 6, 7, 8, 3]])}
+    for off in (True, False):
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=1)
+        model = get_peft_model(model, PeftLora(r=2, target_modules=["query"], lora_dropout=0.3))
+        reward = OBJECTIVES["reward"]()
+        reward.cfg.disable_dropout = off
+        note = reward.prepare_model(model)
+        assert ("dropout off" in (note or "")) == off
+        kept = [m.p for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and "lora_dropout" in n]
+        assert kept and all(p == 0.3 for p in kept)
+        for name, module in model.named_modules():
+            if "lora_dropout" in name:
+                module.p = 0.0  # to see the model's own dropout alone
+        model.train()
+        same = torch.equal(model(**ids).logits, model(**ids).logits)
+        assert same == off
+    llama = AutoModelForCausalLM.from_pretrained(tiny_llama, attention_dropout=0.2)
+    dpo = OBJECTIVES["dpo"]()
+    assert "dropout off" in dpo.prepare_model(llama)
+    assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in llama.modules())
 
 
 def test_lora_reference_equals_a_separately_loaded_base(llama, tiny_llama):

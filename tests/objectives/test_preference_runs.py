@@ -97,8 +97,11 @@ def test_dpo_full_precomputes_the_reference_and_resume_reuses_it(tiny_llama, tmp
 @pytest.mark.parametrize("objective", [{"name": "orpo", "beta": 1.0}, {"name": "simpo", "beta": 2.0},
                                        {"name": "kto", "beta": 0.5}, {"name": "dpo", "loss_type": "ipo"}])
 def test_other_objectives_train(tiny_llama, tmp_path, objective):
-    s = run(config_from_dict(pref_config(tiny_llama, tmp_path, objective, LORA)), tmp_path / "r")
     name = objective["name"]
+    # KTO at lr 2e-2 ended anywhere in 0.44-0.81 test accuracy over four seeds on this toy (rounding-level
+    # changes moved it); at 5e-3 for 8 epochs, 0.75-1.0
+    slower = {"lr": 5e-3, "epochs": 8} if name == "kto" else {}
+    s = run(config_from_dict(pref_config(tiny_llama, tmp_path, objective, LORA, **slower)), tmp_path / "r")
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if "train_loss" in x]
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
     if name == "orpo":  # two terms, two denominators; on this toy the SFT term learns first, the pair term slowly

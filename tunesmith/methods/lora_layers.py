@@ -177,7 +177,7 @@ class LoraLayer(nn.Module):
         drop, s = self.lora_dropout[name], self.scaling[name]
         x = x.to(A.weight.dtype)
         if not self.use_dora[name]:
-            return result + (B(A(drop(x))) * s).to(result.dtype)
+            return result + B(A(drop(x)) * s).to(result.dtype)  # scaled at rank r: r, not out, values
         scale = self._broadcast_out(self._dora_scale(name), result)
         if isinstance(drop, nn.Identity) or not self.training:
             base = result

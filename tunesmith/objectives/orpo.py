@@ -34,7 +34,7 @@ class ORPO(PreferenceObjective):
     extra_names = ("nll",)
 
     def counts(self, batch):
-        return super().counts(batch) | {"nll": float(batch["completion_mask"][0::2].sum())}
+        return super().counts(batch) | {"nll": float((batch["predict_rows"] % 2 == 0).sum())}  # chosen tokens
 
     def pair_loss(self, chosen, rejected, ref, tokens, batch):
         log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))

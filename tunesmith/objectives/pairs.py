@@ -9,10 +9,12 @@ chosen and rejected (checked), so the prompt can be computed once for both.
 
 Log-probabilities, two ways (the same numbers; tested against each other):
 - `joint`: chosen and rejected sequences (prompt + completion each) in one forward of 2B rows;
-- `shared`: the prompt once (B rows, left-padded), then both completions (2B short rows) against its
-  key/value cache, with gradients flowing through the cache. With short answers after long prompts it
-  does about half the work. It needs a plain `*ForCausalLM` (body + output layer), one process and no
-  gradient checkpointing; elsewhere `joint` runs.
+- `shared`: one row per pair, packed as prompt, chosen completion, rejected completion, with an
+  attention mask that keeps the rejected tokens from seeing the chosen ones and positions that restart
+  after the prompt for each completion (`packed_pairs`, `pair_mask`). The prompt runs once, in the same
+  forward as both answers (so the matrix products stay large); with short answers after long prompts it
+  does about half the work. It needs a plain `*ForCausalLM` (body + output layer) with SDPA or eager
+  attention, and is checked once per model against `joint` on a made-up pair; elsewhere `joint` runs.
 Either way the output layer runs on completion positions only.
 """
 
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.errors import DataError
+from tunesmith.fastpath import checked_once, same_result
 from tunesmith.objectives.causal_lm import IGNORE, LMItem, _body_and_head, chat_prefix, target_logits
 from tunesmith.objectives.causal_lm import collate as lm_collate
 
@@ -117,32 +120,70 @@ def encode_pairs(examples: Sequence, tokenizer, max_length: int) -> tuple[list[P
 
 def collate_pairs(items: Sequence[PairItem], pad_id: int) -> dict[str, torch.Tensor]:
     """Both layouts of a batch: `joint` (input_ids / labels of 2B rows, chosen i at row 2i, rejected i at
-    2i + 1) and `shared` (prompt_ids left-padded, completion_ids right-padded, rows as above)."""
+    2i + 1) and `shared` (one packed row per pair, see `packed_pairs`)."""
     lm_items = [LMItem(it.prompt_ids + c, [IGNORE] * len(it.prompt_ids) + c)
                 for it in items for c in (it.chosen_ids, it.rejected_ids)]
     batch = lm_collate(lm_items, pad_id)
-    return batch | shared_prompt_batch([it.prompt_ids for it in items],
-                                       [c for it in items for c in (it.chosen_ids, it.rejected_ids)], pad_id)
+    packed = packed_pairs([it.prompt_ids for it in items], [it.chosen_ids for it in items],
+                          [it.rejected_ids for it in items], pad_id)
+    # completion token j of a side is predicted one position before it; the first by the prompt's last
+    at, targets, rows = [], [], []
+    for i, it in enumerate(items):
+        width, p, c = packed["packed_ids"].shape[1], len(it.prompt_ids), len(it.chosen_ids)
+        for side, (ids, first) in enumerate(((it.chosen_ids, p), (it.rejected_ids, p + c))):
+            at += [i * width + (p - 1 if j == 0 else first + j - 1) for j in range(len(ids))]
+            targets += ids
+            rows += [2 * i + side] * len(ids)
+    return batch | packed | {"predict_at": torch.tensor(at), "predict_targets": torch.tensor(targets),
+                             "predict_rows": torch.tensor(rows)}
 
 
-def shared_prompt_batch(prompts: Sequence[list[int]], completions: Sequence[list[int]], pad_id: int
-                        ) -> dict[str, torch.Tensor]:
-    """The `shared` layout `prompt_then_completions` reads: prompts left-padded (one row per pair), their
-    completions right-padded (two rows per pair, chosen i at row 2i)."""
-    width = max(len(ids) for ids in prompts)
-    prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, ids in enumerate(prompts):
-        prompt_ids[i, width - len(ids):] = torch.tensor(ids)
-        prompt_mask[i, width - len(ids):] = 1
-    cwidth = max(len(c) for c in completions)
-    completion_ids = torch.full((len(completions), cwidth), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((len(completions), cwidth), dtype=torch.long)
-    for i, c in enumerate(completions):
-        completion_ids[i, : len(c)] = torch.tensor(c)
-        completion_mask[i, : len(c)] = 1
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-            "completion_mask": completion_mask}
+PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3  # what each position of a packed row holds
+
+
+def packed_pairs(prompts: Sequence[list[int]], chosen: Sequence[list[int]], rejected: Sequence[list[int]],
+                 pad_id: int) -> dict[str, torch.Tensor]:
+    """The `shared` layout: one row per pair, its prompt, then the chosen completion, then the rejected one,
+    right-padded. Each completion's positions continue from the prompt's end, and `pair_mask` lets the
+    rejected tokens see the prompt but not the chosen ones: every token sees what it would see in its own
+    sequence, and the prompt runs once."""
+    rows = [p + c + r for p, c, r in zip(prompts, chosen, rejected, strict=True)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), PAD, dtype=torch.long)
+    for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected, strict=True)):
+        ids[i, : len(rows[i])] = torch.tensor(rows[i])
+        positions[i, : len(rows[i])] = torch.tensor([*range(len(p) + len(c)), *range(len(p), len(p) + len(r))])
+        segments[i, : len(rows[i])] = torch.tensor([PROMPT] * len(p) + [CHOSEN] * len(c) + [REJECTED] * len(r))
+    return {"packed_ids": ids, "packed_positions": positions, "packed_segments": segments}
+
+
+def pair_mask(segments: torch.Tensor, attention: str, dtype: torch.dtype) -> torch.Tensor:
+    """The (B, 1, W, W) attention mask of packed rows in the form the model's attention reads: causal, no
+    padding, and no rejected token seeing a chosen one. A padding row sees itself (a row with no key at all
+    gives NaN in SDPA, and NaN times a zero gradient is still NaN)."""
+    width = segments.shape[1]
+    query, key = segments[:, :, None], segments[:, None, :]
+    allowed = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril() & (key != PAD)
+    allowed &= ~((query == REJECTED) & (key == CHOSEN))
+    allowed |= torch.eye(width, dtype=torch.bool, device=segments.device)
+    allowed = allowed[:, None]
+    if attention == "sdpa":
+        return allowed
+    if attention == "eager":  # an additive mask
+        return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    raise ValueError(f"packed pairs need sdpa or eager attention, not {attention}")
+
+
+def packed_hidden(body: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The final hidden states (B, W, H) of the packed rows: one forward, the prompt computed once."""
+    config = getattr(body, "config", None)
+    attention = getattr(config, "_attn_implementation", None) or "eager"
+    dtype = next(body.parameters()).dtype
+    mask = pair_mask(batch["packed_segments"], attention, dtype)
+    return body(input_ids=batch["packed_ids"], attention_mask=mask, position_ids=batch["packed_positions"],
+                use_cache=False).last_hidden_state
 
 
 # -- log-probabilities ------------------------------------------------------------------------------
@@ -160,50 +201,31 @@ def joint_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch
     return sums.index_add(0, rows, _token_logps(logits, targets)), wanted.sum(1).float()
 
 
-def prompt_then_completions(body: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(each pair's last prompt hidden state, repeated for its two completions (2B, H); the completions'
-    hidden states (2B, T, H)): the prompt runs once (B rows, left-padded), then both completions against
-    its key/value cache, with gradients flowing through the cache."""
-    from tunesmith.generate import cache_kwarg, output_cache
-
-    prompt_mask = batch["prompt_mask"]
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    out = body(input_ids=batch["prompt_ids"], attention_mask=prompt_mask, position_ids=positions, use_cache=True)
-    cache = output_cache(out)
-    cache.batch_repeat_interleave(2)  # each prompt's keys and values, for its chosen and its rejected
-    comp_ids, comp_mask = batch["completion_ids"], batch["completion_mask"]
-    lengths = prompt_mask.sum(-1).repeat_interleave(2)
-    comp_positions = lengths[:, None] + torch.arange(comp_ids.shape[1], device=comp_ids.device)
-    mask = torch.cat([prompt_mask.repeat_interleave(2, 0), comp_mask], dim=1)
-    hidden = body(input_ids=comp_ids, attention_mask=mask, position_ids=comp_positions, use_cache=True,
-                  **{cache_kwarg(body): cache}).last_hidden_state
-    return out.last_hidden_state[:, -1].repeat_interleave(2, 0), hidden
-
-
 def shared_logps(body: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same as joint_logps, with the prompt computed once for both completions of a pair."""
-    last_prompt, hidden = prompt_then_completions(body, batch)
-    comp_ids, comp_mask = batch["completion_ids"], batch["completion_mask"]
-    # completion token j is predicted at position j - 1; token 0 by the prompt's last position
-    predictors = torch.cat([last_prompt.unsqueeze(1), hidden[:, :-1]], dim=1)
-    wanted = comp_mask.bool()
-    logps = _token_logps(head(predictors[wanted]), comp_ids[wanted])
-    rows = wanted.nonzero()[:, 0]
-    sums = torch.zeros(wanted.shape[0], dtype=torch.float32, device=logps.device)
-    return sums.index_add(0, rows, logps), wanted.sum(1).float()
-
-
-def without_checkpointing(model: nn.Module) -> bool:
-    """Activation checkpointing turns the key/value cache off, so the prompt cannot be shared under it."""
-    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers 5; 4.x: the old name
-    if checkpointing is None:
-        checkpointing = getattr(model, "is_gradient_checkpointing", False)
-    return not checkpointing
+    """The same as joint_logps from the packed rows (the prompt computed once for both completions)."""
+    hidden = packed_hidden(body, batch)
+    logps = _token_logps(head(hidden.flatten(0, 1)[batch["predict_at"]]), batch["predict_targets"])
+    rows, n = batch["predict_rows"], 2 * hidden.shape[0]
+    sums = torch.zeros(n, dtype=torch.float32, device=logps.device)
+    return sums.index_add(0, rows, logps), torch.bincount(rows, minlength=n).float()
 
 
 def can_share_prompt(model: nn.Module) -> bool:
-    """The cache route needs the body and output layer apart, and no activation checkpointing."""
-    return without_checkpointing(model) and _body_and_head(model) is not None
+    """The packed route needs the body and output layer apart, and gives the joint route's numbers on this
+    model (checked once on a made-up pair: an attention that ignores custom masks, or one of another kind,
+    keeps the joint route)."""
+    parts = _body_and_head(model)
+    if parts is None:
+        return False
+    body, head = parts
+
+    def check() -> bool:
+        tokens = [t % head.out_features for t in range(1, 10)]
+        items = [PairItem("check", tokens[:4], tokens[4:6], tokens[6:9]), PairItem("check", tokens[:2], tokens[2:5], tokens[5:6])]
+        batch = {k: v.to(head.weight.device) for k, v in collate_pairs(items, pad_id=0).items()}
+        return same_result(model, lambda: joint_logps(model, batch)[0], lambda: shared_logps(body, head, batch)[0])
+
+    return checked_once(model, "packed_pairs", check)
 
 
 def completion_logps(model: nn.Module, batch: dict[str, torch.Tensor], share_prompt: bool
@@ -213,6 +235,28 @@ def completion_logps(model: nn.Module, batch: dict[str, torch.Tensor], share_pro
         body, head = _body_and_head(model)
         return shared_logps(body, head, batch)
     return joint_logps(model, batch)
+
+
+def turn_off_dropout(model: nn.Module) -> int:
+    """Dropout off in the model's own layers (TRL's `disable_dropout`, on by default there too): chosen and
+    rejected, or policy and reference, must be scored by one function, not two noisy draws of it. An
+    adapter's dropout stays as configured (`lora.dropout` is 0 unless a user asked for it). Returns how many
+    layers changed."""
+    changed = 0
+    for name, module in model.named_modules():
+        if "lora_dropout" in name:
+            continue
+        if isinstance(module, nn.Dropout) and module.p > 0:
+            module.p, changed = 0.0, changed + 1
+        rate = getattr(module, "attention_dropout", None)  # Llama-style attention keeps a float, not a layer
+        if isinstance(rate, float) and rate > 0:
+            module.attention_dropout, changed = 0.0, changed + 1
+    return changed
+
+
+def dropout_note(objective: str, changed: int) -> str | None:
+    return (f"{objective}: dropout off in {changed} layers, as TRL's disable_dropout "
+            "(objective.disable_dropout: false keeps it)") if changed else None
 
 
 def chosen_rejected(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,14 @@ from torch import nn
 from tunesmith.errors import ConfigError, TrainingError
 from tunesmith.objectives.base import Loss, ObjectiveConfig, StageStart
 from tunesmith.objectives.causal_lm import CausalLM
-from tunesmith.objectives.pairs import chosen_rejected, collate_pairs, completion_logps, encode_pairs
+from tunesmith.objectives.pairs import (
+    chosen_rejected,
+    collate_pairs,
+    completion_logps,
+    dropout_note,
+    encode_pairs,
+    turn_off_dropout,
+)
 from tunesmith.ranges import ranged
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -36,6 +43,7 @@ class PreferenceConfig(ObjectiveConfig):
     beta: float = ranged(0.1, "> 0")
     # the prompt once for chosen and rejected (its key/value cache serves both); off: each full sequence
     share_prompt: bool = True
+    disable_dropout: bool = True  # the model's dropout layers off while training (TRL's default too)
 
 
 class PreferenceObjective(CausalLM):
@@ -71,6 +79,9 @@ class PreferenceObjective(CausalLM):
 
         return load_pref_data(run.data, paired=True)
 
+    def prepare_model(self, model):
+        return dropout_note(self.name, turn_off_dropout(model)) if self.cfg.disable_dropout else None
+
     def encode(self, examples, tokenizer, max_length):
         return encode_pairs(examples, tokenizer, max_length)
 
@@ -81,7 +92,7 @@ class PreferenceObjective(CausalLM):
         return batch
 
     def counts(self, batch):
-        return {"pairs": float(batch["prompt_ids"].shape[0])}
+        return {"pairs": float(batch["packed_ids"].shape[0])}
 
     # -- the reference ---------------------------------------------------------------------------
     def begin_stage(self, start: StageStart) -> None:

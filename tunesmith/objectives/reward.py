@@ -7,8 +7,8 @@ which `tunesmith score RUN ...` and any RLHF code can read.
 What the model reads: a conversation through the chat template where the tokenizer has one (a causal
 LM), else the prompt and the completion as a text pair ([CLS] prompt [SEP] completion [SEP] for BERT).
 Chosen and rejected of a pair go through one forward (rows interleaved). On a causal LM the tokens the
-two share (the prompt) run once, and both answers read its key/value cache (`share_prompt`, as in DPO);
-the score is read where the model's own forward reads it (the last token that is not padding), so the
+two share (the prompt) run once: a pair is one packed row, prompt then both answers, the rejected answer
+masked from the chosen one (`share_prompt`, as in DPO; `pairs.packed_pairs`); the score is read where the model's own forward reads it (the last token that is not padding), so the
 rewards are the same numbers either way (tested). An encoder reads every token in both directions, so
 there nothing can be shared.
 """
@@ -26,7 +26,7 @@ from tunesmith.errors import DataError
 from tunesmith.fastpath import checked_once, same_result
 from tunesmith.objectives.base import Loss, ObjectiveConfig, SavedRun
 from tunesmith.objectives.classify import Classify
-from tunesmith.objectives.pairs import prompt_then_completions, shared_prompt_batch, without_checkpointing
+from tunesmith.objectives.pairs import dropout_note, packed_hidden, packed_pairs, turn_off_dropout
 from tunesmith.ranges import ranged
 
 
@@ -36,6 +36,7 @@ class RewardConfig(ObjectiveConfig):
     margin: float = ranged(0.0, ">= 0")  # the reward gap below which a pair still costs (0: plain Bradley-Terry)
     # causal LMs: the tokens chosen and rejected share run once for both (off: each sequence in full)
     share_prompt: bool = True
+    disable_dropout: bool = True  # the model's dropout layers off while training (TRL's default too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,11 @@ class Reward(Classify):
         data.label_names = ["reward"]  # the model's one output
         return data
 
+    def prepare_model(self, model):
+        notes = [dropout_note(self.name, turn_off_dropout(model)) if self.cfg.disable_dropout else None,
+                 super().prepare_model(model)]
+        return "\n".join(n for n in notes if n) or None
+
     def encode(self, examples, tokenizer, max_length):
         items, truncated = [], 0
         for e in examples:
@@ -146,8 +152,9 @@ class Reward(Classify):
         route = score_route(model) if "score_at" in batch else None
         if route is not None:
             body, score = route
-            _, hidden = prompt_then_completions(body, batch)
-            scores = score(hidden[torch.arange(hidden.shape[0], device=hidden.device), batch["score_at"]])
+            hidden = packed_hidden(body, batch)
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            scores = score(hidden[rows[:, None], batch["score_at"]]).flatten(0, 1)  # (B, 2): chosen, rejected
         else:
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
             scores = model(**inputs).logits
@@ -226,31 +233,35 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def shared_layout(items, pad_id: int) -> dict[str, torch.Tensor]:
-    """The batch as `prompt_then_completions` reads it: each pair's shared tokens (left-padded), its two
-    remainders (right-padded, chosen i at row 2i), and where each row's score is read: the last token
+    """The batch as `packed_hidden` reads it: one row per pair, its shared tokens, then the rest of chosen,
+    then the rest of rejected (`pairs.packed_pairs`), and where each side's score is read: its last token
     that is not padding, as the model's own forward picks it. Empty where a pair shares nothing or a
     remainder is all pad tokens (then every sequence runs in full)."""
     if any(it.shared < 1 for it in items):
         return {}
-    rest = [ids[it.shared:] for it in items for ids, _ in (it.chosen, it.rejected)]
-    score_at = [max((j for j, t in enumerate(r) if t != pad_id), default=-1) for r in rest]
-    if min(score_at) < 0:
-        return {}
-    return shared_prompt_batch([it.chosen[0][: it.shared] for it in items], rest, pad_id) | {
+    chosen = [it.chosen[0][it.shared:] for it in items]
+    rejected = [it.rejected[0][it.shared:] for it in items]
+    score_at = []
+    for it, c, r in zip(items, chosen, rejected, strict=True):
+        last_c, last_r = (max((j for j, t in enumerate(ids) if t != pad_id), default=-1) for ids in (c, r))
+        if min(last_c, last_r) < 0:
+            return {}
+        score_at.append([it.shared + last_c, it.shared + len(c) + last_r])
+    return packed_pairs([it.chosen[0][: it.shared] for it in items], chosen, rejected, pad_id) | {
         "score_at": torch.tensor(score_at)}
 
 
 def score_route(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(the transformer body, the score layer) of a plain transformers `*ForSequenceClassification`
-    causal LM whose pair scores the shared-prompt route reproduces; None for anything else (an encoder,
-    a wrapped model, activation checkpointing), where every sequence runs in full. Checked once per
-    model on a short pair of made-up tokens."""
+    causal LM whose pair scores the packed route reproduces; None for anything else (an encoder, a
+    wrapped model, an attention that ignores custom masks), where every sequence runs in full. Checked
+    once per model on a short pair of made-up tokens."""
     prefix = getattr(model, "base_model_prefix", None)
     body = getattr(model, prefix, None) if prefix else None
     score = getattr(model, "score", None)
     pad = getattr(getattr(model, "config", None), "pad_token_id", None)
     if not (isinstance(body, nn.Module) and isinstance(score, nn.Linear) and pad is not None
-            and type(model).__name__.endswith("ForSequenceClassification") and without_checkpointing(model)):
+            and type(model).__name__.endswith("ForSequenceClassification")):
         return None
 
     def check() -> tuple[nn.Module, nn.Module] | tuple[()]:
@@ -259,9 +270,9 @@ def score_route(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
                  ScoredPair("check", (tokens[:3] + tokens[4:5], None), (tokens[:3] + tokens[5:6], None), 3)]
         batch = {k: v.to(score.weight.device) for k, v in Reward().collate(pairs, pad).items()}
         joint = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        hidden = lambda: prompt_then_completions(body, batch)[1]  # noqa: E731
+        rows = torch.arange(2, device=score.weight.device)[:, None]
         same = same_result(model, lambda: model(**joint).logits,
-                           lambda: score(hidden()[torch.arange(4, device=score.weight.device), batch["score_at"]]))
+                           lambda: score(packed_hidden(body, batch)[rows, batch["score_at"]]).flatten(0, 1))
         return (body, score) if same else ()
 
     return checked_once(model, "body_score", check) or None
