@@ -1,6 +1,6 @@
 """Preference tuning, measured: SmolLM2-135M learns which verdict a review deserves (rotten-tomatoes-prefs).
 
-    .venv/bin/python -m benchmarks.prefs_smollm2 [--train 800] [--test 300] [--out runs/bench-prefs]
+    .venv/bin/python -m benchmarks.prefs_smollm2 [--train 800] [--test 300] [--out runs/bench-prefs] [--only TEXT]
 
 Rows (seed 0, the same held-out pairs and prompts for every row):
 - the base model as it ships (SmolLM2-135M-Instruct), before and after DPO + LoRA (reference: adapters off);
@@ -83,13 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", type=int, default=800, help="training pairs / conversations")
     p.add_argument("--test", type=int, default=300, help="held-out pairs and prompts")
     p.add_argument("--out", default="runs/bench-prefs")
+    p.add_argument("--only", help="run only the rows whose label contains this text (e.g. MiniLM); SFT + DPO "
+                                  "then starts from the SFT model an earlier invocation left in --out")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = str(MODELS["smollm2-135m"].locate())
     rows = []
 
+    def wanted(label: str) -> bool:
+        return not args.only or args.only.lower() in label.lower()
+
     def step(label: str, fn):
+        if not wanted(label):
+            return
         print(f"== {label}", file=sys.stderr, flush=True)
         started = time.perf_counter()
         row = fn()
@@ -101,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         base, "dpo", "rotten-tomatoes-prefs", LORA, DPO_LR, args)), out / "dpo-from-base", overwrite=True)))
     step("SFT (LoRA on rotten-tomatoes-chat)", lambda: trained(run(config_from_dict(run_config(
         base, "causal_lm", "rotten-tomatoes-chat", LORA, SFT_LR, args)), out / "sft", overwrite=True)))
-    merge_run(out / "sft", out / "sft-merged", overwrite=True)
     sft = str(out / "sft-merged")
-    rows[-1] |= before(sft, args) | {"train_seconds": rows[-1]["train_seconds"]}  # the SFT model on the pairs
+    if wanted("SFT (LoRA"):
+        merge_run(out / "sft", out / "sft-merged", overwrite=True)
+        rows[-1] |= before(sft, args) | {"train_seconds": rows[-1]["train_seconds"]}  # the SFT model on the pairs
     step("SFT + DPO (LoRA)", lambda: trained(run(config_from_dict(run_config(
         sft, "dpo", "rotten-tomatoes-prefs", LORA, DPO_LR, args)), out / "dpo-from-sft", overwrite=True)))
     for label, model, method, lr in (("reward model: MiniLM-L6, full", "minilm-l6", {"name": "full"}, 5e-5),
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['row']} | {fmt(r.get('likelihood_accuracy'))} | {fmt(r.get('reward_accuracy'))} | "
                      f"{fmt(r.get('exact_match'))} | {fmt(r.get('answer_match'))} | {r.get('train_seconds', 0):.0f} |")
     table = "\n".join(lines)
-    save_results(out, table, machine, args, rows)
+    save_results(out / "only" if args.only else out, table, machine, args, rows)  # a partial table apart
     return 0
 
 

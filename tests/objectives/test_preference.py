@@ -131,9 +131,12 @@ def test_completion_tokens_are_cut_from_the_joined_text(llama):
     assert chat_prompt + chat_answer == whole and tok.eos_token_id in chat_answer
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "sdpa+checkpointing"])
 def test_shared_prompt_equals_the_joint_forward(tiny_llama, attention):
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation=attention).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation=attention.split("+")[0]).eval()
+    if "checkpointing" in attention:  # the packed rows are one plain forward: activation checkpointing keeps them
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     items, _ = encode_pairs(pairs(), tok, max_length=64)
     assert len({len(it.prompt_ids) for it in items}) > 1  # prompts of several lengths: padding is exercised

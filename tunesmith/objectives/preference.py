@@ -41,7 +41,7 @@ REFERENCE_FILE = "reference_logps.safetensors"
 class PreferenceConfig(ObjectiveConfig):
     exact_match: bool = True  # at the end: greedy answers to the test prompts vs the chosen answers
     beta: float = ranged(0.1, "> 0")
-    # the prompt once for chosen and rejected (its key/value cache serves both); off: each full sequence
+    # the prompt once for chosen and rejected (one packed row per pair); off: each full sequence
     share_prompt: bool = True
     disable_dropout: bool = True  # the model's dropout layers off while training (TRL's default too)
 
