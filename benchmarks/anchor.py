@@ -117,7 +117,7 @@ def _conv_backward(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _
 # -- one run in a child process -------------------------------------------------------------------
 def run_child(case_name: str, variant: str, seed: int, result: Path, sizes: dict) -> None:
     case = get_case(case_name, **sizes)
-    out = result.parent / "runs" / f"{variant}-seed{seed}"
+    out = result.parent / "runs" / f"{case_name}-{variant}-seed{seed}"  # by case: two cases may run side by side
     outcome = case.variants[variant](case.setup, seed, out)
     result.write_text(json.dumps(outcome))
 
