@@ -128,8 +128,9 @@ def collate_pairs(items: Sequence[PairItem], pad_id: int) -> dict[str, torch.Ten
                           [it.rejected_ids for it in items], pad_id)
     # completion token j of a side is predicted one position before it; the first by the prompt's last
     at, targets, rows = [], [], []
+    width = packed["packed_ids"].shape[1]
     for i, it in enumerate(items):
-        width, p, c = packed["packed_ids"].shape[1], len(it.prompt_ids), len(it.chosen_ids)
+        p, c = len(it.prompt_ids), len(it.chosen_ids)
         for side, (ids, first) in enumerate(((it.chosen_ids, p), (it.rejected_ids, p + c))):
             at += [i * width + (p - 1 if j == 0 else first + j - 1) for j in range(len(ids))]
             targets += ids
@@ -237,11 +238,11 @@ def completion_logps(model: nn.Module, batch: dict[str, torch.Tensor], share_pro
     return joint_logps(model, batch)
 
 
-def turn_off_dropout(model: nn.Module) -> int:
+def turn_off_dropout(model: nn.Module, objective: str) -> str | None:
     """Dropout off in the model's own layers (TRL's `disable_dropout`, on by default there too): chosen and
     rejected, or policy and reference, must be scored by one function, not two noisy draws of it. An
-    adapter's dropout stays as configured (`lora.dropout` is 0 unless a user asked for it). Returns how many
-    layers changed."""
+    adapter's dropout stays as configured (`lora.dropout` is 0 unless a user asked for it). Returns the
+    line to report (None where nothing changed)."""
     changed = 0
     for name, module in model.named_modules():
         if "lora_dropout" in name:
@@ -251,10 +252,6 @@ def turn_off_dropout(model: nn.Module) -> int:
         rate = getattr(module, "attention_dropout", None)  # Llama-style attention keeps a float, not a layer
         if isinstance(rate, float) and rate > 0:
             module.attention_dropout, changed = 0.0, changed + 1
-    return changed
-
-
-def dropout_note(objective: str, changed: int) -> str | None:
     return (f"{objective}: dropout off in {changed} layers, as TRL's disable_dropout "
             "(objective.disable_dropout: false keeps it)") if changed else None
 

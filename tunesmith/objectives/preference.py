@@ -28,7 +28,6 @@ from tunesmith.objectives.pairs import (
     chosen_rejected,
     collate_pairs,
     completion_logps,
-    dropout_note,
     encode_pairs,
     turn_off_dropout,
 )
@@ -80,7 +79,7 @@ class PreferenceObjective(CausalLM):
         return load_pref_data(run.data, paired=True)
 
     def prepare_model(self, model):
-        return dropout_note(self.name, turn_off_dropout(model)) if self.cfg.disable_dropout else None
+        return turn_off_dropout(model, self.name) if self.cfg.disable_dropout else None
 
     def encode(self, examples, tokenizer, max_length):
         return encode_pairs(examples, tokenizer, max_length)

@@ -8,8 +8,9 @@ What the model reads: a conversation through the chat template where the tokeniz
 LM), else the prompt and the completion as a text pair ([CLS] prompt [SEP] completion [SEP] for BERT).
 Chosen and rejected of a pair go through one forward (rows interleaved). On a causal LM the tokens the
 two share (the prompt) run once: a pair is one packed row, prompt then both answers, the rejected answer
-masked from the chosen one (`share_prompt`, as in DPO; `pairs.packed_pairs`); the score is read where the model's own forward reads it (the last token that is not padding), so the
-rewards are the same numbers either way (tested). An encoder reads every token in both directions, so
+masked from the chosen one (`share_prompt`, as in DPO; `pairs.packed_pairs`). The score is read where
+the model's own forward reads it (the last token that is not padding), so the rewards are the same
+numbers either way (tested). An encoder reads every token in both directions, so
 there nothing can be shared.
 """
 
@@ -26,7 +27,7 @@ from tunesmith.errors import DataError
 from tunesmith.fastpath import checked_once, same_result
 from tunesmith.objectives.base import Loss, ObjectiveConfig, SavedRun
 from tunesmith.objectives.classify import Classify
-from tunesmith.objectives.pairs import dropout_note, packed_hidden, packed_pairs, turn_off_dropout
+from tunesmith.objectives.pairs import packed_hidden, packed_pairs, turn_off_dropout
 from tunesmith.ranges import ranged
 
 
@@ -103,7 +104,7 @@ class Reward(Classify):
         return data
 
     def prepare_model(self, model):
-        notes = [dropout_note(self.name, turn_off_dropout(model)) if self.cfg.disable_dropout else None,
+        notes = [turn_off_dropout(model, self.name) if self.cfg.disable_dropout else None,
                  super().prepare_model(model)]
         return "\n".join(n for n in notes if n) or None
 
@@ -151,10 +152,7 @@ class Reward(Classify):
     def rewards(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         route = score_route(model) if "score_at" in batch else None
         if route is not None:
-            body, score = route
-            hidden = packed_hidden(body, batch)
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            scores = score(hidden[rows[:, None], batch["score_at"]]).flatten(0, 1)  # (B, 2): chosen, rejected
+            scores = packed_scores(*route, batch)
         else:
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
             scores = model(**inputs).logits
@@ -251,6 +249,13 @@ def shared_layout(items, pad_id: int) -> dict[str, torch.Tensor]:
         "score_at": torch.tensor(score_at)}
 
 
+def packed_scores(body: nn.Module, score: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(2B, 1) scores, chosen i at row 2i as the joint forward gives them, read from the packed rows."""
+    hidden = packed_hidden(body, batch)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+    return score(hidden[rows, batch["score_at"]]).flatten(0, 1)
+
+
 def score_route(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(the transformer body, the score layer) of a plain transformers `*ForSequenceClassification`
     causal LM whose pair scores the packed route reproduces; None for anything else (an encoder, a
@@ -270,9 +275,7 @@ def score_route(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
                  ScoredPair("check", (tokens[:3] + tokens[4:5], None), (tokens[:3] + tokens[5:6], None), 3)]
         batch = {k: v.to(score.weight.device) for k, v in Reward().collate(pairs, pad).items()}
         joint = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        rows = torch.arange(2, device=score.weight.device)[:, None]
-        same = same_result(model, lambda: model(**joint).logits,
-                           lambda: score(packed_hidden(body, batch)[rows, batch["score_at"]]).flatten(0, 1))
+        same = same_result(model, lambda: model(**joint).logits, lambda: packed_scores(body, score, batch))
         return (body, score) if same else ()
 
     return checked_once(model, "body_score", check) or None
