@@ -27,7 +27,8 @@ def test_evaluation_metrics_and_the_restored_best_are_on_the_console(finished):
     evals = [line for line in out.stderr.splitlines() if line.startswith("step ") and "val_accuracy" in line]
     assert len(evals) == 6 and evals[0].startswith("step 6 (epoch 1): val_loss ")
     logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if "val_accuracy" in x]
-    best = max(logged, key=lambda r: (r["val_accuracy"], -r["step"]))  # the first evaluation with the best value
+    # the best accuracy; among evaluations that tie on it, the lowest loss (then the first)
+    best = max(logged, key=lambda r: (r["val_accuracy"], -r["val_loss"], -r["step"]))
     restored = f"restored the best weights, from step {best['step']} (val_accuracy {best['val_accuracy']:.4f})"
     assert (restored in out.stderr) == (best["step"] != 36)
 

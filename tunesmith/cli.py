@@ -36,10 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a finished or failed run in --out")
 
-    e = sub.add_parser("eval", help="evaluate a finished run on a labelled file", parents=[common])
+    e = sub.add_parser("eval", help="evaluate a finished run on a labelled file (or, for reward and preference "
+                       "runs, a file of pairs)", parents=[common])
     e.add_argument("run_dir")
     e.add_argument("--data", required=True, help=".jsonl/.csv/.tsv/.parquet with text (or image path) and label "
-                                                 "columns; for image runs also a folder with one subfolder per class")
+                                                 "columns; for image runs also a folder with one subfolder per class; "
+                                                 "for reward, DPO-family and KTO runs, preference rows (prompt, chosen, "
+                                                 "rejected)")
     e.add_argument("--text-field", help="the text column (image runs: the image path column)")
     e.add_argument("--label-field", help="the label column")
     e.add_argument("--skip-bad-rows", action="store_true", help="count and skip bad rows instead of stopping")
@@ -64,13 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    chat = g.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_true", default=None,
+                      help="apply the chat template (default for a run: as it was trained; else where the model has one)")
+    chat.add_argument("--no-chat", dest="chat", action="store_false", help="plain prompts, no chat template")
+    g.add_argument("--json", action="store_true", help="print JSON lines {prompt, completion}")
 
     sc = sub.add_parser("score", help="rewards of texts from a reward-model run", parents=[common])
     sc.add_argument("run_dir")
     sc.add_argument("texts", nargs="*", help="completions (with --prompt) or whole texts to score")
     sc.add_argument("--prompt", help="the prompt the texts answer (rendered as in training)")
-    sc.add_argument("--file", help="a text file, one text per line")
+    sc.add_argument("--file", help="a .txt file (one text per line), or .jsonl/.csv/.tsv/.parquet read by its columns: "
+                                   "pairs (prompt, chosen, rejected) get both rewards, the margin and the accuracy; "
+                                   "other rows the reward of --field (text; or completion, with its prompt)")
+    sc.add_argument("--field", help="the column to score in a table --file")
     sc.add_argument("--json", action="store_true", help="print JSON lines")
 
     pa = sub.add_parser("pairs", help="preference pairs from a model's own samples, judged by a run (AI feedback)",
@@ -85,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--temperature", type=float, default=1.0)
     pa.add_argument("--seed", type=int, default=0)
     pa.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    pchat = pa.add_mutually_exclusive_group()
+    pchat.add_argument("--chat", dest="chat", action="store_true", default=None,
+                       help="prompt the model through its chat template (default: as its run was trained)")
+    pchat.add_argument("--no-chat", dest="chat", action="store_false", help="plain prompts, no chat template")
 
     mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: a plain HF model", parents=[common])
     mg.add_argument("run_dir")
@@ -210,14 +224,44 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from tunesmith.infer import score
+    from tunesmith.infer import score, score_file
 
+    if args.file and _is_table(args.file):
+        if args.texts or args.prompt:
+            raise TunesmithError("score: a table --file brings its own rows (and prompts); give texts and --prompt "
+                                 "without it")
+        rows, summary = score_file(args.run_dir, args.file, args.field)
+        for row in rows:
+            if args.json:
+                print(json.dumps(row))
+            elif "margin" in row:
+                print(f"{row['chosen_reward']:.4f}\t{row['rejected_reward']:.4f}\t{row['margin']:+.4f}\t{row['where']}")
+            else:
+                print(f"{row['reward']:.4f}\t{row['text'][:100]}")
+        if "pairs" in summary:
+            print(json.dumps(summary) if args.json else
+                  f"{summary['pairs']:,} pairs: accuracy {summary['accuracy']:.4f} (chosen scored above rejected), "
+                  f"mean margin {summary['mean_margin']:+.4f}", file=sys.stdout if args.json else sys.stderr)
+        return 0
+    if args.field:
+        raise TunesmithError("score: --field is for a .jsonl/.csv/.tsv/.parquet --file")
     texts = list(args.texts) + (_read_lines(args.file) if args.file else [])
     if not texts:
-        raise TunesmithError("score: give texts as arguments or --file texts.txt")
+        raise TunesmithError("score: give texts as arguments or --file texts.txt (or a .jsonl of pairs)")
     for text, value in zip(texts, score(args.run_dir, texts, args.prompt), strict=True):
         print(json.dumps({"text": text, "reward": value}) if args.json else f"{value:.4f}\t{text[:100]}")
     return 0
+
+
+def _is_table(path: str) -> bool:
+    from tunesmith.data.sources import detect_format
+    from tunesmith.errors import DataError
+
+    try:
+        detect_format(path)
+        return True
+    except DataError:
+        return False
 
 
 def _pairs(args: argparse.Namespace) -> int:
@@ -227,7 +271,8 @@ def _pairs(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise TunesmithError(f"{out} already exists; pass --overwrite to replace it")
     report = make_pairs(args.model, _read_lines(args.prompts), args.judge, out, k=args.k, prefer=args.prefer,
-                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                        chat=args.chat)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -258,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             return _listing(args.command)
         handler = COMMANDS.get(args.command) or {"predict": _predict, "generate": _generate}[args.command]
         return handler(args)
-    except Interrupted as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Interrupted as e:  # asked for (Ctrl-C, a scheduler's SIGTERM): not an error, so no "error:"
+        print(str(e), file=sys.stderr)
         return e.exit_code
     except TunesmithError as e:
         if args.debug:
@@ -295,26 +340,20 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from tunesmith.generate import GenerationConfig, generate
+    from tunesmith.generate import GenerationConfig, chat_for, describe_prompt_format, generate
+    from tunesmith.infer import open_generator
 
     prompts = list(args.prompts) + (_read_lines(args.file) if args.file else [])
     if not prompts:
         raise TunesmithError("generate: give prompts as arguments or --file prompts.txt")
-    if (Path(args.run_dir) / "config.yaml").exists():
-        from tunesmith.infer import open_saved
-
-        opened = open_saved(args.run_dir)
-        if not opened.objective.generates:
-            raise TunesmithError(f"{args.run_dir} is a {opened.objective.name} run; use "
-                                 f"`tunesmith {opened.objective.command}`")
-        model, tokenizer = opened.model, opened.tokenizer
-    else:
-        from tunesmith.models import load_causal_lm
-
-        loaded = load_causal_lm(args.run_dir, 0)
-        model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer, prompt_format = open_generator(args.run_dir, "generate")
+    chat, why = chat_for(prompt_format, tokenizer, args.chat)
+    if args.system and not chat:
+        raise TunesmithError(f"generate: --system needs the chat template, and prompts are plain text here, as {why}; "
+                             "pass --chat, or put the instruction in the prompt")
+    print(describe_prompt_format("chat" if chat else "plain", why), file=sys.stderr, flush=True)
     cfg = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-    texts = generate(model, tokenizer, prompts, cfg, chat=False if args.no_chat else None, system=args.system)
+    texts = generate(model, tokenizer, prompts, cfg, chat=chat, system=args.system)
     for prompt, text in zip(prompts, texts, strict=True):
-        print(f">>> {prompt}\n{text}\n")
+        print(json.dumps({"prompt": prompt, "completion": text}) if args.json else f">>> {prompt}\n{text}\n")
     return 0

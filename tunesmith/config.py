@@ -93,6 +93,9 @@ class EarlyStopConfig:
     mode: str = "auto"  # auto (min for *loss, else max) | min | max
     patience: int | None = ranged(None, ">= 1")  # evaluations without improvement; None: never stop early
     min_delta: float = ranged(0.0, ">= 0")
+    # decides between evaluations whose metric ties the best exactly (a saturated accuracy): auto (the
+    # loss of the same split, e.g. val_loss for val_accuracy; none for a loss) | none | a metric name
+    tie_breaker: str = "auto"
     restore_best: bool = True  # end with the best evaluated weights, not the last
 
 
@@ -217,7 +220,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     for item in overrides or []:  # an error about an overridden field names --set, not the file's line
         key = item.split("=", 1)[0].strip()
         lines = {k: v for k, v in lines.items() if k != key and not k.startswith(key + ".")} | {key: SET}
-    return config_from_dict(data, source=str(path), lines=lines)
+    return config_from_dict(data, source=str(path), lines=lines, base_dir=path.resolve().parent)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -243,14 +246,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<config>", lines: dict[str, Any] | None = None) -> RunConfig:
-    """Build and check a run config; every error names the file, the line and the field."""
+def config_from_dict(data: dict[str, Any], source: str = "<config>", lines: dict[str, Any] | None = None,
+                     for_training: bool = True, base_dir: str | Path | None = None) -> RunConfig:
+    """Build and check a run config; every error names the file, the line and the field. `for_training`
+    false checks only what using a finished run needs; `base_dir` is the config file's folder, against
+    which the objective resolves paths it reads relative to the config (e.g. LF code)."""
+    from tunesmith.objectives import OBJECTIVES
     from tunesmith.validate import check_run
 
     lines = lines or {}
     data = _moved_fields(data, source, lines)
     cfg = _build(RunConfig, data, "", source, lines)
-    check_run(cfg, lambda key: _where(source, lines, key))
+    if base_dir is not None:
+        OBJECTIVES[cfg.objective.name].locate(cfg.objective, Path(base_dir))
+    check_run(cfg, lambda key: _where(source, lines, key), training=for_training)
     return cfg
 
 

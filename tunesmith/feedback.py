@@ -3,8 +3,9 @@
 For each prompt the model samples k answers (each with its own seed, so they differ); the judge scores
 them (a reward run's reward, or a classification run's probability of the `prefer` label); the best and
 the worst answer become (chosen, rejected). Prompts whose answers all tie are skipped and counted. The
-pairs are written in TRL's conversational format (or as plain strings for a model without a chat
-template), ready for `objective: dpo` or a reward model.
+model's prompts are rendered as its run was trained (chat template or plain text; a model that is not a
+run: its chat template where it has one), said on the console, and the pairs are written in that format
+(TRL's conversational rows, or plain strings), ready for `objective: dpo` or a reward model.
 """
 
 from __future__ import annotations
@@ -19,27 +20,12 @@ from tunesmith.atomic import write_text_atomic
 from tunesmith.errors import TunesmithError
 
 
-def _generator(name: str):
-    if (Path(name) / "config.yaml").exists():
-        from tunesmith.infer import open_saved
-
-        opened = open_saved(name)
-        if not opened.objective.generates:
-            raise TunesmithError(f"--model {name}: a {opened.objective.name} run does not generate text")
-        return opened.model, opened.tokenizer
-    from tunesmith.models import load_causal_lm
-
-    loaded = load_causal_lm(name, 0)
-    return loaded.model.eval(), loaded.tokenizer
-
-
 def _judge(run_dir: str, prefer: str | None):
     """(answers of one prompt -> scores), from a reward run or a classification run."""
     from tunesmith.infer import open_saved
-    from tunesmith.objectives import SavedRun
 
     opened = open_saved(run_dir)
-    saved = SavedRun(opened.model, opened.tokenizer, opened.label_names)
+    saved = opened.saved
     if hasattr(opened.objective, "score"):
         if prefer is not None:
             raise TunesmithError("--prefer is for a classification judge; a reward run scores directly")
@@ -59,20 +45,26 @@ def _judge(run_dir: str, prefer: str | None):
 
 
 def make_pairs(model: str, prompts: list[str], judge_run: str, out: Path, k: int = 4, prefer: str | None = None,
-               max_new_tokens: int = 48, temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
-    from tunesmith.generate import GenerationConfig, generate
+               max_new_tokens: int = 48, temperature: float = 1.0, seed: int = 0,
+               chat: bool | None = None) -> dict[str, Any]:
+    import sys
+
+    from tunesmith.generate import GenerationConfig, chat_for, describe_prompt_format, generate
+    from tunesmith.infer import open_generator
 
     if k < 2:
         raise TunesmithError("--k: at least 2 samples per prompt make a pair")
     if not prompts:
         raise TunesmithError("--prompts: the file holds no prompts")
-    policy, tokenizer = _generator(model)
+    policy, tokenizer, prompt_format = open_generator(model, "--model")
     judge = _judge(judge_run, prefer)
-    chat = bool(getattr(tokenizer, "chat_template", None))
+    chat, why = chat_for(prompt_format, tokenizer, chat)
+    print(describe_prompt_format("chat" if chat else "plain", why, "the pairs are written in that format"),
+          file=sys.stderr, flush=True)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     rows, ties = [], 0
     for prompt in tqdm(prompts, desc="pairs", unit="prompt"):
-        answers = generate(policy, tokenizer, [prompt] * k, cfg)
+        answers = generate(policy, tokenizer, [prompt] * k, cfg, chat=chat)
         scores = judge(prompt, answers)
         best = max(range(k), key=lambda i: scores[i])
         worst = min(range(k), key=lambda i: scores[i])
@@ -85,4 +77,4 @@ def make_pairs(model: str, prompts: list[str], judge_run: str, out: Path, k: int
                      "scores": {"chosen": scores[best], "rejected": scores[worst]}})
     write_text_atomic(out, "".join(json.dumps(row) + "\n" for row in rows))
     return {"pairs": len(rows), "prompts": len(prompts), "skipped_ties": ties, "out": str(out),
-            "samples_per_prompt": k, "model": model, "judge": judge_run}
+            "samples_per_prompt": k, "model": model, "judge": judge_run, "prompt_format": "chat" if chat else "plain"}

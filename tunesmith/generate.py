@@ -39,6 +39,31 @@ def prompt_ids(tokenizer, prompt: str, chat: bool | None = None, system: str | N
     return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
+PROMPT_FORMATS = ("chat", "plain")
+
+
+def describe_prompt_format(prompt_format: str, why: str, then: str = "") -> str:
+    """One line saying how prompts are rendered, and why (for the log)."""
+    how = ("the chat template (user turn, then the assistant header)" if prompt_format == "chat"
+           else "plain text, without the chat template")
+    return f"prompts: {how}, as {why}" + (f"; {then}" if then else "")
+
+
+def chat_for(prompt_format: str | None, tokenizer, chat: bool | None) -> tuple[bool, str]:
+    """Whether to apply the chat template, and why: the caller's choice (`chat`), else the run's
+    recorded format, else the tokenizer's template where it has one."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat is not None:
+        if chat and not has_template:
+            raise TunesmithError("--chat: this model's tokenizer has no chat template")
+        return chat, ("asked (the run trained on " + prompt_format + " prompts)" if prompt_format
+                      and (prompt_format == "chat") != chat else "asked")
+    if prompt_format is not None:
+        return prompt_format == "chat" and has_template, "the run was trained (--chat / --no-chat to change it)"
+    return has_template, ("the tokenizer has one (--no-chat for plain text)" if has_template
+                          else "the tokenizer has no chat template")
+
+
 def _pick(logits: torch.Tensor, cfg: GenerationConfig, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Next token per row of `logits` (rows, vocab); a sampled row draws from its own generator."""
     if cfg.temperature <= 0:

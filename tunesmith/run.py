@@ -19,6 +19,7 @@ from tunesmith import artifacts
 from tunesmith.atomic import write_json_atomic
 from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError, Interrupted, TrainingError
+from tunesmith.generate import describe_prompt_format
 from tunesmith.methods import count_parameters
 from tunesmith.objectives import Objective, build_objective
 from tunesmith.objectives.base import StageStart
@@ -61,6 +62,9 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
     data = objective.load_data(cfg)
     for line in data.report.lines():
         say(line)
+    if objective.prompt_format(data):
+        say(describe_prompt_format(objective.prompt_format(data), "the rows", "generate, score and pairs on this run "
+                                   "render prompts the same way"))
     stages = plan_stages(cfg, run_dir)
     if resume and not has_progress(run_dir):
         say(f"no checkpoint in {run_dir} yet: starting from the beginning")
@@ -83,8 +87,10 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
     for stage in stages:
         model = set_up_stage(stage, loaded, objective, cfg, strategy.device,
                              lambda m, st=stage: say(m if len(stages) == 1 else f"stage {st.name}: {m}"))
+        previous = None if not results else {"name": stages[len(results) - 1].name, "steps": results[-1].steps,
+                                             "best": results[-1].best}
         objective.begin_stage(StageStart(model, stage.method, stage.name, encoded, pad_id, strategy, run_dir,
-                                         cfg.train.eval_batch_size, say))
+                                         cfg.train.eval_batch_size, say, previous))
         items = objective.train_items(stage.name, encoded["train"])
         if len(items) < len(encoded["train"]):
             say(f"{f'stage {stage.name}: ' if len(stages) > 1 else ''}trains on {len(items):,} of the "
@@ -123,6 +129,8 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
         artifacts.save_trained(model, loaded, [st.method for st in stages], run_dir, meta)
         artifacts.write_report(run_dir, summary, details, objective, data.label_names)
         freed = sum(ckpt.slim_finished(st.dir / "checkpoints", cfg.train.keep_optimizer_state) for st in stages)
+        for warning in summary["warnings"]:  # said when found; again here, where the run's outcome is read
+            say(f"warning: {warning}")
         say(artifacts.final_line(run_dir, final) + (f"; {freed / 2**20:,.0f} MB of checkpoints no longer needed "
                                                     "were removed" if freed else ""))
     return summary
@@ -249,7 +257,10 @@ def _summary(cfg: RunConfig, objective: Objective, data, stages: list[Stage], re
         "samples_per_s": round(sum(r.samples for r in results) / train_seconds, 2) if train_seconds else 0.0,
         "wall_seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
         "world_size": strategy.world_size, "data": asdict(data.report), "encoding": encode_stats,
-        "resumed": any(row["resumed"] for row in rows),
+        "resumed": any(row["resumed"] for row in rows), "prompt_format": objective.prompt_format(data),
+        # what looks wrong with how the run went (each was printed when it was found)
+        "warnings": [f"stage {row['name']}: {w}" if cfg.stages else w for row, r in zip(rows, results, strict=True)
+                     for w in r.warnings] + objective.warnings,
     }
     if cfg.stages:
         summary["stages"] = [{k: v for k, v in row.items() if k != "resumed"} for row in rows]

@@ -40,11 +40,14 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def read_run_config(run_dir: Path) -> RunConfig:
+def read_run_config(run_dir: Path, for_training: bool = True) -> RunConfig:
+    """The run's own config. `for_training` false (predict, eval, generate on a finished run): only what
+    reading its fields needs is checked, not what training needs (e.g. its labeling functions' code
+    importable, its device present)."""
     saved = run_dir / "config.yaml"
     if not saved.exists():
         raise ConfigError(f"{run_dir}: no config.yaml there; is it a tunesmith run directory?")
-    return config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
+    return config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved), for_training=for_training)
 
 
 def prepare_run_dir(cfg: RunConfig | None, run_dir: Path, resume: bool, overwrite: bool,

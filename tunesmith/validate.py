@@ -24,26 +24,29 @@ def choice(value, allowed: tuple[str, ...], where: str) -> None:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
 
 
-def check_run(cfg: RunConfig, w: Where) -> None:
+def check_run(cfg: RunConfig, w: Where, training: bool = True) -> None:
+    """Every rule; `training` false (a finished run opened for use): only the ones about the fields
+    themselves, not about what training needs (data, code and devices of the machine it ran on)."""
     from tunesmith.objectives import build_objective
 
     objective = build_objective(cfg)
     check_ranges(cfg, w)
-    _check_train(cfg, w)
+    _check_train(cfg, w, training)
     _check_data(cfg, w)
-    objective.check(cfg, w)
-    _check_model(cfg, objective, w)
+    if training:
+        objective.check(cfg, w)
+        _check_model(cfg, objective, w)
     _check_methods(cfg, objective, w)
     _check_early_stopping(cfg, objective, w)
 
 
-def _check_train(cfg: RunConfig, w: Where) -> None:
+def _check_train(cfg: RunConfig, w: Where, training: bool = True) -> None:
     from tunesmith.train.parallel import CHOICES
 
     t = cfg.train
     choice(t.schedule, SCHEDULES, w("train.schedule"))
     choice(t.device, ("auto", "cpu", "cuda"), w("train.device"))
-    if t.device == "cuda":
+    if t.device == "cuda" and training:
         import torch
 
         if not torch.cuda.is_available():
@@ -138,13 +141,16 @@ def _check_early_stopping(cfg: RunConfig, objective, w: Where) -> None:
     if stop.patience is not None and cfg.data.validation is None and cfg.data.split.validation == 0:
         raise ConfigError(f"{w('train.early_stopping.patience')}: early stopping needs validation data, and "
                           "data.split.validation is 0 with no data.validation file; give one, or drop patience")
-    if stop.metric is None:
-        stop.metric = objective.default_metric
-        return
     splits = ["val"]
     if cfg.train.eval_sets_during_training:
         splits += [*builtin_eval_sets(cfg.data.builtin), *map(str, cfg.data.eval_sets or {})]
     known = [f"{split}_{name}" for split in splits for name in objective.metric_names]
+    if stop.tie_breaker not in ("auto", "none") and stop.tie_breaker not in known:
+        raise ConfigError(f"{w('train.early_stopping.tie_breaker')}: {stop.tie_breaker!r} is not computed during "
+                          f"training by objective {objective.name}; choose auto, none or one of {', '.join(known)}")
+    if stop.metric is None:
+        stop.metric = objective.default_metric
+        return
     if stop.metric not in known:
         raise ConfigError(f"{w('train.early_stopping.metric')}: {stop.metric!r} is not computed during training "
                           f"by objective {objective.name}; choose one of {', '.join(known)}")

@@ -58,7 +58,7 @@ def test_integer_labels_sort_numerically_and_keep_string_names(tmp_path: Path) -
 
 def test_mixed_labels_sort_lexicographically(tmp_path: Path) -> None:
     rows = [{"text": "a", "label": True}, {"text": "b", "label": "maybe"}, {"text": "c", "label": 3}]
-    data = load_files(tmp_path, rows, split=SplitConfig(validation=0, test=0))
+    data = load_files(tmp_path, rows, split=SplitConfig(validation=0, test=0), allow_mixed=True)
     assert data.label_names == ["3", "True", "maybe"]
     assert data.validation == [] and data.test == []
     assert data.report.sources["validation"] == "none (data.split.validation is 0)"
@@ -261,15 +261,37 @@ def test_load_labelled_file(tmp_path: Path) -> None:
         load_labelled_file(path, "text", "y", ["0", "1"])
 
 
-def test_labels_mixing_numbers_and_words_are_a_stated_warning(tmp_path: Path) -> None:
+def test_labels_mixing_numbers_and_words_are_refused_naming_the_rows(tmp_path: Path) -> None:
     path = tmp_path / "train.csv"
     path.write_text("text,label\n" + "".join(f"text {i},{'fresh' if i % 3 else i % 2}\n" for i in range(30)),
                     encoding="utf-8")
-    data = load_text_classification(DataConfig(train=str(path)))
-    (warning,) = [line for line in data.report.lines() if line.startswith("warning:")]
-    assert f"the training labels mix numbers ('0', '1'; e.g. {path}:2) with words ('fresh'; e.g. {path}:3)" in warning
+    with pytest.raises(DataError) as e:
+        load_text_classification(DataConfig(train=str(path)))
+    message = str(e.value)
+    assert f"mix numbers and words: numbers ('0', '1') in 9 rows (e.g. {path}:2, {path}:5, " in message
+    assert f"; words ('fresh') in 15 rows (e.g. {path}:3, {path}:7, " in message  # the 24 training rows
+    assert "data.allow_mixed: true to train on them as 3 classes" in message
+    allowed = load_text_classification(DataConfig(train=str(path), allow_mixed=True))
+    assert allowed.label_names == ["0", "1", "fresh"]
     clean = load_text_classification(DataConfig(train=write_jsonl(tmp_path / "ok.jsonl", balanced(20))))
     assert not [line for line in clean.report.lines() if line.startswith("warning:")]
+
+
+def test_every_bad_row_is_named_in_one_error(tmp_path: Path) -> None:
+    rows = balanced(10)
+    rows[2] = {"text": "", "label": "pos"}
+    rows[5] = {"text": "fine", "label": None}
+    rows[7] = {"txt": "no text column", "label": "neg"}
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(DataError) as e:
+        load_text_classification(DataConfig(train=path))
+    message = str(e.value)
+    assert message.startswith("3 bad rows (fix them, or set data.on_bad_rows: skip to train without them):")
+    for line, problem in ((3, "field 'text' is empty"), (6, "field 'label' is null"), (8, "no field 'text'")):
+        assert f"{path}:{line}: {problem}" in message
+    one = write_jsonl(tmp_path / "one.jsonl", balanced(10)[:9] + [{"text": "", "label": "pos"}])
+    with pytest.raises(DataError, match=rf"^{one}:10: field 'text' is empty; .*\(or set data.on_bad_rows: skip\)$"):
+        load_text_classification(DataConfig(train=one))
 
 
 def test_chat_rows_under_a_classifier_suggest_a_language_model(tmp_path: Path) -> None:

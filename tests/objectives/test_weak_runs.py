@@ -136,9 +136,15 @@ def test_bad_inputs(tiny_bert, tmp_path):
     base = weak_config(tiny_bert, tmp_path)
     bad_label = json.loads(json.dumps(base))
     bad_label["objective"]["lfs"][0]["label"] = "positive"
-    with pytest.raises(DataError, match="labeling function 'pos_words' votes 'positive', which is not one of"):
+    with pytest.raises(DataError, match=r"objective\.lfs\.0 'pos_words': votes 'positive', which is not one of"):
         run(config_from_dict(bad_label), tmp_path / "a")
     assert not (tmp_path / "a").exists()  # refused before the run dir is written
+    in_file = write_config(tmp_path / "bad.yaml", bad_label)
+    refused = cli("train", str(in_file), "--out", str(tmp_path / "a"))
+    line = next(i for i, text in enumerate(in_file.read_text().splitlines(), 1) if "label: positive" in text)
+    assert refused.returncode == 2 and f"{in_file}:" in refused.stderr and "'pos_words': votes 'positive'" in \
+        refused.stderr, refused.stderr
+    assert abs(int(refused.stderr.split(f"{in_file}:")[1].split(":")[0]) - line) <= 4  # the LF's own lines
     missing = json.loads(json.dumps(base))
     missing["objective"]["lfs"].append({"name": "mine", "function": "no_such_pkg_q:vote"})
     with pytest.raises(ConfigError, match=r"objective\.lfs\.3.*'mine': cannot import no_such_pkg_q:vote"):
@@ -173,3 +179,56 @@ def test_builtin_weak_sets_bring_their_lfs():
         assert data.report.label_counts["train"] == {}  # training labels are not used, so not reported
         lf_file = (_LF_DIR / get_dataset(name).labeling_functions).read_text()
         assert "never tuned on the test labels" in lf_file
+
+
+def test_function_lfs_are_found_beside_the_config_and_predict_needs_no_lf_code(tiny_bert, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "my_rules_q7.py").write_text("def stars(text):\n    return 'pos' if 'superb' in text.split() else None\n")
+    cfg = weak_config(tiny_bert, tmp_path, stages=False)
+    cfg["objective"]["lfs"] = LFS + [{"name": "stars", "function": "my_rules_q7:stars"}]
+    cfg["train"]["epochs"] = 2
+    path = write_config(project / "cfg.yaml", cfg)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    stats = cli("weak-stats", str(path), "--out", str(tmp_path / "stats"), cwd=elsewhere)  # no PYTHONPATH=.
+    assert stats.returncode == 0, stats.stderr
+    assert "stars" in stats.stdout
+    trained = cli("train", str(path), "--out", str(tmp_path / "r"), cwd=elsewhere)
+    assert trained.returncode == 0, trained.stderr
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert f"code_dir: {project}" in saved  # recorded: a resumed run finds the code again
+    (project / "my_rules_q7.py").unlink()  # the LF code is gone: the trained classifier still predicts
+    out = cli("predict", str(tmp_path / "r"), "the film was great", cwd=elsewhere)
+    assert out.returncode == 0 and out.stdout.startswith("pos"), out.stderr
+    gone = cli("weak-stats", str(path), "--out", str(tmp_path / "stats2"), cwd=elsewhere)
+    assert gone.returncode == 2 and "cannot import my_rules_q7:stars" in gone.stderr
+    assert f"looked in {project}, then the working directory" in gone.stderr
+
+
+def test_a_cosine_stage_that_selects_nothing_says_why_and_says_so_in_the_summary(tiny_bert, tmp_path, capsys):
+    cfg = weak_config(tiny_bert, tmp_path, eps=0.9999)
+    cfg["stages"][1]["max_steps"] = 8
+    s = run(config_from_dict(cfg), tmp_path / "r")
+    err = capsys.readouterr().err
+    assert "0 selected (0.0%, confidence > 0.9999); none is confident enough to learn from (the most confident " \
+           "text: 0." in err
+    assert s["final"]["cosine_selected_fraction"] == 0.0
+    (warning,) = [w for w in s["warnings"] if "COSINE" in w]
+    assert warning.startswith("COSINE selected no text at any of its 2 relabelings, so the self-training stage "
+                              "learned nothing from its loss")
+    assert f"warning: {warning}" in err
+
+
+def test_the_cause_named_when_cosine_starts_from_early_restored_weights():
+    from types import SimpleNamespace
+
+    from tunesmith.objectives.weak import Weak
+
+    objective = Weak()
+    objective._context = SimpleNamespace(previous={"name": "weak", "steps": 60, "best": {
+        "step": 10, "metric": "val_accuracy", "value": 0.8, "restored": True}})
+    assert objective._starting_point() == ("; it started from the weak stage's weights of step 10 of 60, which "
+                                           "early stopping restored (val_accuracy 0.8000)")
+    objective._context.previous["best"]["restored"] = False
+    assert objective._starting_point() == ""

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from helpers import ROOT, cli, model_weights, write_config
 from tiny import tiny_config
 
@@ -45,12 +46,13 @@ def test_sigterm_and_ctrl_c_checkpoint_the_step_and_resume_exactly(reference, tm
     path, whole = reference
     stopped = cli("train", str(path), "--out", str(tmp_path / "r"), env={"TUNESMITH_KILL_AT_STEP": f"7:{name}"})
     assert stopped.returncode == code, stopped.stderr
-    assert f"stopped by SIG{name} after step 7 of 18; a checkpoint was written" in stopped.stderr
+    assert f"\nstopped by SIG{name} after step 7 of 18; a checkpoint was written" in stopped.stderr
     assert f"continue with: tunesmith train --resume {tmp_path / 'r'}" in stopped.stderr
-    assert "Traceback" not in stopped.stderr
+    assert "Traceback" not in stopped.stderr and "error:" not in stopped.stderr  # asked for: not an error
     assert json.loads((tmp_path / "r" / "checkpoints" / "latest.json").read_text())["step"] == 7  # nothing lost
     resumed = cli("train", "--resume", str(tmp_path / "r"))
     assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from step 7 of 18 ({tmp_path / 'r' / 'checkpoints' / 'step-00000007'})" in resumed.stderr
     assert same_weights(whole, tmp_path / "r")
 
 
@@ -100,7 +102,41 @@ def test_a_damaged_checkpoint_is_named_and_an_older_one_used(reference, tmp_path
         assert f"step-00000010/{damage}: cannot be read" in resumed.stderr
         assert "resuming from the newest complete checkpoint instead, step-00000008" in resumed.stderr
     assert not (checkpoints / ".step-00000012.tmp").exists()
+    taken = "10" if damage == "latest.json" else "08"
+    assert f"resumed from step {int(taken)} of 18 ({checkpoints / f'step-000000{taken}'})" in resumed.stderr
     assert same_weights(whole, tmp_path / "r")  # the older checkpoint resumes exactly too
+
+
+def test_a_deleted_newest_checkpoint_is_named_and_the_one_taken_said(reference, tmp_path):
+    import shutil
+
+    path, whole = reference
+    assert cli("train", str(path), "--out", str(tmp_path / "r"), env={"TUNESMITH_KILL_AT_STEP": "11"}).returncode
+    checkpoints = tmp_path / "r" / "checkpoints"
+    shutil.rmtree(checkpoints / "step-00000010")
+    resumed = cli("train", "--resume", str(tmp_path / "r"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{checkpoints / 'latest.json'} names step-00000010, which is gone; resuming from step-00000008" in \
+        resumed.stderr
+    assert f"resumed from step 8 of 18 ({checkpoints / 'step-00000008'})" in resumed.stderr
+    assert same_weights(whole, tmp_path / "r")
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_a_damaged_saved_model_is_one_error_naming_the_file(reference, tmp_path, command):
+    import shutil
+
+    _, whole = reference
+    shutil.copytree(whole, tmp_path / "r")
+    weights = tmp_path / "r" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    data = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["data"]["test"]
+    args = ["the film was great"] if command == "predict" else ["--data", data]
+    out = cli(command, str(tmp_path / "r"), *args)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: {weights}: cannot be read (SafetensorError") and "the saved model is damaged" in line
+    assert f"tunesmith train --resume {tmp_path / 'r'}" in line
 
 
 def test_every_checkpoint_damaged_is_one_clear_error(reference, tmp_path):

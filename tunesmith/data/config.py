@@ -29,6 +29,9 @@ class DataConfig:
     max_train_samples: int | None = ranged(None, ">= 1")  # seeded subset of the training split (after splitting)
     max_eval_samples: int | None = ranged(None, ">= 1")  # seeded subset of validation, test and each eval set
     on_bad_rows: str = "error"  # error | skip (skipped rows are counted and the first ones shown)
+    # rows of two kinds are refused, naming them: conversations beside plain-string prompts, labels that
+    # mix numbers and words (0, 1, fresh); true trains on them as they are
+    allow_mixed: bool = False
     # extra evaluation sets, NAME: file (images: file or folder), checked like data.test and evaluated at
     # the end next to it; NAME is lower-case letters, digits, '-' (e.g. ood-shift). A built-in set may
     # bring its own (20newsgroups-subpop: ood-subpop); these come after them.

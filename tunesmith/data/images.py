@@ -268,7 +268,7 @@ def load_image_classification(cfg: DataConfig) -> ImageData:
         hint = "" if train.kind else " (is data.label_field the right column?)"
         label_names = labels_of_training(
             parsed["train"], str(cfg.train), lambda label: f"{what} ({label!r}); classification needs at least 2{hint}",
-            bad, rows="images")
+            bad, rows="images", allow_mixed=cfg.allow_mixed)
         index = {name: i for i, name in enumerate(label_names)}
         for split in ("train", *carved):
             tail = "never appears in training" if split == "train" else "never appears in the training split"
@@ -335,6 +335,7 @@ def load_labelled_images(
     )
     if not examples:
         raise DataError(f"{path}: no usable images" + bad.note())
+    bad.stop()
     report = DataReport(
         sources={"eval": str(path) + source.note()},
         counts={"eval": len(examples)},

@@ -15,7 +15,7 @@ from typing import Any
 from tunesmith.data.builtin import get_dataset
 from tunesmith.data.config import DataConfig
 from tunesmith.data.sources import Row
-from tunesmith.data.splits import BadRows, DataReport, finish_splits, start
+from tunesmith.data.splits import BadRows, DataReport, finish_splits, refuse_mixed_formats, start
 from tunesmith.errors import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -107,9 +107,13 @@ def load_lm_data(cfg: DataConfig) -> LMData:
         examples[split] = [p for r in rows if (p := parse_lm_row(r, text_field, bad)) is not None]
         if not examples[split]:
             raise DataError(f"{getattr(cfg, split)}: no rows left for the {split} split" + bad.note())
+    bad.stop()
+    refuse_mixed_formats(examples, lambda e: e.kind == "chat", cfg.allow_mixed, "rows")
+
     def kinds(split_examples: list[LMExample]) -> dict[str, int]:
         counts = {k: sum(e.kind == k for e in split_examples) for k in ("prompt", "chat", "text")}
         return {k: n for k, n in counts.items() if n}
 
     report = finish_splits(plan, examples, file_rows, f"builtin:{entry.name}" if entry else str(cfg.train), kinds)
+    report.breakdown = "formats"
     return LMData(examples["train"], examples["validation"], examples["test"], report)

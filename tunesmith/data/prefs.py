@@ -22,7 +22,7 @@ from tunesmith.data.builtin import get_dataset
 from tunesmith.data.config import DataConfig
 from tunesmith.data.lm import ROLES
 from tunesmith.data.sources import Row
-from tunesmith.data.splits import BadRows, DataReport, finish_splits, start
+from tunesmith.data.splits import BadRows, DataReport, finish_splits, refuse_mixed_formats, start
 from tunesmith.errors import DataError
 
 Text = str | tuple[dict[str, str], ...]  # a string, or messages
@@ -155,6 +155,9 @@ def load_pref_data(cfg: DataConfig, paired: bool = True) -> PrefData:
         s: [p for i in indices[s] if (p := parsed_train[i]) is not None] for s in ("train", *carved)}
     for split, rows in file_rows.items():
         examples[split] = [p for r in rows if (p := parse_pref_row(r, bad)) is not None]
+    bad.stop()
+    refuse_mixed_formats(examples, lambda e: e.chat, cfg.allow_mixed, "rows")
+    unpaired_pairs = 0
     for split, found in examples.items():
         kinds = {e.paired for e in found}
         if paired and False in kinds:
@@ -162,16 +165,21 @@ def load_pref_data(cfg: DataConfig, paired: bool = True) -> PrefData:
             raise DataError(f"{first.where}: an unpaired judgement (completion, label), but this objective learns "
                             "from pairs (prompt, chosen, rejected); use objective: kto for unpaired data")
         if not paired:
+            unpaired_pairs += sum(e.paired for e in found)
             examples[split] = [u for e in found for u in _unpaired(e)]
         if split in file_rows and not examples[split]:
             raise DataError(f"{getattr(cfg, split)}: no rows left for the {split} split" + bad.note())
-    def kinds(split_examples: list[PrefExample]) -> dict[str, int]:
-        counts = {"pairs": sum(e.paired for e in split_examples),
-                  "desirable": sum(e.label is True for e in split_examples),
-                  "undesirable": sum(e.label is False for e in split_examples)}
-        return {k: n for k, n in counts.items() if n}
 
-    report = finish_splits(plan, examples, file_rows, f"builtin:{entry.name}" if entry else str(cfg.train), kinds)
+    def judged(split_examples: list[PrefExample]) -> dict[str, int]:
+        counts = {"desirable": sum(e.label is True for e in split_examples),
+                  "undesirable": sum(e.label is False for e in split_examples)}
+        return {k: n for k, n in counts.items() if n} if not paired else {}
+
+    report = finish_splits(plan, examples, file_rows, f"builtin:{entry.name}" if entry else str(cfg.train), judged)
+    report.unit, report.breakdown = ("pairs", "") if paired else ("judgements", "judged")
+    if unpaired_pairs:
+        report.notes.append(f"{unpaired_pairs:,} pairs (prompt, chosen, rejected) read as {2 * unpaired_pairs:,} "
+                            "unpaired judgements: each chosen answer desirable, each rejected one undesirable")
     return PrefData(examples["train"], examples["validation"], examples["test"], report)
 
 
@@ -180,3 +188,24 @@ def _unpaired(example: PrefExample) -> list[PrefExample]:
         return [example]
     return [PrefExample(f"{example.where} (chosen)", example.prompt, completion=example.chosen, label=True),
             PrefExample(f"{example.where} (rejected)", example.prompt, completion=example.rejected, label=False)]
+
+
+def load_pref_file(path: str, paired: bool = True, on_bad_rows: str = "error",
+                   format: str = "auto") -> tuple[list[PrefExample], DataReport]:
+    """A preference file to evaluate (or score with) a finished run: every row checked as in training,
+    all bad rows named at once (`tunesmith eval` and `score` flags in the fixes)."""
+    bad = BadRows(on_bad_rows, style="flags")
+    examples = [p for row in bad.read(path, format) if (p := parse_pref_row(row, bad)) is not None]
+    bad.stop()
+    if not examples:
+        raise DataError(f"{path}: no usable rows" + bad.note())
+    if paired and not all(e.paired for e in examples):
+        first = next(e for e in examples if not e.paired)
+        raise DataError(f"{first.where}: an unpaired judgement (completion, label); this run scores pairs "
+                        "(prompt, chosen, rejected)")
+    if not paired:
+        examples = [u for e in examples for u in _unpaired(e)]
+    report = DataReport(sources={"eval": str(path)}, counts={"eval": len(examples)}, label_counts={},
+                        skipped=bad.count, skipped_examples=list(bad.examples),
+                        unit="pairs" if paired else "judgements", breakdown="")
+    return examples, report

@@ -29,6 +29,7 @@ SPLITS = ("train", "validation", "test")
 BAD_ROW_MODES = ("error", "skip")
 EVAL_SET_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 _SHOWN_SKIPS = 5
+_SHOWN_ERRORS = 10
 _SHOWN_LABELS = 10
 _INT = re.compile(r"-?\d+")
 
@@ -45,18 +46,23 @@ class DataReport:
     # names of the extra evaluation sets, in order; sources / counts / label_counts list them after test
     eval_sets: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what looks wrong but may be meant
+    notes: list[str] = field(default_factory=list)  # what was done to the rows that a user should know
+    unit: str = "examples"  # what a split counts (pairs, judgements)
+    breakdown: str = "labels"  # what label_counts counts per split (labels, formats, judged)
 
     def lines(self) -> list[str]:
         out = [f"warning: {message}" for message in self.warnings]
         for split, count in self.counts.items():
             source = self.sources.get(split, "?")
             title = f"eval set {split}" if split in self.eval_sets else split
-            out.append(f"{title}: {source}" if source.startswith("none") else f"{title}: {count:,} examples from {source}")
+            out.append(f"{title}: {source}" if source.startswith("none") else
+                       f"{title}: {count:,} {self.unit} from {source}")
             labels = [f"{name}: {n:,}" for name, n in self.label_counts.get(split, {}).items()]
-            if count and labels:
+            if count and labels and self.breakdown:
                 more = len(labels) - _SHOWN_LABELS
                 shown = "; ".join(labels[:_SHOWN_LABELS]) + (f"; ... (+{more} more)" if more > 0 else "")
-                out.append(f"  labels: {shown}")
+                out.append(f"  {self.breakdown}: {shown}")
+        out += self.notes
         if self.skipped:
             out.append(f"skipped {self.skipped:,} bad row{'s' if self.skipped != 1 else ''} (on_bad_rows: skip):")
             out += [f"  {message}" for message in self.skipped_examples]
@@ -71,9 +77,10 @@ _FLAGS = {"text_field": "--text-field", "image_field": "--text-field", "label_fi
 
 
 class BadRows:
-    """Carries out on_bad_rows: raise at the first bad row, or count it and keep the first messages.
-    `style` words the fixes for where the rows come from: a run config ("set data.text_field ...") or
-    `tunesmith eval`'s flags ("... with --text-field")."""
+    """Carries out on_bad_rows: stop on bad rows (all of them named in one error, once every row was
+    read: `stop`), or count them and keep the first messages. `style` words the fixes for where the rows
+    come from: a run config ("set data.text_field ...") or `tunesmith eval`'s flags ("... with
+    --text-field")."""
 
     def __init__(self, mode: str, style: str = "config") -> None:
         if mode not in BAD_ROW_MODES:
@@ -83,6 +90,7 @@ class BadRows:
         self.count = 0
         self.examples: list[str] = []
         self.warnings: list[str] = []
+        self.errors: list[tuple[str, str]] = []  # error mode: (problem at file:line, fix) of every bad row
 
     def name_column(self, option: str, holds: str) -> str:
         """The fix for a missing column, in the words of where the option is set."""
@@ -92,9 +100,23 @@ class BadRows:
 
     def bad(self, where: str, problem: str, fix: str) -> None:
         if not self.skip:
-            skip = "set data.on_bad_rows: skip" if self.style == "config" else f"pass {_FLAGS['on_bad_rows']}"
-            raise DataError(f"{where}: {problem}; {fix} (or {skip})")
+            self.errors.append((f"{where}: {problem}", fix))
+            return
         self.add(f"{where}: {problem}")
+
+    def stop(self) -> None:
+        """Error mode: one error naming every bad row found so far (the first ones in full)."""
+        if not self.errors:
+            return
+        skip = "set data.on_bad_rows: skip" if self.style == "config" else f"pass {_FLAGS['on_bad_rows']}"
+        errors, self.errors = self.errors, []
+        if len(errors) == 1:
+            (problem, fix), = errors
+            raise DataError(f"{problem}{f'; {fix}' if fix else ''} (or {skip})")
+        lines = [f"  {problem}{f'; {fix}' if fix else ''}" for problem, fix in errors[:_SHOWN_ERRORS]]
+        if len(errors) > _SHOWN_ERRORS:
+            lines.append(f"  ... and {len(errors) - _SHOWN_ERRORS:,} more")
+        raise DataError(f"{len(errors):,} bad rows (fix them, or {skip} to train without them):\n" + "\n".join(lines))
 
     def add(self, message: str) -> None:
         self.count += 1
@@ -102,14 +124,19 @@ class BadRows:
             self.examples.append(message)
 
     def read(self, path: str | Path, format: str) -> list[Row]:
-        messages: list[str] | None = [] if self.skip else None
+        messages: list[str] = []
         rows = read_rows(path, format, skip_bad=messages)
-        for message in messages or []:
-            self.add(message)
+        for message in messages:
+            if self.skip:
+                self.add(message)
+            else:
+                self.errors.append((message, ""))  # the reader's message says what to fix
         return rows
 
     def note(self) -> str:
-        """A suffix for an error about rows running out: how many were skipped, and the first."""
+        """A suffix for an error about rows running out: how many were skipped, and the first. In error
+        mode, rows that ran out because they were bad are that error instead (`stop`)."""
+        self.stop()
         if not self.count:
             return ""
         return f" ({self.count} bad rows were skipped; the first: {self.examples[0]})"
@@ -222,6 +249,27 @@ def eval_stream(name: str) -> int:
     return len(SPLITS) + 1 + int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
 
 
+def refuse_mixed_formats(examples: dict[str, list], is_chat: Any, allow: bool, unit: str = "rows") -> None:
+    """Conversations (rendered with the chat template) beside plain-string prompts, across all splits,
+    are an error naming the rows of the rarer kind: a model trained on both learns two prompt formats
+    and is later prompted in one. `allow` (data.allow_mixed) lets them through."""
+    if allow:
+        return
+    found = [e for split in examples.values() for e in split]
+    chat = [e.where for e in found if is_chat(e)]
+    plain = [e.where for e in found if not is_chat(e)]
+    if not chat or not plain:
+        return
+    few, many = (("conversations (a list of messages, rendered with the chat template)", chat),
+                 ("plain strings (no chat template)", plain))
+    if len(few[1]) > len(many[1]):
+        few, many = many, few
+    shown = ", ".join(few[1][:5]) + (f", ... ({len(few[1]):,} in all)" if len(few[1]) > 5 else "")
+    raise DataError(f"{shown}: {len(few[1]):,} of {len(found):,} {unit} are {few[0]}, the other {len(many[1]):,} are "
+                    f"{many[0]}: a model trained on both learns two prompt formats and is then prompted in one; "
+                    "make them one kind, or set data.allow_mixed: true")
+
+
 # -- the skeleton ------------------------------------------------------------------------------------
 
 
@@ -291,6 +339,7 @@ def finish(plan: Plan, examples: dict[str, list], sources: dict[str, str], eval_
     """Seeded subsets (max_train_samples, max_eval_samples; each split and eval set on its own stream,
     except eval sets that are altered copies of the test set, which keep the test subset's examples),
     noted in the sources; then the report. `counts_of(examples)` gives a split's label counts."""
+    plan.bad.stop()
     cfg, seed = plan.cfg, plan.cfg.split.seed
     limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_eval_samples} | {
         split: min(n, cfg.max_eval_samples or n) for split, n in (limits or {}).items()}  # a loader's own caps

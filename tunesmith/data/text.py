@@ -114,24 +114,27 @@ def to_examples(parsed: list[Parsed], index: dict[str, int], bad: BadRows, unkno
 
 
 def labels_of_training(parsed: list[Parsed], source: str, one: Callable[[str], str], bad: BadRows,
-                       rows: str = "rows") -> list[str]:
+                       rows: str = "rows", allow_mixed: bool = False) -> list[str]:
     """Label names from the whole training split (so max_train_samples cannot drop one); at least two.
     `one(label)` words the error for a training split with a single label. Labels that mix numbers and
-    words get a warning in the data report (`bad.warnings`)."""
+    words are refused (naming the rows of each kind) unless `allow_mixed`."""
+    bad.stop()  # a split with one label, or none, is most often what bad rows left
     if not parsed:
         raise DataError(f"{source}: no usable training {rows}" + bad.note())
     labels = {p.label for p in parsed}
     if len(labels) < 2:
         raise DataError(f"{source}: the training split has only one {one(next(iter(labels)))}")
     numbers = sorted(label for label in labels if _INTEGER.fullmatch(label))
-    if numbers and len(numbers) < len(labels):
+    if numbers and len(numbers) < len(labels) and not allow_mixed:
         # 0/1 beside "fresh": a shifted column or rows from another file, far likelier than a real label set
         words = sorted(labels - set(numbers))
-        first = {kind: next(p.where for p in parsed if p.label in group)
-                 for kind, group in (("number", set(numbers)), ("word", set(words)))}
-        bad.warnings.append(f"the training labels mix numbers ({label_list(numbers)}; e.g. {first['number']}) with "
-                            f"words ({label_list(words)}; e.g. {first['word']}): a shifted column, or rows from "
-                            "another file? If not, make the labels one kind to silence this")
+        kinds = [(f"numbers ({label_list(numbers)})", [p.where for p in parsed if p.label in numbers]),
+                 (f"words ({label_list(words)})", [p.where for p in parsed if p.label not in numbers])]
+        described = "; ".join(f"{what} in {len(where):,} {rows if len(where) != 1 else rows[:-1]} (e.g. "
+                              f"{', '.join(where[:5])})" for what, where in kinds)
+        raise DataError(f"{source}: the training labels mix numbers and words: {described}. A shifted column, or "
+                        f"{rows} from another file? Make the labels one kind, or set data.allow_mixed: true to train "
+                        f"on them as {len(labels)} classes")
     return sort_labels(labels)
 
 
@@ -197,7 +200,8 @@ def load_text_classification(cfg: DataConfig, unlabelled_train: bool = False, la
     else:
         label_names = labels_of_training(
             parsed["train"], sources["train"], lambda label: f"label ({label!r}) in field {label_field!r}; "
-            "classification needs at least 2 (is data.label_field the right column?)", bad)
+            "classification needs at least 2 (is data.label_field the right column?)", bad,
+            allow_mixed=cfg.allow_mixed)
         index = {name: i for i, name in enumerate(label_names)}
         examples = {"train": to_examples(parsed["train"], index, bad, "never appears in training")}
     for split in ("validation", "test", *eval_names):
@@ -226,6 +230,7 @@ def load_labelled_file(path: str | Path, text_field: str, label_field: str, labe
     examples = to_examples(parsed, index, bad, f"(field {label_field!r}) is not one the model was trained on")
     if not examples:
         raise DataError(f"{path}: no usable rows" + bad.note())
+    bad.stop()
     report = DataReport(sources={"eval": str(path)}, counts={"eval": len(examples)},
                         label_counts={"eval": label_counts(examples, list(label_names))}, skipped=bad.count,
                         skipped_examples=list(bad.examples))

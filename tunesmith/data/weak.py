@@ -5,6 +5,8 @@ them, or the built-in data set's own):
 - keywords: any of the words or phrases occurs (case-insensitive, whole words) -> its label;
 - regex: the pattern matches (case-insensitive) -> its label;
 - function: `package.module:function`, called with the text, returns a label name or None (abstain).
+  The module is looked for first in the folder of the config file that declares it (`objective.code_dir`),
+  then where Python looks (the working directory, PYTHONPATH, installed packages).
 
 Applied to every text they give the label matrix L (examples x LFs; -1 where an LF abstains), computed
 once and kept in the run dir. `lf_stats` gives what a user iterates on while writing LFs: per LF
@@ -17,6 +19,7 @@ import hashlib
 import importlib
 import json
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,17 +48,21 @@ class LabelingFunction:
     name: str
     vote: Callable[[str], str | None]
     labels: tuple[str, ...]  # the labels it can vote (empty: any, a function's)
+    where: str = ""  # where it is declared (file:line), for errors about it
 
 
-def compile_lfs(configs: Sequence[LFConfig], where: str | Callable[[int], str]) -> list[LabelingFunction]:
-    """Check and compile LF declarations; each error names the LF (and, with `where(i)`, its line)."""
+def compile_lfs(configs: Sequence[LFConfig], where: str | Callable[[int], str],
+                code_dir: str | Path | None = None) -> list[LabelingFunction]:
+    """Check and compile LF declarations; each error names the LF (and, with `where(i)`, its line).
+    A function LF's module is looked for in `code_dir` first (the config's folder)."""
     if not configs:
         raise ConfigError(f"{where if isinstance(where, str) else where(0)}: no labeling functions; declare some "
                           "(keywords, regex or function)")
     seen, out = set(), []
     for i, lf in enumerate(configs):
         name = lf.name or f"lf{i}"
-        at = f"{where if isinstance(where, str) else where(i)} {name!r}"
+        declared = where if isinstance(where, str) else where(i)
+        at = f"{declared} {name!r}"
         if name in seen:
             raise ConfigError(f"{at}: two labeling functions share this name")
         seen.add(name)
@@ -68,15 +75,15 @@ def compile_lfs(configs: Sequence[LFConfig], where: str | Callable[[int], str]) 
         if lf.keywords:
             words = [w.strip() for w in lf.keywords if isinstance(w, str) and w.strip()]
             pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
-            out.append(LabelingFunction(name, _matcher(pattern, lf.label), (lf.label,)))
+            out.append(LabelingFunction(name, _matcher(pattern, lf.label), (lf.label,), declared))
         elif lf.regex:
             try:
                 pattern = re.compile(lf.regex, re.IGNORECASE)
             except re.error as e:
                 raise ConfigError(f"{at}: regex {lf.regex!r} does not compile ({e})") from None
-            out.append(LabelingFunction(name, _matcher(pattern, lf.label), (lf.label,)))
+            out.append(LabelingFunction(name, _matcher(pattern, lf.label), (lf.label,), declared))
         else:
-            out.append(LabelingFunction(name, _import(lf.function, at), ()))
+            out.append(LabelingFunction(name, _import(lf.function, at, code_dir), (), declared))
     return out
 
 
@@ -84,14 +91,20 @@ def _matcher(pattern: re.Pattern, label: str) -> Callable[[str], str | None]:
     return lambda text: label if pattern.search(text) else None
 
 
-def _import(path: str, at: str) -> Callable[[str], Any]:
+def _import(path: str, at: str, code_dir: str | Path | None = None) -> Callable[[str], Any]:
     module, _, attr = path.partition(":")
     if not module or not attr:
         raise ConfigError(f"{at}: function {path!r} is not package.module:function")
+    if code_dir is not None and str(code_dir) not in sys.path:
+        # the config's folder, as PYTHONPATH=. would give it when the config sits in the working directory;
+        # kept on the path so the module's own imports of its neighbours work too
+        sys.path.insert(0, str(code_dir))
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"{at}: cannot import {path} ({e})") from None
+        looked = f"{code_dir}, then " if code_dir is not None else ""
+        raise ConfigError(f"{at}: cannot import {path} ({e}); looked in {looked}the working directory and "
+                          "PYTHONPATH") from None
     if not callable(fn):
         raise ConfigError(f"{at}: {path} is not callable")
     return fn
@@ -110,7 +123,19 @@ def load_lf_file(path: str | Path) -> list[LFConfig]:
         raise ConfigError(f"{path}: cannot read the labeling functions ({e})") from None
     if not isinstance(data, list):
         raise ConfigError(f"{path}: expected a list of labeling functions")
-    return [_build(LFConfig, item, f"{i}.", str(path), {}) for i, item in enumerate(data)]
+    lines = {str(i): line for i, line in enumerate(lf_file_lines(path))}
+    return [_build(LFConfig, item, f"{i}.", str(path), lines) for i, item in enumerate(data)]
+
+
+def lf_file_lines(path: str | Path) -> list[int]:
+    """The line (1-based) where each LF of a YAML list starts, for errors that point into the file."""
+    import yaml
+
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    return [item.start_mark.line + 1 for item in node.value] if isinstance(node, yaml.SequenceNode) else []
 
 
 def label_matrix(lfs: Sequence[LabelingFunction], texts: Sequence[str], wheres: Sequence[str],

@@ -61,6 +61,9 @@ class StageStart:
     run_dir: Path
     batch_size: int
     say: Any  # Callable[[str], None]
+    # the stage before this one: {"name", "steps", "best"} (best: early stopping's pick, "restored" when
+    # its weights were put back); None for the first stage
+    previous: dict[str, Any] | None = None
 
 
 @dataclass
@@ -71,6 +74,7 @@ class SavedRun:
     model: nn.Module
     tokenizer: Any
     label_names: list[str] | None
+    prompt_format: str | None = None  # how the run rendered its prompts: chat | plain (None: not recorded)
 
 
 class Objective:
@@ -86,14 +90,21 @@ class Objective:
     has_labels: ClassVar[bool] = False  # its runs answer `predict` and `eval`
     generates: ClassVar[bool] = False  # its runs answer `generate`
     command: ClassVar[str] = "predict"  # the command that uses its finished runs (predict | generate | score)
+    eval_file: ClassVar[str] = ""  # what `tunesmith eval --data FILE` reads for its runs ("": eval does not apply)
 
     def __init__(self, run: RunConfig | None = None) -> None:
         self.run = run
         self.cfg = run.objective if run is not None else self.Config()
         self.outputs: dict[str, list[dict]] = {}  # files for the run dir (JSON lines), e.g. generated answers
+        self.warnings: list[str] = []  # what looks wrong with how the run went, for summary.json (already said)
         self.run_dir: Path | None = None  # where the run writes; None outside a run (stats, predict, eval)
 
     # -- config time: before any data or model is loaded -------------------------------------------
+    @classmethod
+    def locate(cls, cfg: ObjectiveConfig, base_dir: Path) -> None:
+        """Resolve the section's paths that are relative to the config file's folder `base_dir` (the
+        resolved config is what the run records, so a resumed run finds them again)."""
+
     def check(self, run: RunConfig, where) -> None:
         """Raise ConfigError for settings this objective cannot honour; `where(key)` names file:line."""
 
@@ -162,6 +173,12 @@ class Objective:
     def plots(self, details_by_split: dict[str, dict], label_names: list[str] | None, plot_dir: Path) -> None:
         return None
 
+    def prompt_format(self, data) -> str | None:
+        """How the run renders prompts, recorded in summary.json so that generate / score / pairs render
+        them the same way: chat (the tokenizer's chat template) | plain (as the rows give them) | None
+        (nothing is prompted)."""
+        return None
+
     def final_metrics(self, model: nn.Module, tokenizer, data, strategy: Strategy) -> dict[str, float]:
         """Metrics computed once at the end of a run beyond `evaluate` (e.g. from generated answers);
         what a user would want to read example by example goes in `self.outputs`."""
@@ -174,7 +191,15 @@ class Objective:
 
     def load_labelled(self, path: str | Path, label_names: list[str], input_field: str | None,
                       label_field: str | None, run: RunConfig, skip_bad_rows: bool = False):
-        """(examples, report) of a labelled file to evaluate a finished run on."""
+        """(examples, report) of a labelled file (`eval_file` says what it holds) to evaluate a finished
+        run on."""
+        raise NotImplementedError
+
+    def begin_eval(self, saved: SavedRun, items: list, run: RunConfig) -> None:
+        """Before `eval_sums` on a file's items outside training (e.g. DPO: the reference log-probs)."""
+
+    def eval_rows(self, saved: SavedRun, examples: list, items: list, run: RunConfig) -> list[dict]:
+        """`eval --out`: one row per example of an evaluated file (its prediction, or its scores)."""
         raise NotImplementedError
 
     def input_field(self, run: RunConfig) -> str:

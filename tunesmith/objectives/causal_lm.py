@@ -13,6 +13,7 @@ is never a target of the sample before it. A test proves per-sample losses equal
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,7 +261,9 @@ def details(sums: dict[str, torch.Tensor], label_names) -> dict:
 class CausalLMConfig(ObjectiveConfig):
     name: str = "causal_lm"
     packing: bool = False  # several samples per row (no attention across them, positions restart)
-    exact_match: bool = True  # at the end: greedy answers on the test split vs the expected answers
+    # at the end: greedy answers on the test split vs the expected answers; unset: only where those
+    # answers look like labels (at most 20 distinct), since free-form answers almost never match exactly
+    exact_match: bool | None = None
 
 
 class CausalLM(Objective):
@@ -317,13 +320,23 @@ class CausalLM(Objective):
     def details(self, sums, label_names):
         return details(sums, label_names)
 
+    def prompt_format(self, data) -> str | None:
+        return "chat" if any(e.kind == "chat" for e in data.train) else "plain"
+
     def final_metrics(self, model, tokenizer, data, strategy) -> dict[str, float]:
         """Greedy answers on the test split vs the expected ones, sharded over processes."""
         from tunesmith.generate import answer_set, exact_match
 
-        if not self.cfg.exact_match or not data.test:
+        if self.cfg.exact_match is False or not data.test:
             return {}
         candidates, rows = answer_set(data.test), []
+        if self.cfg.exact_match is None and not candidates:
+            answers = len({e.answer for e in data.test if e.answer is not None})
+            if strategy.is_main and answers:
+                print(f"{self.name}: exact match skipped: the {answers:,} test answers are free-form (more than 20 "
+                      "distinct), so greedy answers would almost never equal them; objective.exact_match: true runs "
+                      "it anyway", file=sys.stderr, flush=True)
+            return {}
         found = exact_match(model, tokenizer, data.test[strategy.rank :: strategy.world_size],
                             device=strategy.device, progress=strategy.is_main, candidates=candidates, answers_out=rows)
         self.outputs["exact_match.jsonl"] = [row for part in strategy.gather_objects(rows) for row in part]

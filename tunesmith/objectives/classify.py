@@ -141,6 +141,7 @@ class Classify(Objective):
     default_metric = "val_accuracy"
     model_kind = "text-classifier"
     has_labels = True
+    eval_file = "a labelled file (text and label columns)"
 
     def check(self, run, where) -> None:
         from tunesmith.models.vision import is_vision_model
@@ -208,6 +209,12 @@ class Classify(Objective):
         return load_labelled_file(path, input_field or run.data.text_field or "text",
                                   label_field or run.data.label_field or "label", label_names,
                                   on_bad_rows="skip" if skip_bad_rows else run.data.on_bad_rows)
+
+    def eval_rows(self, saved: SavedRun, examples, items, run) -> list[dict]:
+        labels = saved.label_names
+        rows = self.predict(saved, [self.example_input(e) for e in examples], run)
+        return [{"where": e.where, "label": labels[e.label], "predicted": row["label"],
+                 "correct": row["label"] == labels[e.label], **row} for e, row in zip(examples, rows, strict=True)]
 
     @torch.inference_mode()
     def predict(self, saved: SavedRun, inputs: list[str], run, top_k: int = 3) -> list[dict]:

@@ -42,11 +42,8 @@ class KTO(PreferenceObjective):
     description = "KTO: unpaired desirable / undesirable judgements against a KL reference point"
     Config = KTOConfig
     metric_names = ("loss", "kl", "accuracy")  # accuracy: judgements whose reward sign agrees with them
+    paired = False
 
-    def load_data(self, run):
-        from tunesmith.data.prefs import load_pref_data
-
-        return load_pref_data(run.data, paired=False)
 
     def encode(self, examples, tokenizer, max_length):
         cut = [split_tokens(tokenizer, e.prompt, e.completion, e.where) for e in examples]
@@ -95,6 +92,17 @@ class KTO(PreferenceObjective):
             sums["kl"] += float(z) * label.numel()
             sums["agree"] += ((rewards > 0) == label).sum().double().cpu()
         return sums
+
+    @torch.inference_mode()
+    def eval_rows(self, saved, examples, items, run) -> list[dict]:
+        """Per judgement: its implicit reward and whether its sign agrees with the judgement."""
+        rows = []
+        for start in range(0, len(items), 16):
+            batch = self.collate(items[start : start + 16], saved.tokenizer.pad_token_id)
+            _, rewards, _, label = self._parts(saved.model, batch)
+            for it, reward, good in zip(items[start : start + 16], rewards.tolist(), label.tolist(), strict=True):
+                rows.append({"where": it.where, "desirable": good, "reward": reward, "correct": (reward > 0) == good})
+        return rows
 
     def metrics(self, sums):
         n = sums["pairs"].item()

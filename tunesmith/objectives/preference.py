@@ -14,6 +14,7 @@ too, to skip the reference forward every epoch).
 
 from __future__ import annotations
 
+import sys
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -38,7 +39,9 @@ REFERENCE_FILE = "reference_logps.safetensors"
 
 @dataclass
 class PreferenceConfig(ObjectiveConfig):
-    exact_match: bool = True  # at the end: greedy answers to the test prompts vs the chosen answers
+    # at the end: greedy answers to the test prompts vs the chosen answers; unset: only where the chosen
+    # answers look like labels (at most 20 distinct); free-form answers almost never match exactly
+    exact_match: bool | None = None
     beta: float = ranged(0.1, "> 0")
     # the prompt once for chosen and rejected (one packed row per pair); off: each full sequence
     share_prompt: bool = True
@@ -51,7 +54,9 @@ class PreferenceObjective(CausalLM):
     Config = PreferenceConfig
     metric_names = ("loss", "accuracy", "margin", "likelihood_accuracy")
     default_metric = "val_loss"
+    eval_file = "a file of preference pairs (prompt, chosen, rejected)"
     needs_reference: ClassVar[bool] = True
+    paired: ClassVar[bool] = True  # learns from pairs (else from unpaired judgements, KTO)
     average_logps: ClassVar[bool] = False  # per-token average instead of the sum (SimPO, ORPO)
     extra_names: ClassVar[tuple[str, ...]] = ()  # the names of extra_terms (and of their counts)
 
@@ -76,7 +81,7 @@ class PreferenceObjective(CausalLM):
     def load_data(self, run):
         from tunesmith.data.prefs import load_pref_data
 
-        return load_pref_data(run.data, paired=True)
+        return load_pref_data(run.data, paired=self.paired)
 
     def prepare_model(self, model):
         return turn_off_dropout(model, self.name) if self.cfg.disable_dropout else None
@@ -183,6 +188,43 @@ class PreferenceObjective(CausalLM):
     def details(self, sums, label_names):
         return {"pairs": int(sums["pairs"].item())}
 
+    # -- a finished run ---------------------------------------------------------------------------
+    def load_labelled(self, path, label_names, input_field, label_field, run, skip_bad_rows=False):
+        from tunesmith.data.prefs import load_pref_file
+
+        return load_pref_file(path, paired=self.paired, on_bad_rows="skip" if skip_bad_rows else run.data.on_bad_rows)
+
+    def begin_eval(self, saved, items, run) -> None:
+        """The reference log-probs of the file's pairs, from the model the run started from (model.name),
+        loaded beside the run's own and released once they are computed."""
+        if not self.needs_reference:
+            return
+        from types import SimpleNamespace
+
+        base = self.load_model(run, SimpleNamespace(label_names=None)).model.eval()
+        print(f"{self.name}: reference log-probs of {len(items):,} pairs from {run.model.name}, the model the run "
+              "started from", file=sys.stderr, flush=True)
+        self.reference_logps = reference_logps(self, base, items, 16, saved.tokenizer.pad_token_id,
+                                               torch.device("cpu"))
+
+    @torch.inference_mode()
+    def eval_rows(self, saved, examples, items, run) -> list[dict]:
+        """Per pair: the implicit rewards (beta times the log-ratio to the reference, where there is one)
+        and the policy's own log-probabilities."""
+        rows = []
+        for start in range(0, len(items), 16):
+            chunk = items[start : start + 16]
+            batch = self.collate(chunk, saved.tokenizer.pad_token_id)
+            logps, tokens = self.sequence_logps(saved.model, batch)
+            chosen, rejected = chosen_rejected(logps)
+            _, reward_c, reward_r = self.pair_loss(chosen, rejected, self.reference_of(saved.model, batch), tokens,
+                                                   batch)
+            for it, c, r, lc, lr in zip(chunk, reward_c.tolist(), reward_r.tolist(), chosen.tolist(),
+                                        rejected.tolist(), strict=True):
+                rows.append({"where": it.where, "chosen_reward": c, "rejected_reward": r, "margin": c - r,
+                             "correct": c > r, "logps_chosen": lc, "logps_rejected": lr, "likelier": lc > lr})
+        return rows
+
 
 def precomputed_reference(objective: PreferenceObjective, start: StageStart) -> dict[str, tuple[float, float]]:
     """Every pair's reference log-probs (chosen, rejected), from the model as this stage starts: read from
@@ -207,19 +249,7 @@ def precomputed_reference(objective: PreferenceObjective, start: StageStart) -> 
             return {k: tuple(found[k]) for k in keys}
     strategy, model = start.strategy, start.model
     mine = items[strategy.rank :: strategy.world_size]
-    computed: dict[str, tuple[float, float]] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(mine), start.batch_size):
-                chunk = mine[i : i + start.batch_size]
-                batch = {k: v.to(strategy.device) for k, v in collate_pairs(chunk, start.pad_id).items()}
-                chosen, rejected = chosen_rejected(objective.sequence_logps(model, batch)[0])
-                for it, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
-                    computed[it.where] = (c, r)
-    finally:
-        model.train(was_training)
+    computed = reference_logps(objective, model, mine, start.batch_size, start.pad_id, strategy.device)
     for part in strategy.gather_objects(computed):
         computed |= part
     if strategy.is_main:
@@ -228,6 +258,25 @@ def precomputed_reference(objective: PreferenceObjective, start: StageStart) -> 
                    "keys": torch.tensor(list("\n".join(keys).encode()), dtype=torch.uint8)}, str(tmp))
         tmp.replace(path)
     start.say(f"{objective.name}: reference log-probs of {len(keys):,} pairs computed once and kept in {path}")
+    return computed
+
+
+def reference_logps(objective: PreferenceObjective, model: nn.Module, items: list, batch_size: int, pad_id: int,
+                    device: torch.device) -> dict[str, tuple[float, float]]:
+    """Each item's (chosen, rejected) log-probs under `model`, in eval mode, by the item's `where`."""
+    computed: dict[str, tuple[float, float]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(items), batch_size):
+                chunk = items[i : i + batch_size]
+                batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+                chosen, rejected = chosen_rejected(objective.sequence_logps(model, batch)[0])
+                for it, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
+                    computed[it.where] = (c, r)
+    finally:
+        model.train(was_training)
     return computed
 
 

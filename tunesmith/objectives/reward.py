@@ -92,9 +92,12 @@ class Reward(Classify):
     description = "reward model: Bradley-Terry loss on (prompt, chosen, rejected); pairwise accuracy, margin"
     Config = RewardConfig
     metric_names = ("loss", "accuracy", "margin")
-    default_metric = "val_accuracy"
+    # the Bradley-Terry loss, as TRL's RewardTrainer picks its best model: pairwise accuracy saturates on a
+    # small validation set long before the rewards stop separating
+    default_metric = "val_loss"
     has_labels = False  # its runs score texts (`tunesmith score`)
     command = "score"
+    eval_file = "a file of preference pairs (prompt, chosen, rejected)"
 
     def load_data(self, run):
         from tunesmith.data.prefs import load_pref_data
@@ -195,22 +198,45 @@ class Reward(Classify):
     def plots(self, details_by_split, label_names, plot_dir):
         return None
 
+    def prompt_format(self, data) -> str | None:
+        return "chat" if any(e.chat for e in data.train) else "plain"
+
     def load_saved(self, model_dir: Path, run) -> SavedRun:
         saved = super().load_saved(model_dir, run)
         return SavedRun(saved.model, saved.tokenizer, None)
 
+    def load_labelled(self, path, label_names, input_field, label_field, run, skip_bad_rows=False):
+        from tunesmith.data.prefs import load_pref_file
+
+        return load_pref_file(path, paired=True, on_bad_rows="skip" if skip_bad_rows else run.data.on_bad_rows)
+
+    @torch.inference_mode()
+    def pair_rewards(self, model, items, pad_id, batch_size: int = 64) -> list[tuple[float, float]]:
+        """(chosen reward, rejected reward) of each encoded pair, in order."""
+        out = []
+        for start in range(0, len(items), batch_size):
+            chosen, rejected = self.rewards(model, self.collate(items[start : start + batch_size], pad_id))
+            out += list(zip(chosen.tolist(), rejected.tolist(), strict=True))
+        return out
+
+    def eval_rows(self, saved, examples, items, run) -> list[dict]:
+        return pair_rows(items, self.pair_rewards(saved.model, items, saved.tokenizer.pad_token_id))
+
     @torch.inference_mode()
     def score(self, saved: SavedRun, completions: list[str], prompt: str | None, run) -> list[float]:
-        """The reward of each completion (of `prompt`, rendered as in training); without a prompt each
-        text is scored whole."""
+        """The reward of each completion (of `prompt`, rendered as the run rendered its prompts: through
+        the chat template as a user turn, or as plain text); without a prompt each text is scored whole."""
+        from tunesmith.generate import chat_for
+
+        chat = chat_for(saved.prompt_format, saved.tokenizer, None)[0] if prompt is not None else False
         rows = []
         for c in completions:
             if prompt is None:
                 ids = saved.tokenizer(c, truncation=True, max_length=run.model.max_length)
                 rows.append((list(ids["input_ids"]), list(ids.get("token_type_ids") or []) or None))
             else:
-                chat = [{"role": "user", "content": prompt}] if getattr(saved.tokenizer, "chat_template", None) else prompt
-                rows.append(tuple(render(saved.tokenizer, chat, c, run.model.max_length)[:2]))
+                rendered = [{"role": "user", "content": prompt}] if chat else prompt
+                rows.append(tuple(render(saved.tokenizer, rendered, c, run.model.max_length)[:2]))
         pad = saved.tokenizer.pad_token_id
         out = []
         for start in range(0, len(rows), 64):
@@ -218,6 +244,12 @@ class Reward(Classify):
             batch = self.collate([ScoredPair("", r, r) for r in chunk], pad)
             out += self.rewards(saved.model, batch)[0].tolist()
         return out
+
+
+def pair_rows(items, rewards: list[tuple[float, float]]) -> list[dict]:
+    """One row per pair: where it came from, both rewards, the margin and whether chosen ranks first."""
+    return [{"where": it.where, "chosen_reward": c, "rejected_reward": r, "margin": c - r, "correct": c > r}
+            for it, (c, r) in zip(items, rewards, strict=True)]
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

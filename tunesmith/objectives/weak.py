@@ -12,6 +12,7 @@ Its runs are ordinary classifiers: predict, eval, merge and export work as for `
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from tunesmith.objectives.cosine import (
     DISTANCES,
     Relabel,
     capture_input,
+    confidence,
     confidence_sum,
     contrastive_sum,
     feature_module,
@@ -48,6 +50,9 @@ class WeakConfig(ObjectiveConfig):
     labels: list[str] = field(default_factory=list)  # the label set; default: the labelled splits' labels
     lfs: list[LFConfig] = field(default_factory=list)  # labeling functions (see data/weak.py), or:
     lf_file: str | None = None  # a YAML list of them; neither: the built-in data set's own
+    # where a function LF's module is looked for first; unset: the folder of the config file (a relative
+    # path is read from there too), then the working directory and PYTHONPATH
+    code_dir: str | None = None
     # auto (whichever of dawid_skene and majority is more accurate on the dev set's covered texts) |
     # dawid_skene | majority | gold (the training rows' own labels: the fully supervised ceiling)
     label_model: str = "auto"
@@ -96,6 +101,10 @@ class Weak(Classify):
         self.matrix_cache: Path | None = None
 
     # -- config time -------------------------------------------------------------------------------
+    @classmethod
+    def locate(cls, cfg: WeakConfig, base_dir: Path) -> None:
+        cfg.code_dir = str((base_dir / (cfg.code_dir or ".")).resolve())
+
     def check(self, run, where) -> None:
         super().check(run, where)
         cfg = run.objective
@@ -111,7 +120,13 @@ class Weak(Classify):
         self.lf_configs = lf_configs(run, where)
         from tunesmith.data.weak import compile_lfs
 
-        self.lfs = compile_lfs(self.lf_configs, (lambda i: where(f"objective.lfs.{i}")) if cfg.lfs else _lf_source(run))
+        declared = getattr(cfg, "_lf_where", None)  # file:line of each LF, kept from when the config was read
+        if declared is None:
+            source = _lf_source(run)
+            declared = [where(f"objective.lfs.{i}") if cfg.lfs else source(i) for i in range(len(self.lf_configs))]
+            cfg._lf_where = declared  # not a field: the lines belong to the file this config was read from
+        self.lfs = compile_lfs(self.lf_configs, lambda i: declared[i] if i < len(declared) else "objective.lfs",
+                               cfg.code_dir)
         names = [stage.name for stage in run.stages]
         st = cfg.self_training_stage
         if st and names and st not in names:
@@ -138,8 +153,9 @@ class Weak(Classify):
         for lf in self.lfs:
             outside = [label for label in lf.labels if label not in data.label_names]
             if outside:
-                raise DataError(f"labeling function {lf.name!r} votes {outside[0]!r}, which is not one of the labels "
-                                f"{', '.join(data.label_names)}")
+                raise DataError(f"{lf.where} {lf.name!r}: votes {outside[0]!r}, which is not one of the labels "
+                                f"({', '.join(data.label_names)}); fix its label, or name the labels in "
+                                "objective.labels")
         self.weak_labels(data, cache_dir=None if self.run_dir is None else self.run_dir / "weak")
         return data
 
@@ -307,15 +323,28 @@ class Weak(Classify):
         previous = None if self.pseudo is None else self.targets.argmax(-1)
         self.targets, self.weights = pseudo_labels(probs, self.cfg.power, self.cfg.eps, self.cfg.confidence_from)
         if self.pseudo is None:
-            self.pseudo = {"relabels": 0, "seconds": 0.0}
+            self.pseudo = {"relabels": 0, "seconds": 0.0, "selected": []}
         self.pseudo["relabels"] += 1
         changed = "" if previous is None else \
             f"; {int((self.targets.argmax(-1) != previous).sum()):,} pseudo-labels changed"
         selected = int((self.weights > 0).sum())
-        hint = ("; none is confident enough to learn from: lower objective.eps, or train the stage before longer"
-                if selected == 0 else "")
+        self.pseudo.setdefault("selected", []).append(selected)
+        hint = ""
+        if selected == 0:
+            top = float(confidence(self.targets if self.cfg.confidence_from == "pseudo_label" else probs).max())
+            hint = (f"; none is confident enough to learn from (the most confident text: {top:.3f}, eps "
+                    f"{self.cfg.eps:g}){self._starting_point()}: lower objective.eps, or train the stage before longer")
         return (f"COSINE relabel {self.pseudo['relabels']}: {len(items):,} texts, {selected:,} selected "
                 f"({100 * self.selected_fraction():.1f}%, confidence > {self.cfg.eps:g}){changed}{hint}")
+
+    def _starting_point(self) -> str:
+        """What the self-training stage started from, when the stage before it ended on early weights."""
+        previous = self._context.previous if self._context is not None else None
+        best = (previous or {}).get("best") or {}
+        if not best.get("restored"):
+            return ""
+        return (f"; it started from the {previous['name']} stage's weights of step {best['step']} of "
+                f"{previous['steps']}, which early stopping restored ({best['metric']} {best['value']:.4f})")
 
     def selected_fraction(self) -> float:
         return float((self.weights > 0).float().mean()) if self.weights is not None else 0.0
@@ -328,6 +357,17 @@ class Weak(Classify):
         if self.pseudo is not None:
             out["cosine_relabels"] = float(self.pseudo["relabels"])
             out["cosine_relabel_seconds"] = round(self.pseudo["seconds"], 2)
+            chosen = self.pseudo.get("selected") or []
+            n = len(self._context.encoded["train"]) if self._context is not None else 0
+            if chosen and n:
+                out["cosine_selected_fraction"] = round(sum(chosen) / (len(chosen) * n), 4)
+            if chosen and not any(chosen):
+                message = (f"COSINE selected no text at any of its {len(chosen)} relabelings, so the self-training "
+                           f"stage learned nothing from its loss (only weight decay moved the weights)"
+                           f"{self._starting_point()}; lower objective.eps, or train the stage before longer")
+                self.warnings.append(message)
+                if strategy.is_main:
+                    print(f"warning: {message}", file=sys.stderr, flush=True)
         return out
 
     # -- state that checkpoints carry ------------------------------------------------------------
@@ -335,12 +375,14 @@ class Weak(Classify):
         if self.pseudo is None:
             return {}
         return {"stage": self.stage, "targets": self.targets.clone(), "weights": self.weights.clone(),
-                "relabels": self.pseudo["relabels"], "seconds": self.pseudo["seconds"]}
+                "relabels": self.pseudo["relabels"], "seconds": self.pseudo["seconds"],
+                "selected": list(self.pseudo.get("selected", []))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("stage") is not None and state["stage"] == self.stage:
             self.targets, self.weights = state["targets"], state["weights"]
-            self.pseudo = {"relabels": state["relabels"], "seconds": state["seconds"]}
+            self.pseudo = {"relabels": state["relabels"], "seconds": state["seconds"],
+                           "selected": list(state.get("selected", []))}
 
 
 def lf_configs(run, where) -> list:
@@ -367,12 +409,17 @@ def lf_configs(run, where) -> list:
     return load_lf_file(_LF_DIR / entry.labeling_functions)
 
 
-def _lf_source(run) -> str:
-    """Where the run's LFs are declared, for errors that name them."""
+def _lf_source(run):
+    """Where each LF of the run's lf_file (or built-in set) is declared (i -> file:line)."""
     from tunesmith.data.builtin import get_dataset
+    from tunesmith.data.weak import lf_file_lines
 
     cfg = run.objective
-    return cfg.lf_file or str(_LF_DIR / get_dataset(run.data.builtin).labeling_functions)
+    if cfg.lfs:
+        return lambda i: "objective.lfs"
+    path = cfg.lf_file or str(_LF_DIR / get_dataset(run.data.builtin).labeling_functions)
+    lines = lf_file_lines(path)
+    return lambda i: f"{path}:{lines[i]}:" if i < len(lines) else f"{path}:"
 
 
 def format_stats(stats: dict[str, Any]) -> list[str]:

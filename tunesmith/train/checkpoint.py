@@ -77,6 +77,14 @@ def latest_checkpoint(root: Path, pointer: str = LATEST) -> Path | None:
     return found if found.is_dir() else None
 
 
+def _pointed(pointer: Path) -> str | None:
+    """The checkpoint name a readable pointer gives, or None."""
+    try:
+        return str(json.loads(pointer.read_text())["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # what reading a truncated or corrupted checkpoint file raises
 _DAMAGED = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError,
             SafetensorError)
@@ -120,7 +128,9 @@ def load_resumable(root: Path, warn) -> Loaded | None:
         if problems:
             warn(f"warning: {problems[0]}; resuming from the newest complete checkpoint instead, {path.name}")
         elif named is None:
-            warn(f"warning: {root / LATEST} is missing or unreadable; resuming from {path.name}")
+            gone = _pointed(root / LATEST)
+            warn(f"warning: {root / LATEST} names {gone}, which is gone; resuming from {path.name}" if gone else
+                 f"warning: {root / LATEST} is missing or unreadable; resuming from {path.name}")
         return path, tensors, extra, meta
     if problems:
         raise TrainingError(f"{root}: no checkpoint can be read: " + "; ".join(problems[:3]))

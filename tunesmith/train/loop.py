@@ -64,6 +64,7 @@ class TrainResult:
     train_seconds: float
     samples: int
     paused: bool = False  # stopped at pause_at_step; resuming continues
+    warnings: list[str] = field(default_factory=list)  # what looks wrong with how training went
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -107,12 +108,17 @@ class Trainer:
         self._epoch_cache: tuple[int, list[list[int]]] = (-1, [])
         self.finished = False
         self.last_save = time.monotonic()  # checkpoint_minutes counts from here
+        # the loss of the first step and of the last logged window: a run that ends far above where it
+        # started has diverged, even when every weight is finite
+        self.loss_start: tuple[int, float] | None = None
+        self.loss_end: tuple[int, float] | None = None
+        self.warnings: list[str] = []
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _position(self) -> dict[str, Any]:
         return {"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
                 "stopper": self.stopper.state_dict(), "last_eval": self.last_eval,
-                "total_steps": self.total_steps}
+                "total_steps": self.total_steps, "loss_start": self.loss_start, "loss_end": self.loss_end}
 
     def _states(self) -> dict[str, Any]:
         """The objective's, the step's and every callback's state."""
@@ -177,6 +183,8 @@ class Trainer:
                      "rate follows the schedule of the new length from here")
         self.stopper.load_state_dict(meta["stopper"])
         self.last_eval = meta["last_eval"]
+        self.loss_start = tuple(meta["loss_start"]) if meta.get("loss_start") else None
+        self.loss_end = tuple(meta["loss_end"]) if meta.get("loss_end") else None
         states = extra.get("states", {})
         self.task.objective.load_state_dict(states.get("objective", {}))
         if hasattr(self.step_fn, "load_state_dict"):
@@ -186,6 +194,8 @@ class Trainer:
         rng = extra["rng"]
         if len(rng) == self.strategy.world_size:
             _set_rng_state(rng[self.strategy.rank], self.strategy.device)
+        if not self.finished:
+            self.say(f"resumed from step {self.step} of {self.total_steps} ({path})")
 
     # -- position ------------------------------------------------------------------------------
     def step_indices(self, step: int) -> list[int]:
@@ -233,7 +243,8 @@ class Trainer:
         if metric not in self.last_eval:
             raise TrainingError(f"train.early_stopping.metric: {metric!r} is not computed; "
                                 f"evaluation gives {', '.join(self.last_eval)}")
-        if self.stopper.update(self.last_eval[metric], self.step) and self.cfg.early_stopping.restore_best:
+        tie = self.last_eval.get(self.stopper.tie_metric) if self.stopper.tie_metric else None
+        if self.stopper.update(self.last_eval[metric], self.step, tie) and self.cfg.early_stopping.restore_best:
             self.save_best()
 
     def peek(self, log: MetricsLog) -> None:
@@ -252,7 +263,51 @@ class Trainer:
             self.strategy.load_model_state(self.model, ckpt.load_checkpoint(path)[0])
             best["restored"] = True
             self.say(f"restored the best weights, from step {best['step']} ({best['metric']} {best['value']:.4f})")
+            self.warn(self._early_best())
         return best
+
+    def _early_best(self) -> str | None:
+        """A warning when the restored step lies in the first half of training while the tie-breaker
+        (the loss) went on improving after it: the metric saw no difference the loss saw."""
+        stop, loss = self.stopper, self.stopper.tie_metric
+        if loss is None or stop.best_tie is None or loss not in self.last_eval or stop.best_step > self.step / 2:
+            return None
+        end = self.last_eval[loss]
+        improved = end < stop.best_tie if loss.endswith("loss") else end > stop.best_tie
+        if not improved:
+            return None
+        return (f"the restored weights are from step {stop.best_step} of {self.step} ({stop.metric} {stop.best:.4f}), "
+                f"but {loss} went on improving after it ({stop.best_tie:.4f} there, {end:.4f} at step {self.step}): "
+                f"{stop.metric} no longer told the steps apart (a small validation set?); set "
+                f"train.early_stopping.metric: {loss}, or restore_best: false")
+
+    def warn(self, message: str | None) -> None:
+        if message:
+            self.warnings.append(message)
+            self.say(f"warning: {message}")
+
+    def note_loss(self, out: StepOutput, record: dict[str, float] | None) -> None:
+        """The first step's loss (all processes') and the last logged window's, for `diverged`."""
+        if self.loss_start is None:
+            names = sorted(out.sums)
+            sums = self.strategy.all_reduce_sum(torch.tensor([out.sums[n] for n in names], dtype=torch.float64))
+            value = sum(v / max(out.counts.get(n, 0.0), 1.0) for n, v in zip(names, sums.tolist(), strict=True))
+            self.loss_start = (self.step, value)
+        if record is not None:
+            self.loss_end = (self.step, record["train_loss"])
+
+    def diverged(self) -> str | None:
+        """A warning when the training loss ended far above where it started."""
+        if self.loss_start is None or self.loss_end is None or self.loss_end[0] == self.loss_start[0]:
+            return None
+        (s0, first), (s1, last) = self.loss_start, self.loss_end
+        if not (math.isfinite(first) and math.isfinite(last)) or last <= max(2 * first, first + 1.0):
+            return None
+        val = self.last_eval.get("val_loss")
+        return (f"training diverged: the training loss ended far above where it started ({first:.4g} at step {s0}, "
+                f"{last:.4g} by step {s1}" + (f"; val_loss {val:.4g}" if val is not None else "") +
+                f"); lower train.lr (now {self.cfg.lr:g})" +
+                ("" if self.cfg.max_grad_norm else " or set train.max_grad_norm") + " and train again")
 
 
 class _Window:
@@ -337,12 +392,14 @@ def _train(trainer: Trainer, task: TrainTask, cfg: TrainConfig, run_dir: Path, s
             extra = {}
             for cb in trainer.callbacks:
                 extra |= cb.on_step_end(trainer, out) or {}
+            record = None
             if trainer.step % cfg.log_every == 0 or trainer.step == trainer.total_steps:
                 record = window.record(trainer) | extra
                 log.log(record)
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{record['lr']:.2e}",
                                 samples_s=f"{record['samples_per_s']:.1f}")
                 window = _Window()
+            trainer.note_loss(out, record)
             bar.update(1)
             if _KILL_AT == trainer.step:  # fault injection for the kill-and-resume tests
                 os.kill(os.getpid(), _KILL_WITH)
@@ -373,7 +430,9 @@ def _train(trainer: Trainer, task: TrainTask, cfg: TrainConfig, run_dir: Path, s
         bar.close()
         log.close()
     best = None if paused else trainer.restore_best()
+    if not paused:
+        trainer.warn(trainer.diverged())
     return TrainResult(steps=trainer.step, total_steps=trainer.total_steps,
                        epochs=trainer.step / trainer.steps_per_epoch, stopped_early=stopped_early, best=best,
                        last_eval=trainer.last_eval, train_seconds=trainer.train_seconds, samples=trainer.samples,
-                       paused=paused)
+                       paused=paused, warnings=trainer.warnings)
