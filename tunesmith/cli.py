@@ -241,7 +241,7 @@ def _score(args: argparse.Namespace) -> int:
         if "pairs" in summary:
             print(json.dumps(summary) if args.json else
                   f"{summary['pairs']:,} pairs: accuracy {summary['accuracy']:.4f} (chosen scored above rejected), "
-                  f"mean margin {summary['mean_margin']:+.4f}", file=sys.stdout if args.json else sys.stderr)
+                  f"mean margin {summary['mean_margin']:+.4f}")
         return 0
     if args.field:
         raise TunesmithError("score: --field is for a .jsonl/.csv/.tsv/.parquet --file")

@@ -62,9 +62,11 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
     data = objective.load_data(cfg)
     for line in data.report.lines():
         say(line)
-    if objective.prompt_format(data):
-        say(describe_prompt_format(objective.prompt_format(data), "the rows", "generate, score and pairs on this run "
-                                   "render prompts the same way"))
+    fmt = objective.prompt_format(data)
+    if fmt:
+        say(describe_prompt_format(fmt, "the training rows are conversations" if fmt == "chat" else
+                                   "the training rows give them", "generate, score and pairs on this run render "
+                                   "prompts the same way"))
     stages = plan_stages(cfg, run_dir)
     if resume and not has_progress(run_dir):
         say(f"no checkpoint in {run_dir} yet: starting from the beginning")
@@ -129,10 +131,10 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
         artifacts.save_trained(model, loaded, [st.method for st in stages], run_dir, meta)
         artifacts.write_report(run_dir, summary, details, objective, data.label_names)
         freed = sum(ckpt.slim_finished(st.dir / "checkpoints", cfg.train.keep_optimizer_state) for st in stages)
-        for warning in summary["warnings"]:  # said when found; again here, where the run's outcome is read
-            say(f"warning: {warning}")
+        n = len(summary["warnings"])  # each was said when found; the last line points back at them
         say(artifacts.final_line(run_dir, final) + (f"; {freed / 2**20:,.0f} MB of checkpoints no longer needed "
-                                                    "were removed" if freed else ""))
+                                                    "were removed" if freed else "")
+            + (f"; {n} warning{'s' if n > 1 else ''} above (also in summary.json)" if n else ""))
     return summary
 
 

@@ -59,8 +59,9 @@ def test_eval_on_a_pairs_file_reproduces_the_runs_own_test_metrics(plain_dpo):
 def test_exact_match_is_skipped_for_free_form_answers(plain_dpo, tiny_llama, tmp_path):
     _, summary, _ = plain_dpo
     assert "test_answer_match" in summary["final"]  # two distinct answers (fresh / rotten): label-like
-    rows = [{"prompt": f"review {i} answer", "chosen": f" the film {i} was {w}", "rejected": f" the plot {i} was dull"}
-            for i, w in enumerate(["good", "great", "fine", "lovely", "superb"] * 6)]
+    # five distinct answers only, but sentences: free-form (before: exact match ran, and read 0.0)
+    rows = [{"prompt": f"review {i} answer", "chosen": f" the film was very {w} and the plot was {w}",
+             "rejected": " the plot was dull"} for i, w in enumerate(["good", "great", "fine", "lovely", "superb"] * 6)]
     data = tmp_path / "d"
     data.mkdir()
     cfg = {"model": {"name": str(tiny_llama), "max_length": 48}, "objective": "dpo", "method": LORA,
@@ -68,7 +69,7 @@ def test_exact_match_is_skipped_for_free_form_answers(plain_dpo, tiny_llama, tmp
            "train": {"max_steps": 1, "batch_size": 4, "progress": False}}
     out = cli("train", str(write_config(tmp_path / "c.yaml", cfg)), "--out", str(tmp_path / "r"))
     assert out.returncode == 0, out.stderr
-    assert "dpo: exact match skipped: the 24 test answers are free-form" in out.stderr
+    assert "dpo: exact match skipped: the test answers are free-form (24 of 24 run longer than 5 words)" in out.stderr
     final = json.loads((tmp_path / "r" / "summary.json").read_text())["final"]
     assert "test_exact_match" not in final and not (tmp_path / "r" / "exact_match.jsonl").exists()
 

@@ -98,6 +98,9 @@ def test_an_early_best_the_loss_disagrees_with_is_a_warning(tmp_path, capsys):
                               "on improving after it (0.6000 there, 0.1000 at step 8)")
     assert "set train.early_stopping.metric: val_loss, or restore_best: false" in warning
     assert f"warning: {warning}" in capsys.readouterr().err
+    untied = scripted_train(tmp_path / "u", [0.9, 1.0, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95],
+                            [0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1], early_stopping=EarlyStopConfig(tie_breaker="none"))
+    assert untied.warnings == result.warnings  # the warning watches the loss whether or not it breaks ties
     # a late best, or an early one the loss agrees with (over-fitting), is early stopping doing its job
     late = scripted_train(tmp_path / "b", [0.9, 0.9, 0.95, 0.95, 0.97, 1.0, 0.95, 0.95],
                           [0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1])
@@ -114,6 +117,7 @@ def test_a_diverged_run_says_so_on_the_console_and_in_the_summary(tiny_bert, tmp
     assert "the training loss ended far above where it started" in warning
     assert "lower train.lr (now 10000) or set train.max_grad_norm" in warning
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"] == summary["warnings"]
-    assert f"warning: {warning}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"warning: {warning}" in err and "1 warning above (also in summary.json)" in err
     calm = run(config_from_dict(tiny_config(tiny_bert, tmp_path / "d", epochs=1)), tmp_path / "calm")
     assert calm["warnings"] == []

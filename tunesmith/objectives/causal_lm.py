@@ -27,6 +27,8 @@ from tunesmith.fastpath import checked_once, same_result
 from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
 
 IGNORE = -100
+# answers longer than this (in words) are free-form: exact match is skipped by default where most are
+FREE_FORM_WORDS = 5
 # Run the output layer on target positions only (see target_logits); False restores the model's own
 # forward over every position, which benchmarks/anchor.py uses to measure what this saves.
 TARGET_ONLY_LOGITS = True
@@ -262,7 +264,7 @@ class CausalLMConfig(ObjectiveConfig):
     name: str = "causal_lm"
     packing: bool = False  # several samples per row (no attention across them, positions restart)
     # at the end: greedy answers on the test split vs the expected answers; unset: only where those
-    # answers look like labels (at most 20 distinct), since free-form answers almost never match exactly
+    # answers are short (most of at most 5 words), since free-form answers almost never match exactly
     exact_match: bool | None = None
 
 
@@ -330,15 +332,17 @@ class CausalLM(Objective):
         if self.cfg.exact_match is False or not data.test:
             return {}
         candidates, rows = answer_set(data.test), []
-        if self.cfg.exact_match is None and not candidates:
-            answers = len({e.answer for e in data.test if e.answer is not None})
-            if strategy.is_main and answers:
-                print(f"{self.name}: exact match skipped: the {answers:,} test answers are free-form (more than 20 "
-                      "distinct), so greedy answers would almost never equal them; objective.exact_match: true runs "
-                      "it anyway", file=sys.stderr, flush=True)
+        answers = [e.answer for e in data.test if e.answer is not None]
+        long = sum(len(a.split()) > FREE_FORM_WORDS for a in answers)
+        if self.cfg.exact_match is None and 2 * long > len(answers):
+            if strategy.is_main:
+                print(f"{self.name}: exact match skipped: the test answers are free-form ({long:,} of {len(answers):,} "
+                      f"run longer than {FREE_FORM_WORDS} words), so greedy answers would almost never equal them; "
+                      "objective.exact_match: true runs it anyway", file=sys.stderr, flush=True)
             return {}
+        progress = strategy.is_main and (self.run is None or self.run.train.progress)
         found = exact_match(model, tokenizer, data.test[strategy.rank :: strategy.world_size],
-                            device=strategy.device, progress=strategy.is_main, candidates=candidates, answers_out=rows)
+                            device=strategy.device, progress=progress, candidates=candidates, answers_out=rows)
         self.outputs["exact_match.jsonl"] = [row for part in strategy.gather_objects(rows) for row in part]
         n = found.get("exact_match_n", 0)
         keys = ["exact_match"] + (["answer_match"] if candidates else [])  # the same on every rank

@@ -40,7 +40,7 @@ REFERENCE_FILE = "reference_logps.safetensors"
 @dataclass
 class PreferenceConfig(ObjectiveConfig):
     # at the end: greedy answers to the test prompts vs the chosen answers; unset: only where the chosen
-    # answers look like labels (at most 20 distinct); free-form answers almost never match exactly
+    # answers are short (most of at most 5 words); free-form answers almost never match exactly
     exact_match: bool | None = None
     beta: float = ranged(0.1, "> 0")
     # the prompt once for chosen and rejected (one packed row per pair); off: each full sequence

@@ -38,6 +38,10 @@ class EarlyStopper:
     best_step: int | None = None
     best_tie: float | None = None  # the tie-breaker's value at the best evaluation
     bad_evals: int = 0
+    # the loss of the metric's split (val_loss for val_accuracy) at the best evaluation, tie-breaker or
+    # not: a warning compares it with the last evaluation's (see loop.Trainer)
+    watch_metric: str | None = None
+    best_watch: float | None = None
 
     @classmethod
     def from_config(cls, cfg: EarlyStopConfig, default_metric: str = "val_loss") -> EarlyStopper:
@@ -47,19 +51,20 @@ class EarlyStopper:
         tie = getattr(cfg, "tie_breaker", "auto")
         tie_metric = default_tie_breaker(metric) if tie == "auto" else (None if tie in (None, "none") else tie)
         return cls(metric=metric, mode=mode, patience=cfg.patience, min_delta=cfg.min_delta,
-                   tie_metric=None if tie_metric == metric else tie_metric)
+                   tie_metric=None if tie_metric == metric else tie_metric, watch_metric=default_tie_breaker(metric))
 
     def _better(self, value: float, best: float, mode: str, delta: float) -> bool:
         return value < best - delta if mode == "min" else value > best + delta
 
-    def update(self, value: float, step: int, tie_value: float | None = None) -> bool:
+    def update(self, value: float, step: int, tie_value: float | None = None, watch_value: float | None = None) -> bool:
         """Record an evaluation; True when it is a new best (its metric improved, or tied the best and
-        the tie-breaker improved)."""
+        the tie-breaker improved). `watch_value`: the split's loss, kept for the best evaluation."""
         better = self.best is None or self._better(value, self.best, self.mode, self.min_delta)
         if not better and value == self.best and self.tie_metric is not None and tie_value is not None:
             better = self.best_tie is None or self._better(tie_value, self.best_tie, mode_of(self.tie_metric), 0.0)
         if better:
             self.best, self.best_step, self.best_tie, self.bad_evals = value, step, tie_value, 0
+            self.best_watch = watch_value
         else:
             self.bad_evals += 1
         return better

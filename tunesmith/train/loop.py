@@ -243,8 +243,8 @@ class Trainer:
         if metric not in self.last_eval:
             raise TrainingError(f"train.early_stopping.metric: {metric!r} is not computed; "
                                 f"evaluation gives {', '.join(self.last_eval)}")
-        tie = self.last_eval.get(self.stopper.tie_metric) if self.stopper.tie_metric else None
-        if self.stopper.update(self.last_eval[metric], self.step, tie) and self.cfg.early_stopping.restore_best:
+        tie, watch = (self.last_eval.get(m) if m else None for m in (self.stopper.tie_metric, self.stopper.watch_metric))
+        if self.stopper.update(self.last_eval[metric], self.step, tie, watch) and self.cfg.early_stopping.restore_best:
             self.save_best()
 
     def peek(self, log: MetricsLog) -> None:
@@ -267,17 +267,16 @@ class Trainer:
         return best
 
     def _early_best(self) -> str | None:
-        """A warning when the restored step lies in the first half of training while the tie-breaker
-        (the loss) went on improving after it: the metric saw no difference the loss saw."""
-        stop, loss = self.stopper, self.stopper.tie_metric
-        if loss is None or stop.best_tie is None or loss not in self.last_eval or stop.best_step > self.step / 2:
+        """A warning when the restored step lies in the first half of training while the loss of its
+        split went on falling after it: the metric saw no difference the loss saw."""
+        stop, loss = self.stopper, self.stopper.watch_metric
+        if loss is None or stop.best_watch is None or loss not in self.last_eval or stop.best_step > self.step / 2:
             return None
         end = self.last_eval[loss]
-        improved = end < stop.best_tie if loss.endswith("loss") else end > stop.best_tie
-        if not improved:
+        if not end < stop.best_watch:
             return None
         return (f"the restored weights are from step {stop.best_step} of {self.step} ({stop.metric} {stop.best:.4f}), "
-                f"but {loss} went on improving after it ({stop.best_tie:.4f} there, {end:.4f} at step {self.step}): "
+                f"but {loss} went on improving after it ({stop.best_watch:.4f} there, {end:.4f} at step {self.step}): "
                 f"{stop.metric} no longer told the steps apart (a small validation set?); set "
                 f"train.early_stopping.metric: {loss}, or restore_best: false")
 
