@@ -87,6 +87,7 @@ def reward_run(tmp_path_factory):
                     "split": {"validation": 0.2}},
            "train": {"epochs": 10, "batch_size": 16, "lr": 1e-2, "progress": False}}
     summary = run(config_from_dict(cfg), tmp / "r")
+    assert summary["best"]["metric"] == "val_loss"  # a reward model's default, as TRL (was val_accuracy)
     return tmp / "r", summary, test
 
 
