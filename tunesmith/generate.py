@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tunesmith.data.chat import chat_prefix
 from tunesmith.errors import TunesmithError
 
 
@@ -30,8 +31,6 @@ def prompt_ids(tokenizer, prompt: str, chat: bool | None = None, system: str | N
     assistant header."""
     use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
     if use_chat:
-        from tunesmith.objectives.causal_lm import chat_prefix
-
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return chat_prefix(tokenizer, messages)
     if system:
@@ -209,8 +208,6 @@ def exact_match(model: nn.Module, tokenizer, examples: Sequence, max_new_tokens:
     `candidates` fixes that answer set (sharded callers pass the full set so every shard agrees).
     `answers_out`, when given, receives one row per scored example: where, expected, answer, verdicts.
     """
-    from tunesmith.objectives.causal_lm import chat_prefix
-
     scored = [e for e in examples if e.answer is not None]
     if not scored:
         return {}

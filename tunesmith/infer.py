@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from tunesmith.config import RunConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import method_for_adapter
 from tunesmith.objectives import Objective, build_objective
 from tunesmith.rundir import read_run_config
+from tunesmith.schema import RunConfig
 
 
 @dataclass

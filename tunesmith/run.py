@@ -17,18 +17,19 @@ import torch
 
 from tunesmith import artifacts
 from tunesmith.atomic import write_json_atomic
-from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError, Interrupted, TrainingError
 from tunesmith.generate import describe_prompt_format
 from tunesmith.methods import count_parameters
 from tunesmith.objectives import Objective, build_objective
 from tunesmith.objectives.base import StageStart
 from tunesmith.rundir import RunLock, combine_stage_metrics, has_progress, prepare_run_dir, start_run_dir
+from tunesmith.schema import RunConfig
 from tunesmith.stages import Stage, plan_stages, set_up_stage, stage_steps
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import setup, teardown
-from tunesmith.train.loop import TrainResult, TrainTask, train
+from tunesmith.train.loop import TrainResult, train
 from tunesmith.train.parallel import Strategy, make_strategy
+from tunesmith.train.task import TrainTask
 
 
 def run(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -213,7 +214,7 @@ def _train_stage(stage: Stage, model: torch.nn.Module, task: TrainTask, cfg: Run
     cache = None if finished else _prefix_cache(cfg, objective, model, task, strategy, say)
     try:
         result = train(model, task, stage.train, stage.dir, strategy, resume_from=resume_from, pause_at_step=pause_at,
-                       callbacks=objective.callbacks(stage.name))
+                       step=objective.training_step(stage.name), callbacks=objective.callbacks(stage.name))
     finally:
         if cache is not None:
             cache.detach()  # the next stage may train what this one froze

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.config import MethodConfig, RunConfig, TrainConfig
 from tunesmith.errors import ConfigError
 from tunesmith.methods import METHODS, Method
 from tunesmith.methods.common import frozen_batchnorms, keep_in_eval, release_eval
 from tunesmith.models.hf import LoadedModel
 from tunesmith.objectives import Objective
+from tunesmith.schema import MethodConfig, RunConfig, TrainConfig
 
 _STAGE_FIELDS = ("epochs", "max_steps", "lr", "head_lr", "weight_decay", "warmup_ratio", "schedule")
 

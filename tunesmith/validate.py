@@ -11,9 +11,9 @@ import math
 import re
 from collections.abc import Callable
 
-from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError
 from tunesmith.ranges import check_ranges
+from tunesmith.schema import RunConfig, stage_methods
 
 Where = Callable[[str], str]
 SCHEDULES = ("linear", "cosine", "constant")
@@ -53,6 +53,17 @@ def _check_train(cfg: RunConfig, w: Where, training: bool = True) -> None:
             raise ConfigError(f"{w('train.device')}: cuda, but this torch ({torch.__version__}) sees no CUDA device; "
                               "use auto or cpu")
     choice(t.parallelism, CHOICES, w("train.parallelism"))
+    from tunesmith.train.precision import MODEL_DTYPES, PRECISIONS, precision_problem
+
+    choice(t.precision, PRECISIONS, w("train.precision"))
+    choice(cfg.model.dtype, tuple(MODEL_DTYPES), w("model.dtype"))
+    if training:
+        import torch
+
+        device = t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        problem = precision_problem(t.precision, device)
+        if problem:
+            raise ConfigError(f"{w('train.precision')}: {t.precision}: {problem}")
     choice(t.early_stopping.mode, ("auto", "min", "max"), w("train.early_stopping.mode"))
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"{w('train.batch_size')}: {t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
@@ -101,13 +112,6 @@ def _check_model(cfg: RunConfig, objective, w: Where) -> None:
         plus = f" + {virtual} virtual tokens" if virtual else ""
         raise ConfigError(f"{w('model.max_length')}: {cfg.model.max_length}{plus} is more than the model takes "
                           f"({limit} positions, from {source}); at most {limit - virtual}")
-
-
-def stage_methods(cfg: RunConfig) -> list[tuple[str, object]]:
-    """(config section, method config) of every stage: `method`, or each `stages.N.method`."""
-    if not cfg.stages:
-        return [("method", cfg.method)]
-    return [(f"stages.{i}.method", stage.method) for i, stage in enumerate(cfg.stages)]
 
 
 def _check_methods(cfg: RunConfig, objective, w: Where) -> None:

@@ -111,7 +111,7 @@ def test_weights_files_that_would_run_code_are_refused(tmp_path):
 def test_plain_pointwise_convs_change_nothing_but_the_class():
     from efficientnet_lite_pytorch import EfficientNet
 
-    from tunesmith.models.vision import plain_pointwise_convs
+    from tunesmith.models.vision_specs import plain_pointwise_convs
 
     torch.manual_seed(0)
     original = EfficientNet.from_name("efficientnet-lite0", image_size=32).eval()

@@ -12,7 +12,8 @@ from helpers import cli, model_weights, write_config
 from PIL import Image
 
 from tunesmith.config import config_from_dict
-from tunesmith.models.vision import read_weights, vision_spec
+from tunesmith.models.registry import vision_spec
+from tunesmith.models.vision import read_weights
 from tunesmith.run import run
 
 pytestmark = pytest.mark.slow

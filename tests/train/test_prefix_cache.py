@@ -73,7 +73,8 @@ def test_transformer_prefix_cache_trains_like_the_real_prefix():
 
 
 def test_cnn_prefix_cache_trains_like_the_real_prefix():
-    from tunesmith.models.vision import ImagePrep, _efficientnet_lite0
+    from tunesmith.models.vision import ImagePrep
+    from tunesmith.models.vision_specs import _efficientnet_lite0
 
     torch.manual_seed(0)
     model = _efficientnet_lite0(32)

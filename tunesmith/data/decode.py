@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from tunesmith.errors import DataError
 
-if TYPE_CHECKING:
-    from tunesmith.data.images import ImageExample
+
+class ImageExample(Protocol):
+    """What decoding reads of an example (data.images.ImageExample has it)."""
+
+    image: np.ndarray | Path  # pixels already in memory, or a file
+    where: str
 
 
 def read_image(example: ImageExample) -> np.ndarray:

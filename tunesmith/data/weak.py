@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith.data.label_model import ABSTAIN, fit_label_model
 from tunesmith.errors import ConfigError, DataError
-
-ABSTAIN = -1
 
 
 @dataclass
@@ -114,7 +113,7 @@ def load_lf_file(path: str | Path) -> list[LFConfig]:
     """LFs from a YAML file: a list of {name, label, keywords | regex | function}."""
     import yaml
 
-    from tunesmith.config import _build  # one schema and its checks, for files as for configs
+    from tunesmith.parsing import build_section  # one schema and its checks, for files as for configs
 
     path = Path(path)
     try:
@@ -124,7 +123,7 @@ def load_lf_file(path: str | Path) -> list[LFConfig]:
     if not isinstance(data, list):
         raise ConfigError(f"{path}: expected a list of labeling functions")
     lines = {str(i): line for i, line in enumerate(lf_file_lines(path))}
-    return [_build(LFConfig, item, f"{i}.", str(path), lines) for i, item in enumerate(data)]
+    return [build_section(LFConfig, item, f"{i}.", str(path), lines) for i, item in enumerate(data)]
 
 
 def lf_file_lines(path: str | Path) -> list[int]:
@@ -205,8 +204,6 @@ def lf_stats(L: np.ndarray, names: Sequence[str], num_labels: int, gold: np.ndar
     total = {"examples": int(len(L)), "coverage": float(votes.any(axis=1).mean()) if len(L) else 0.0,
              "conflicting": float(sum(len(set(r[r != ABSTAIN])) > 1 for r in L) / n)}
     if gold is not None:
-        from tunesmith.data.label_model import fit_label_model
-
         covered = votes.any(axis=1) & (gold >= 0)
         predicted = fit_label_model("majority", L, num_labels).predict(L)  # ties broken as the label model does
         total["majority_vote_accuracy"] = float((predicted[covered] == gold[covered]).mean()) if covered.any() else None

@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunesmith.atomic import atomic_dir
-from tunesmith.config import LoraConfig
 from tunesmith.errors import TunesmithError
-from tunesmith.methods.lora import inject, lora_layers
+from tunesmith.methods.lora_model import inject, lora_layers
+from tunesmith.schema import LoraConfig
 
 PREFIX = "base_model.model."
 CONFIG = "adapter_config.json"

@@ -21,8 +21,8 @@ from torch import nn
 from tunesmith.errors import TunesmithError
 
 if TYPE_CHECKING:
-    from tunesmith.config import MethodConfig, RunConfig
     from tunesmith.models.hf import LoadedModel
+    from tunesmith.schema import MethodConfig, RunConfig
 
 
 class Method:

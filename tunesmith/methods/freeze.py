@@ -15,8 +15,8 @@ from tunesmith.methods.base import Method
 from tunesmith.methods.common import find_blocks, frozen_subtrees, keep_in_eval
 
 if TYPE_CHECKING:
-    from tunesmith.config import MethodConfig
     from tunesmith.models.hf import LoadedModel
+    from tunesmith.schema import MethodConfig
 
 
 def frozen_names(loaded: LoadedModel, cfg: MethodConfig) -> list[str]:

@@ -20,8 +20,8 @@ from tunesmith.methods.base import Method
 from tunesmith.methods.common import set_trainable
 
 if TYPE_CHECKING:
-    from tunesmith.config import MethodConfig
     from tunesmith.models.hf import LoadedModel
+    from tunesmith.schema import MethodConfig
 
 
 class PromptTuningModel(nn.Module):

@@ -55,7 +55,7 @@ def untrained_pooler(path: Path) -> bool:
 
 
 def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: int,
-                         train_pooler: bool | None = None) -> LoadedModel:
+                         train_pooler: bool | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Pretrained encoder + a new classification head for `label_names`, seeded by `init_seed`.
 
     `train_pooler`: the pooler (dense + tanh on [CLS]) trains as part of the head, under every method
@@ -71,7 +71,7 @@ def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: i
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-            local_files_only=True, ignore_mismatched_sizes=True, output_loading_info=True,
+            local_files_only=True, ignore_mismatched_sizes=True, output_loading_info=True, dtype=dtype,
         )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
@@ -87,7 +87,7 @@ def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: i
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.float()
+    model.to(dtype)  # the new head too (a checkpoint in another dtype is read in `dtype`)
     return LoadedModel(model=model, tokenizer=tokenizer, head_params=head, source=str(path))
 
 
@@ -119,7 +119,7 @@ def save_hf_model(model: nn.Module, tokenizer: object, out_dir: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def load_causal_lm(name_or_path: str, init_seed: int) -> LoadedModel:
+def load_causal_lm(name_or_path: str, init_seed: int, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """A pretrained decoder-only language model (its own LM head: nothing is trained from scratch)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -127,7 +127,7 @@ def load_causal_lm(name_or_path: str, init_seed: int) -> LoadedModel:
     path = resolve_model_dir(name_or_path)
     torch.manual_seed(init_seed)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
         raise TunesmithError(f"cannot load a causal language model from {path}: {e}") from None

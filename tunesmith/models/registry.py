@@ -9,7 +9,7 @@ from pathlib import Path
 from tunesmith.errors import ConfigError
 from tunesmith.models.assets import packaged_path
 from tunesmith.models.gguf import packaged_gguf
-from tunesmith.models.vision import EFFICIENTNET_LITE0, VisionSpec
+from tunesmith.models.vision_specs import EFFICIENTNET_LITE0, VisionSpec
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,9 @@ def resolve_model_dir(name_or_path: str) -> Path:
         f"model.name: {name_or_path!r} is neither a built-in model ({', '.join(MODELS)}) nor a local directory; "
         "models cannot be downloaded from a hub here: point it at a local Hugging Face-format directory"
     )
+
+
+def vision_spec(name: str) -> VisionSpec | None:
+    """The built-in image model of that name, or None."""
+    entry = MODELS.get(name)
+    return entry.vision if entry is not None else None

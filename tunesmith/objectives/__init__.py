@@ -17,9 +17,10 @@ from tunesmith.objectives.orpo import ORPO
 from tunesmith.objectives.reward import Reward
 from tunesmith.objectives.simpo import SimPO
 from tunesmith.objectives.weak import Weak
+from tunesmith.schema import OBJECTIVE_SECTIONS
 
 if TYPE_CHECKING:
-    from tunesmith.config import RunConfig
+    from tunesmith.schema import RunConfig
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "classify": Classify,
@@ -32,6 +33,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "kto": KTO,
     "weak": Weak,
 }
+OBJECTIVE_SECTIONS.update({name: cls.Config for name, cls in OBJECTIVES.items()})  # what the config parser reads
 
 
 def build_objective(run: RunConfig) -> Objective:

@@ -17,18 +17,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from tunesmith.schema import ObjectiveConfig
+
 if TYPE_CHECKING:
-    from tunesmith.config import RunConfig
     from tunesmith.models.hf import LoadedModel
+    from tunesmith.schema import RunConfig
     from tunesmith.train.parallel import Strategy
-
-
-@dataclass
-class ObjectiveConfig:
-    """The `objective:` section. `objective: NAME` is shorthand for `objective: {name: NAME}`; each
-    objective's own options sit beside the name (see its Config)."""
-
-    name: str = "classify"
 
 
 @dataclass
@@ -153,6 +147,12 @@ class Objective:
     def callbacks(self, stage: str) -> list:
         """Loop callbacks (train/callbacks.py) a stage runs with, e.g. relabeling every T steps."""
         return []
+
+    def training_step(self, stage: str) -> Any:
+        """The step a stage trains with: a callable (TrainerView) -> StepOutput with state_dict /
+        load_state_dict (train/step.py); None: the plain SupervisedStep. A recipe that generates, runs
+        inner epochs or updates twice per step builds its own from step.py's parts."""
+        return None
 
     def prefix_cache_mb(self, run: RunConfig) -> float | None:
         """The frozen-prefix cache's budget where this objective's inputs make it exact; None: off."""

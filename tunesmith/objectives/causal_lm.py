@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunesmith.data.chat import chat_prefix, template_ids
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.fastpath import checked_once, same_result
 from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
@@ -40,18 +41,6 @@ class LMItem:
     labels: list[int]  # IGNORE where the token is context, not target
 
 
-def _ids(result) -> list[int]:
-    """apply_chat_template returns a list or (transformers 5) a BatchEncoding."""
-    if hasattr(result, "keys") and "input_ids" in result:
-        result = result["input_ids"]
-    return list(result)
-
-
-def chat_prefix(tokenizer, messages: Sequence[dict]) -> list[int]:
-    """Tokens of the conversation so far plus the assistant header: the prompt a model answers."""
-    return _ids(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True))
-
-
 def tokenize_example(example, tokenizer) -> tuple[list[int], list[int]]:
     eos = tokenizer.eos_token_id
     if example.kind == "text":
@@ -65,13 +54,13 @@ def tokenize_example(example, tokenizer) -> tuple[list[int], list[int]]:
         raise DataError(f"{example.where}: chat rows need a tokenizer with a chat template; this model has "
                         "none (use prompt/completion rows instead)")
     messages = list(example.messages)
-    ids = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
+    ids = template_ids(tokenizer.apply_chat_template(messages, tokenize=True))
     labels = [IGNORE] * len(ids)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         start = len(chat_prefix(tokenizer, messages[:i]))
-        end = len(_ids(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True)))
+        end = len(template_ids(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True)))
         turn = ids[start:end]
         if eos not in turn:  # a template that closes turns without EOS: add it, so the model learns to stop
             ids = ids[:end] + [eos] + ids[end:]
@@ -295,8 +284,9 @@ class CausalLM(Objective):
 
     def load_model(self, run, data):
         from tunesmith.models import load_causal_lm
+        from tunesmith.train.precision import MODEL_DTYPES
 
-        return load_causal_lm(run.model.name, run.train.init_seed)
+        return load_causal_lm(run.model.name, run.train.init_seed, MODEL_DTYPES[run.model.dtype])
 
     def encode(self, examples, tokenizer, max_length):
         return encode(examples, tokenizer, max_length)

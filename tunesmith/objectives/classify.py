@@ -158,8 +158,10 @@ class Classify(Objective):
 
     def load_model(self, run, data):
         from tunesmith.models import load_text_classifier
+        from tunesmith.train.precision import MODEL_DTYPES
 
-        return load_text_classifier(run.model.name, data.label_names, run.train.init_seed, pooler_trains(run))
+        return load_text_classifier(run.model.name, data.label_names, run.train.init_seed, pooler_trains(run),
+                                    MODEL_DTYPES[run.model.dtype])
 
     def prepare_model(self, model: nn.Module) -> str | None:
         from tunesmith.objectives.first_token import install_first_token_only
@@ -248,7 +250,7 @@ def pooler_trains(run) -> bool | None:
     rotten-tomatoes, +10 on 20newsgroups) but costs the probe about a point, and at head_lr it cost full
     fine-tuning and freeze-3 4 to 5.5 points out of distribution on 20newsgroups-subpop."""
     from tunesmith.methods import METHODS
-    from tunesmith.validate import stage_methods
+    from tunesmith.schema import stage_methods
 
     if run.model.train_pooler is not None:
         return run.model.train_pooler

@@ -44,7 +44,7 @@ from tunesmith.errors import TrainingError
 from tunesmith.train.callbacks import Callback
 
 if TYPE_CHECKING:
-    from tunesmith.train.loop import Trainer
+    from tunesmith.train.task import TrainerView as Trainer
 
 DISTANCES = ("cos", "l2")
 

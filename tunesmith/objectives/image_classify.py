@@ -176,6 +176,9 @@ class ImageClassify(Classify):
                               "image model (image_classify needs e.g. efficientnet-lite0 or a module:factory model)")
         if run.model.train_pooler is not None:
             raise ConfigError(f"{where('model.train_pooler')}: is for text classifiers (objective classify), not image_classify")
+        if run.model.dtype != "float32":
+            raise ConfigError(f"{where('model.dtype')}: {run.model.dtype}: image models keep float32 weights (their "
+                              "pixels come in float32); compute in lower precision with train.precision: bf16")
 
     def load_data(self, run):
         from tunesmith.data.images import load_image_classification

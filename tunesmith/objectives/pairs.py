@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunesmith.data.chat import chat_prefix, template_ids
 from tunesmith.errors import DataError
 from tunesmith.fastpath import checked_once, same_result
-from tunesmith.objectives.causal_lm import IGNORE, LMItem, _body_and_head, chat_prefix, target_logits
+from tunesmith.objectives.causal_lm import IGNORE, LMItem, _body_and_head, target_logits
 from tunesmith.objectives.causal_lm import collate as lm_collate
 
 
@@ -50,12 +51,6 @@ class PairItem:
         return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
 
 
-def _ids(result) -> list[int]:
-    if hasattr(result, "keys") and "input_ids" in result:
-        result = result["input_ids"]
-    return list(result)
-
-
 def split_tokens(tokenizer, prompt, completion, where: str) -> tuple[list[int], list[int]]:
     """(prompt tokens, completion tokens), both cut from the joined text's tokens."""
     eos = tokenizer.eos_token_id
@@ -63,7 +58,7 @@ def split_tokens(tokenizer, prompt, completion, where: str) -> tuple[list[int], 
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(f"{where}: conversational rows need a tokenizer with a chat template; this model has none")
         head = chat_prefix(tokenizer, list(prompt))
-        full = _ids(tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=True))
+        full = template_ids(tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=True))
         if full[: len(head)] != head:
             raise DataError(f"{where}: the chat template renders the prompt differently once the answer follows, "
                             "so the answer's tokens cannot be cut from the conversation; check the template")

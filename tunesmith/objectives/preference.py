@@ -68,7 +68,7 @@ class PreferenceObjective(CausalLM):
     def check(self, run, where) -> None:
         super().check(run, where)
         from tunesmith.methods import METHODS
-        from tunesmith.validate import stage_methods
+        from tunesmith.schema import stage_methods
 
         if not self.needs_reference or getattr(self.cfg, "precompute_reference", None) is not False:
             return

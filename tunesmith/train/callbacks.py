@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tunesmith.train.loop import Trainer
     from tunesmith.train.step import StepOutput
+    from tunesmith.train.task import TrainerView as Trainer
 
 
 class Callback:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from tunesmith.config import EarlyStopConfig
+from tunesmith.schema import EarlyStopConfig
 
 
 def default_tie_breaker(metric: str) -> str | None:

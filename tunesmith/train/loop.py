@@ -22,16 +22,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunesmith.config import TrainConfig
 from tunesmith.errors import Interrupted, TrainingError
-from tunesmith.objectives.base import Objective
+from tunesmith.schema import TrainConfig
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.callbacks import Callback
 from tunesmith.train.early_stop import EarlyStopper
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.parallel import Strategy
+from tunesmith.train.precision import Precision
 from tunesmith.train.signals import StopRequests
 from tunesmith.train.step import StepOutput, SupervisedStep, epoch_batches
+from tunesmith.train.task import TrainTask
 from tunesmith.train.track import MetricsLog
 
 # Testing hook: "STEP" sends this process SIGKILL right after that optimizer step, exactly like an OOM
@@ -40,17 +41,6 @@ from tunesmith.train.track import MetricsLog
 _KILL = os.environ.get("TUNESMITH_KILL_AT_STEP", "").partition(":")
 _KILL_AT = int(_KILL[0]) if _KILL[0] else None
 _KILL_WITH = getattr(signal, f"SIG{_KILL[2]}") if _KILL[2] else signal.SIGKILL
-
-
-@dataclass
-class TrainTask:
-    items: Sequence[Any]
-    collate: Callable[[list[Any]], dict[str, torch.Tensor]]  # training batches (augmentation on)
-    objective: Objective
-    pad_id: int | None = None
-    evaluate: Callable[[nn.Module], dict[str, float]] | None = None  # collective under DDP
-    head_params: set[str] = field(default_factory=set)
-    lengths: Sequence[int] | None = None  # per item, for length-grouped batches
 
 
 @dataclass
@@ -97,6 +87,7 @@ class Trainer:
             raise TrainingError("no training items")
         self.steps_per_epoch = math.ceil(n / cfg.batch_size)
         self.total_steps = cfg.max_steps or math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.precision = Precision(cfg.precision, strategy.device)
         self.wrapped = strategy.wrap(model)  # before the optimizer: a sharding strategy replaces parameters
         self.optimizer = build_optimizer(model, cfg, task.head_params)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
@@ -124,7 +115,8 @@ class Trainer:
         """The objective's, the step's and every callback's state."""
         step_state = self.step_fn.state_dict() if hasattr(self.step_fn, "state_dict") else {}
         return {"objective": self.task.objective.state_dict(), "step": step_state,
-                "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks}}
+                "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks},
+                "precision": self.precision.state_dict()}
 
     def checkpoint_due(self) -> bool:
         minutes = self.cfg.checkpoint_minutes
@@ -187,6 +179,7 @@ class Trainer:
         self.loss_end = tuple(meta["loss_end"]) if meta.get("loss_end") else None
         states = extra.get("states", {})
         self.task.objective.load_state_dict(states.get("objective", {}))
+        self.precision.load_state_dict(states.get("precision", {}))
         if hasattr(self.step_fn, "load_state_dict"):
             self.step_fn.load_state_dict(states.get("step", {}))
         for cb in self.callbacks:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from tunesmith.config import TrainConfig
+from tunesmith.schema import TrainConfig
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig, head_params: set[str]) -> list[dict]:
