@@ -133,3 +133,30 @@ def tiny_cnn():
             return self.fc(self.pool(x).flatten(1))
 
     return TinyCNN()
+
+
+def pref_rows(n, seed, chat=True):
+    out = []
+    for r in sentiment_rows(n, seed):
+        good, bad = ("fresh", "rotten") if r["label"] == "pos" else ("rotten", "fresh")
+        if chat:
+            out.append({"prompt": [{"role": "user", "content": "review " + r["text"]}],
+                        "chosen": [{"role": "assistant", "content": good}],
+                        "rejected": [{"role": "assistant", "content": bad}]})
+        else:
+            out.append({"prompt": r["text"] + " answer", "chosen": " " + good, "rejected": " " + bad})
+    return out
+
+
+def pref_config(model, tmp, objective, method, chat=True, **train):
+    data = tmp / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    return {"model": {"name": str(model), "max_length": 48}, "objective": objective, "method": method,
+            "data": {"train": str(write_jsonl(data / "train.jsonl", pref_rows(64, 1, chat))),
+                     "validation": str(write_jsonl(data / "val.jsonl", pref_rows(16, 2, chat))),
+                     "test": str(write_jsonl(data / "test.jsonl", pref_rows(16, 3, chat)))},
+            "train": {"epochs": 6, "batch_size": 16, "lr": 2e-2, "progress": False, "warmup_ratio": 0.0,
+                      "log_every": 1, "checkpoint_minutes": None} | train}
+
+
+LORA = {"name": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": "all-linear"}}

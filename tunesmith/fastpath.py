@@ -40,6 +40,17 @@ def same_result(model: nn.Module, slow: Callable[[], Any], fast: Callable[[], An
         model.train(was_training)
 
 
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP shards the module: its parts cannot then be called on their own (the root's forward
+    gathers what the blocks share, e.g. the embeddings), so fast paths that call the body and the head
+    apart are not used; the model's own forward runs."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        return False
+    return isinstance(model, FSDPModule)
+
+
 def checked_once(owner: nn.Module, key: str, check: Callable[[], T]) -> T:
     """`check()`'s verdict for `owner`, computed on first use and remembered on the instance."""
     attribute = f"_tunesmith_{key}"

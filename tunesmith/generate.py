@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,13 +107,16 @@ def output_cache(out):
 
 @torch.inference_mode()
 def generate_batch(model: nn.Module, batch: Sequence[Sequence[int]], eos_ids: set[int], cfg: GenerationConfig,
-                   device: torch.device | str = "cpu", seeds: Sequence[int] | None = None) -> list[list[int]]:
+                   device: torch.device | str = "cpu", seeds: Sequence[int] | None = None,
+                   strategy: Any = None) -> list[list[int]]:
     """New tokens for several prompts of the same length at once.
 
     Equal lengths mean no padding, so every row gets exactly the tokens it would get alone; callers
     group prompts by length (see `generate_many`). Sampling: row i draws from a generator seeded with
-    seeds[i] (default: cfg.seed).
+    seeds[i] (default: cfg.seed). With a `strategy` whose forwards are collectives (fsdp), decoding goes
+    on until every process's rows are done (lockstep), not only this one's.
     """
+    lockstep = strategy is not None and strategy.collective_forward
     if len({len(ids) for ids in batch}) != 1:
         raise ValueError("generate_batch needs prompts of equal length; use generate_many")
     generators = [torch.Generator().manual_seed(s) for s in (seeds or [cfg.seed] * len(batch))]
@@ -124,7 +128,7 @@ def generate_batch(model: nn.Module, batch: Sequence[Sequence[int]], eos_ids: se
     for _ in range(cfg.max_new_tokens):
         tokens = _pick(out.logits[:, -1].float().cpu(), cfg, generators)
         done |= torch.isin(tokens, eos)
-        if bool(done.all()):
+        if not (strategy.any_true(not bool(done.all())) if lockstep else not bool(done.all())):
             break
         for row in (~done).nonzero().flatten().tolist():
             new[row].append(int(tokens[row]))
@@ -140,9 +144,11 @@ def generate_ids(model: nn.Module, ids: Sequence[int], eos_ids: set[int], cfg: G
 
 def generate_many(model: nn.Module, prompts: Sequence[Sequence[int]], eos_ids: set[int], cfg: GenerationConfig,
                   device: torch.device | str = "cpu", batch_size: int = 16, progress: bool = False,
-                  desc: str = "generate") -> list[list[int]]:
+                  desc: str = "generate", strategy: Any = None) -> list[list[int]]:
     """New tokens for each prompt, in order; prompts of equal length share a batch (no padding needed).
-    Sampled, the i-th prompt draws with seed sample_seed(cfg.seed, i)."""
+    Sampled, the i-th prompt draws with seed sample_seed(cfg.seed, i). With a `strategy` whose
+    forwards are collectives (fsdp), every process runs as many batches as the busiest one (extra ones
+    repeat a prompt, or EOS where it has none, and are discarded)."""
     from tqdm.auto import tqdm
 
     by_length: dict[int, list[int]] = {}
@@ -150,13 +156,19 @@ def generate_many(model: nn.Module, prompts: Sequence[Sequence[int]], eos_ids: s
         by_length.setdefault(len(ids), []).append(i)
     chunks = [idx[k : k + batch_size] for idx in by_length.values() for k in range(0, len(idx), batch_size)]
     results: list[list[int]] = [[] for _ in prompts]
+    extra = 0
+    if strategy is not None and strategy.collective_forward:
+        extra = strategy.agree_max(len(chunks)) - len(chunks)
     with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False, disable=not progress) as bar:
         for chunk in chunks:
             seeds = [sample_seed(cfg.seed, i) for i in chunk]
-            for i, new in zip(chunk, generate_batch(model, [prompts[i] for i in chunk], eos_ids, cfg, device, seeds),
-                              strict=True):
+            for i, new in zip(chunk, generate_batch(model, [prompts[i] for i in chunk], eos_ids, cfg, device, seeds,
+                                                    strategy), strict=True):
                 results[i] = new
             bar.update(len(chunk))
+        filler = [list(prompts[0])] if prompts else [[min(eos_ids)]]
+        for _ in range(extra):  # forwards the other processes need this one to take part in
+            generate_batch(model, filler, eos_ids, cfg, device, None, strategy)
     return results
 
 
@@ -199,7 +211,8 @@ def answer_set(examples: Sequence) -> list[str]:
 
 def exact_match(model: nn.Module, tokenizer, examples: Sequence, max_new_tokens: int = 16,
                 device: torch.device | str = "cpu", progress: bool = True, batch_size: int = 16,
-                candidates: Sequence[str] | None = None, answers_out: list | None = None) -> dict[str, float]:
+                candidates: Sequence[str] | None = None, answers_out: list | None = None,
+                strategy: Any = None) -> dict[str, float]:
     """Greedy answers vs the expected completion / last assistant turn.
 
     `exact_match`: the whole answer equals the expected one (case-, space- and final-stop-blind).
@@ -209,14 +222,17 @@ def exact_match(model: nn.Module, tokenizer, examples: Sequence, max_new_tokens:
     `answers_out`, when given, receives one row per scored example: where, expected, answer, verdicts.
     """
     scored = [e for e in examples if e.answer is not None]
-    if not scored:
+    lockstep = strategy is not None and strategy.collective_forward
+    if not scored and not lockstep:  # in lockstep, a process with nothing to score still takes part
         return {}
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     prompts = [chat_prefix(tokenizer, list(e.messages[:-1])) if e.kind == "chat"
                else tokenizer(e.prompt, add_special_tokens=True)["input_ids"] for e in scored]
     with evaluating(model):
         new = generate_many(model, prompts, eos_ids(model, tokenizer), cfg, device, batch_size, progress,
-                            "exact match")
+                            "exact match", strategy)
+    if not scored:
+        return {}
     answers = [tokenizer.decode(t, skip_special_tokens=True) for t in new]
     expected = [normalise(e.answer) for e in scored]
     result = {"exact_match": sum(normalise(a) == x for a, x in zip(answers, expected, strict=True)) / len(scored),

@@ -44,7 +44,7 @@ def run(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, overwr
         if info.rank == 0 and run_dir.exists():
             lock.acquire()  # a live run there: refused before anything is read or written
         cfg = prepare_run_dir(cfg, run_dir, resume, overwrite, info.rank == 0)
-        strategy = make_strategy(cfg.train.parallelism, info)
+        strategy = make_strategy(cfg.train.parallelism, info, cfg.train)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         return _run(cfg, run_dir, resume, overwrite, strategy, started, lock)
@@ -125,11 +125,11 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
     _check_finite(model)
     summary = _summary(cfg, objective, data, stages, results, rows, encode_stats, final, details, strategy,
                        started, count_parameters(loaded.model)[1])
+    meta = {"model": cfg.model.name, "objective": objective.name, "label_names": data.label_names,
+            "init_seed": cfg.train.init_seed}
+    _export(model, loaded, stages, objective, cfg, data, strategy, run_dir, meta)
     if strategy.is_main:
         (run_dir / "paused.json").unlink(missing_ok=True)
-        meta = {"model": cfg.model.name, "objective": objective.name, "label_names": data.label_names,
-                "init_seed": cfg.train.init_seed}
-        artifacts.save_trained(model, loaded, [st.method for st in stages], run_dir, meta)
         artifacts.write_report(run_dir, summary, details, objective, data.label_names)
         freed = sum(ckpt.slim_finished(st.dir / "checkpoints", cfg.train.keep_optimizer_state) for st in stages)
         n = len(summary["warnings"])  # each was said when found; the last line points back at them
@@ -139,11 +139,40 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
     return summary
 
 
+def _export(model: torch.nn.Module, loaded, stages: list[Stage], objective: Objective, cfg: RunConfig, data,
+            strategy: Strategy, run_dir: Path, meta: dict) -> None:
+    """RUN_DIR/model or RUN_DIR/adapter as plain files. A sharded model is first gathered to the main
+    process, which rebuilds the unsharded model (the pretrained one, the stage's method applied) and
+    loads it into that: every format a run writes then comes from the same code."""
+    if not strategy.shards:
+        if strategy.is_main:
+            artifacts.save_trained(model, loaded, [st.method for st in stages], run_dir, meta)
+        return
+    full = strategy.full_model_state(model)  # collective: every process takes part
+    if strategy.is_main:
+        from tunesmith.methods import METHODS
+
+        twin = objective.load_model(cfg, data)
+        methods = []
+        for stage in stages:
+            method = METHODS[stage.method_cfg.name]()
+            method.apply(twin, stage.method_cfg)
+            methods.append(method)
+        missing, _ = twin.model.load_state_dict(full, strict=False)
+        trained = {n for n, p in twin.model.named_parameters() if p.requires_grad}
+        if trained & set(missing):
+            raise TrainingError(f"the gathered model lacks trained tensors, e.g. {sorted(trained & set(missing))[0]}; "
+                                "nothing was saved")
+        artifacts.save_trained(twin.model, twin, methods, run_dir, meta)
+    strategy.barrier()
+
+
 def _check_finite(model: torch.nn.Module) -> None:
     """No model is saved from weights that are not all finite (gradients are checked every step; this
-    also covers what came in from a checkpoint)."""
+    also covers what came in from a checkpoint). A sharded parameter: this process's shard."""
     for name, param in model.named_parameters():
-        if param.requires_grad and not bool(torch.isfinite(param).all()):
+        local = param.to_local() if hasattr(param, "to_local") else param
+        if param.requires_grad and not bool(torch.isfinite(local).all()):
             raise TrainingError(f"the trained weights hold nan or inf ({name}); nothing was saved; lower train.lr "
                                 "or set train.max_grad_norm, and train again")
 
@@ -180,18 +209,36 @@ def _lengths(objective: Objective, items: list) -> list[int] | None:
 
 def _evaluators(objective: Objective, encoded: dict, cfg: RunConfig, pad_id: int | None, num_labels: int,
                 strategy: Strategy) -> dict:
-    """Per split: model -> (metrics with the split's prefix, the summed tensors), sharded over processes."""
+    """Per split: model -> (metrics with the split's prefix, the summed tensors), sharded over processes.
+    Where every forward is a collective (fsdp), each process evaluates the same number of batches."""
     def make(items: list, prefix: str):
         shard = items[strategy.rank :: strategy.world_size]
+        size = cfg.train.eval_batch_size
 
         def evaluate(model: torch.nn.Module):
-            sums = objective.eval_sums(model, shard, cfg.train.eval_batch_size, pad_id, strategy.device, num_labels)
+            if strategy.collective_forward:
+                sums = _lockstep_sums(objective, model, items, size, pad_id, strategy, num_labels)
+            else:
+                sums = objective.eval_sums(model, shard, size, pad_id, strategy.device, num_labels)
             sums = {k: strategy.all_reduce_sum(v.to(strategy.device)).cpu() for k, v in sums.items()}
             return {f"{prefix}{k}": v for k, v in objective.metrics(sums).items()}, sums
         return evaluate
 
     prefixes = {"train": "train_", "validation": "val_", "test": "test_"}
     return {name: make(items, prefixes.get(name, f"{name}_")) for name, items in encoded.items()}
+
+
+def _lockstep_sums(objective: Objective, model: torch.nn.Module, items: list, size: int, pad_id: int | None,
+                   strategy: Strategy, num_labels: int) -> dict[str, torch.Tensor]:
+    """eval_sums batch by batch, round-robin over processes, every process running every round (a
+    process without a batch in the last round evaluates one and discards it)."""
+    order = sorted(range(len(items)), key=lambda i: objective.item_length(items[i]) or 0)  # less padding
+    batches = [[items[i] for i in order[at : at + size]] for at in range(0, len(order), size)]
+    sums: dict[str, torch.Tensor] = {}
+    for batch, real in strategy.my_batches(batches):
+        for key, value in objective.eval_sums(model, batch, size, pad_id, strategy.device, num_labels).items():
+            sums[key] = sums.get(key, torch.zeros_like(value)) + (value if real else torch.zeros_like(value))
+    return sums
 
 
 def _merged(evaluators: dict, names: list[str]):
@@ -209,8 +256,8 @@ def _train_stage(stage: Stage, model: torch.nn.Module, task: TrainTask, cfg: Run
     if strategy.is_main:
         stage.dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    resume_from = ckpt.load_resumable(stage.dir / "checkpoints", say) if resume else None
-    finished = resume_from is not None and resume_from[3].get("final")
+    resume_from = ckpt.find_resumable(stage.dir / "checkpoints", say, strategy.verify_state) if resume else None
+    finished = resume_from is not None and resume_from[1].get("final")
     cache = None if finished else _prefix_cache(cfg, objective, model, task, strategy, say)
     try:
         result = train(model, task, stage.train, stage.dir, strategy, resume_from=resume_from, pause_at_step=pause_at,
@@ -235,8 +282,8 @@ def _prefix_cache(cfg: RunConfig, objective: Objective, model: torch.nn.Module, 
                   strategy: Strategy, say):
     """Frozen-prefix caching where it is exact: the objective allows it and nothing re-runs the blocks."""
     budget = objective.prefix_cache_mb(cfg)
-    if budget is None or cfg.train.gradient_checkpointing or not task.items:
-        return None  # checkpointing re-runs blocks in backward
+    if budget is None or cfg.train.gradient_checkpointing or not task.items or strategy.shards:
+        return None  # checkpointing re-runs blocks in backward; sharded blocks are gathered per forward
     from tunesmith.train.prefix_cache import attach_prefix_cache
 
     return attach_prefix_cache(model, task.items, lambda batch: objective.collate(batch, task.pad_id),

@@ -140,7 +140,8 @@ class TrainConfig:
     # fp32 | bf16 | fp16: the forward and backward under autocast in that precision, weights and AdamW
     # state as model.dtype loads them (fp32 by default); fp16 adds a gradient scaler
     precision: str = "fp32"
-    parallelism: str = "auto"  # auto (ddp under torchrun, else none) | none | ddp
+    parallelism: str = "auto"  # auto (ddp under torchrun, else none) | none | ddp | fsdp (FSDP2, under torchrun)
+    fsdp_cpu_offload: bool = False  # fsdp: keep the sharded weights, gradients and AdamW state in CPU memory
     threads: int | None = ranged(None, ">= 1")  # torch intra-op threads; None: torch's default
     progress: bool = True  # tqdm progress bar
     # stop (checkpoint, evaluate, write paused.json) after this fraction of all training steps; resume

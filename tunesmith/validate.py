@@ -53,6 +53,7 @@ def _check_train(cfg: RunConfig, w: Where, training: bool = True) -> None:
             raise ConfigError(f"{w('train.device')}: cuda, but this torch ({torch.__version__}) sees no CUDA device; "
                               "use auto or cpu")
     choice(t.parallelism, CHOICES, w("train.parallelism"))
+    _check_parallelism(cfg, w, training)
     from tunesmith.train.precision import MODEL_DTYPES, PRECISIONS, precision_problem
 
     choice(t.precision, PRECISIONS, w("train.precision"))
@@ -78,6 +79,28 @@ def _check_train(cfg: RunConfig, w: Where, training: bool = True) -> None:
         seen.add(stage.name)
         if stage.schedule is not None:
             choice(stage.schedule, SCHEDULES, w(at + ".schedule"))
+
+
+def _check_parallelism(cfg: RunConfig, w: Where, training: bool) -> None:
+    """What a strategy cannot do, said before anything loads."""
+    from tunesmith.train.distributed import launched_by_torchrun
+
+    t = cfg.train
+    if t.fsdp_cpu_offload and t.parallelism != "fsdp":
+        raise ConfigError(f"{w('train.fsdp_cpu_offload')}: is for train.parallelism: fsdp (it is {t.parallelism})")
+    if t.parallelism != "fsdp":
+        return
+    if training and not launched_by_torchrun():
+        raise ConfigError(f"{w('train.parallelism')}: fsdp shards the model over processes: launch it with "
+                          "torchrun --nproc_per_node=N -m tunesmith train ...")
+    if cfg.stages:
+        raise ConfigError(f"{w('train.parallelism')}: fsdp trains one stage per run; run the stages as runs of their "
+                          "own (model.name: the previous run's model/), or use ddp")
+    if t.precision == "fp16":
+        raise ConfigError(f"{w('train.precision')}: fp16 under fsdp needs a sharded gradient scaler; use bf16 (as "
+                          "FSDP users do), or ddp")
+    if t.compile:
+        raise ConfigError(f"{w('train.compile')}: not with fsdp; set train.compile: false")
 
 
 def _check_data(cfg: RunConfig, w: Where) -> None:

@@ -6,8 +6,7 @@ import json
 
 import pytest
 from helpers import cli, write_config
-from test_preference_runs import LORA, pref_config, pref_rows
-from tiny import make_tiny_bert, sentiment_rows, write_jsonl
+from tiny import LORA, make_tiny_bert, pref_config, pref_rows, sentiment_rows, write_jsonl
 
 from tunesmith.config import config_from_dict
 from tunesmith.data import DataConfig

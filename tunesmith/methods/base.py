@@ -37,7 +37,9 @@ class Method:
     free_reference: ClassVar[bool] = False
 
     def __init__(self) -> None:
-        self._originals: list[tuple[nn.Parameter, torch.Tensor]] = []
+        # (parameter name, its value when the method was applied); by name, not by Parameter object:
+        # a sharding strategy replaces the parameters when it wraps the model
+        self._originals: list[tuple[str, torch.Tensor]] = []
 
     def check(self, cfg: MethodConfig, run: RunConfig, where, at: str) -> None:
         """Config-time checks of this method's options (`at` is the section, e.g. method or stages.1.method)."""
@@ -65,10 +67,10 @@ class Method:
         can put them back: what PEFT does for modules_to_save, applied to anything trained in place."""
         seen = set(skip or ())
         self._originals = []
-        for param in model.parameters():
+        for name, param in model.named_parameters():
             if param.requires_grad and id(param) not in seen:
                 seen.add(id(param))
-                self._originals.append((param, param.detach().clone()))
+                self._originals.append((name, param.detach().clone()))
 
     @contextmanager
     def reference(self, model: nn.Module) -> Iterator[nn.Module]:
@@ -77,22 +79,42 @@ class Method:
         if self.trains_base and not self._originals:
             raise TunesmithError(f"method {self.name} changes the pretrained weights in place, so the model it "
                                  "started from is not kept; compute reference outputs before training instead")
-        with self._originals_restored():
+        with self._originals_restored(model):
             yield model
 
     @contextmanager
-    def _originals_restored(self) -> Iterator[None]:
+    def _originals_restored(self, model: nn.Module) -> Iterator[None]:
+        """The kept values copied into the model's parameters (looked up by name, as the model is now:
+        wrapped or sharded), the trained values copied back after. In-place copies: a sharding
+        strategy's own buffers are the parameters' storage."""
+        params = dict(model.named_parameters())
         trained = []
         with torch.no_grad():
-            for i, (param, original) in enumerate(self._originals):
-                if original.device != param.device or original.dtype != param.dtype:
-                    original = original.to(device=param.device, dtype=param.dtype)
-                    self._originals[i] = (param, original)
-                trained.append(param.data)
-                param.data = original
+            for i, (name, original) in enumerate(self._originals):
+                param = params[name]
+                if _layout(original) != _layout(param):  # once: as the parameter now lives
+                    original = _like(original, param)
+                    self._originals[i] = (name, original)
+                trained.append(param.detach().clone())
+                param.copy_(original)
         try:
             yield
         finally:
             with torch.no_grad():
-                for (param, _), data in zip(self._originals, trained, strict=True):
-                    param.data = data
+                for (name, _), value in zip(self._originals, trained, strict=True):
+                    params[name].copy_(value)
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    return (t.device, t.dtype, type(t), getattr(t, "placements", None))
+
+
+def _like(original: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`original` (a whole tensor) on the parameter's device and dtype, sharded as it is (a DTensor)."""
+    original = original.to(device=param.device if not hasattr(param, "device_mesh") else original.device,
+                           dtype=param.dtype)
+    if hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(original.to(param.device), param.device_mesh, param.placements)
+    return original

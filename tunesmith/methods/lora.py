@@ -97,7 +97,7 @@ class Lora(Method):
 
     @contextmanager
     def reference(self, model: nn.Module) -> Iterator[nn.Module]:
-        with adapters_disabled(model), self._originals_restored():
+        with adapters_disabled(model), self._originals_restored(model):
             yield model
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from tunesmith.data.chat import chat_prefix, template_ids
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.fastpath import checked_once, same_result
+from tunesmith.fastpath import checked_once, is_sharded, same_result
 from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
 
 IGNORE = -100
@@ -173,11 +173,15 @@ def token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
 
 
 def _keeps_masked_logits(model: nn.Module) -> bool:
-    """Whether the model DDP wraps takes a boolean `logits_to_keep` mask (transformers >= 5) and returns
-    exactly the full logits at those positions; checked once per model on a short input."""
-    if not isinstance(model, nn.parallel.DistributedDataParallel):
+    """Whether the model DDP wraps (or FSDP shards) takes a boolean `logits_to_keep` mask (transformers
+    >= 5) and returns exactly the full logits at those positions; checked once per model on a short input
+    (every process at once: under FSDP the check's forwards are collectives too)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        inner = model.module
+    elif is_sharded(model):
+        inner = model
+    else:
         return False
-    inner = model.module
     if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
         return False
 
@@ -195,6 +199,8 @@ def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(the transformer that gives final hidden states, the output layer) of a plain transformers causal
     LM whose logits are exactly head(hidden); None for anything else (then the model's own forward runs).
     Checked once per model on a short input, so an architecture that scales or caps its logits is caught."""
+    if is_sharded(model):
+        return None
     prefix = getattr(model, "base_model_prefix", None)
     body = getattr(model, prefix, None) if prefix else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -332,7 +338,8 @@ class CausalLM(Objective):
             return {}
         progress = strategy.is_main and (self.run is None or self.run.train.progress)
         found = exact_match(model, tokenizer, data.test[strategy.rank :: strategy.world_size],
-                            device=strategy.device, progress=progress, candidates=candidates, answers_out=rows)
+                            device=strategy.device, progress=progress, candidates=candidates, answers_out=rows,
+                            strategy=strategy)
         self.outputs["exact_match.jsonl"] = [row for part in strategy.gather_objects(rows) for row in part]
         n = found.get("exact_match_n", 0)
         keys = ["exact_match"] + (["answer_match"] if candidates else [])  # the same on every rank

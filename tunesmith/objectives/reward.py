@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.errors import DataError
-from tunesmith.fastpath import checked_once, same_result
+from tunesmith.fastpath import checked_once, is_sharded, same_result
 from tunesmith.objectives.base import Loss, ObjectiveConfig, SavedRun
 from tunesmith.objectives.classify import Classify
 from tunesmith.objectives.pairs import packed_hidden, packed_pairs, turn_off_dropout
@@ -293,6 +293,8 @@ def score_route(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     causal LM whose pair scores the packed route reproduces; None for anything else (an encoder, a
     wrapped model, an attention that ignores custom masks), where every sequence runs in full. Checked
     once per model on a short pair of made-up tokens."""
+    if is_sharded(model):
+        return None
     prefix = getattr(model, "base_model_prefix", None)
     body = getattr(model, prefix, None) if prefix else None
     score = getattr(model, "score", None)

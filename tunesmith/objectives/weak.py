@@ -312,13 +312,13 @@ class Weak(Classify):
         start = self._context
         items, strategy = start.encoded["train"], start.strategy
         probs = torch.zeros(len(items), len(self.label_names), dtype=torch.float64)
-        shard = list(range(strategy.rank, len(items), strategy.world_size))
-        shard.sort(key=lambda i: len(items[i].input_ids))  # less padding
-        for at in range(0, len(shard), start.batch_size):
-            ids = shard[at : at + start.batch_size]
+        order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))  # less padding
+        batches = [order[at : at + start.batch_size] for at in range(0, len(order), start.batch_size)]
+        for ids, real in strategy.my_batches(batches):  # round-robin; in lockstep where forwards are collective
             batch = {k: v.to(strategy.device) for k, v in collate([items[i] for i in ids], start.pad_id).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            probs[ids] = logits.float().softmax(-1).double().cpu()
+            if real:
+                probs[ids] = logits.float().softmax(-1).double().cpu()
         probs = strategy.all_reduce_sum(probs.to(strategy.device)).cpu().float()
         previous = None if self.pseudo is None else self.targets.argmax(-1)
         self.targets, self.weights = pseudo_labels(probs, self.cfg.power, self.cfg.eps, self.cfg.confidence_from)

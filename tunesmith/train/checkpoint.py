@@ -1,27 +1,52 @@
-"""Checkpoints written atomically (temp dir + rename), holding only what the run changed.
+"""Checkpoints: their names, the `latest` and `best` pointers, pruning, and atomic writes across
+processes. What goes inside one is the parallelism strategy's business (Strategy.save_state): the
+trained tensors and the optimizer state (whole files for one process and DDP, Distributed Checkpoint
+shards under FSDP), the state every process shares (schedule, position) and each process's own (RNG,
+the objective's, the step's and callbacks' state) in its own file.
 
-A checkpoint holds the trainable parameters and all buffers (safetensors), the optimizer and scheduler
-state, the trainer's position and every process's RNG state: with these a killed run resumes exactly.
-Frozen weights are not stored: they are reloaded from the pretrained model, which they still equal.
+A checkpoint folder is written under a temp name and renamed once every process has written its part,
+so a kill during a save leaves the previous checkpoint as it was. Frozen weights are not stored: they
+are reloaded from the pretrained model, which they still equal.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from tunesmith.atomic import atomic_dir, write_json_atomic
+from tunesmith.atomic import atomic_dir, old_path, temp_path, write_json_atomic
 from tunesmith.errors import TrainingError
 
+
+class Processes(Protocol):
+    """What a collective write needs of the strategy (train/parallel/base.py)."""
+
+    world_size: int
+    is_main: bool
+
+    def barrier(self) -> None: ...
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
 LATEST = "latest.json"
+META = "meta.json"
+# Testing hook: "STEP" kills the main process (SIGKILL) while it saves that step's checkpoint, after every
+# process wrote its part and before the folder is renamed into place. Unset in normal use.
+_KILL_IN_SAVE = int(os.environ["TUNESMITH_KILL_IN_SAVE"]) if os.environ.get("TUNESMITH_KILL_IN_SAVE") else None
+# what reading a truncated or corrupted checkpoint file raises
+DAMAGED = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError)
 
 
 def changing_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -48,22 +73,74 @@ def load_changing_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
             own[name].copy_(tensor)
 
 
-def save_checkpoint(root: Path, name: str, tensors: dict[str, torch.Tensor], extra: dict[str, Any],
-                    meta: dict[str, Any], pointer: str = LATEST, keep: int = 2) -> Path:
-    """Write root/name/ atomically, then point `pointer` at it and prune older siblings.
+def rank_file(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
 
-    `name` is PREFIX-NNNNNNNN (e.g. step-00000120, best-00000100): names sort by step, and the newest
-    `keep` of one prefix stay. `extra` (optimizer, RNG...) is torch-saved; `meta` is JSON.
-    """
+
+def read_torch(path: Path) -> Any:
+    """A torch-saved file, tensors and plain containers only (no code runs)."""
+    return torch.load(path, weights_only=True)
+
+
+@contextmanager
+def collective_dir(out_dir: Path, strategy: Processes) -> Iterator[Path]:
+    """`atomic_dir` for several processes: the main process prepares an empty temp folder, every
+    process writes its part into it, and once all have (agreed over the processes, so a failure on one
+    stops all), the main process swaps it in. One process: atomic_dir itself."""
+    if strategy.world_size == 1:
+        with atomic_dir(out_dir) as tmp:
+            yield tmp
+        return
+    out_dir = Path(out_dir)
+    tmp, old = temp_path(out_dir), old_path(out_dir)
+    if strategy.is_main:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    strategy.barrier()
+    failed: BaseException | None = None
+    try:
+        yield tmp
+    except BaseException as e:  # noqa: BLE001 - re-raised below, once every process knows
+        failed = e
+    if strategy.all_reduce_sum(torch.tensor([float(failed is not None)])).item():
+        if strategy.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        strategy.barrier()
+        raise failed if failed is not None else TrainingError(f"{out_dir}: another process failed to write its part")
+    if strategy.is_main:
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                fd = os.open(f, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+        if out_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    strategy.barrier()
+
+
+def write_checkpoint(root: Path, name: str, strategy: Processes, write: Callable[[Path], None], meta: dict[str, Any],
+                     pointer: str = LATEST, keep: int = 2) -> Path:
+    """root/name/, written by every process through `write(folder)` plus meta.json, then `pointer`
+    points at it and older siblings of the same prefix beyond `keep` are pruned.
+
+    `name` is PREFIX-NNNNNNNN (e.g. step-00000120, best-00000100): names sort by step."""
     final = root / name
-    with atomic_dir(final) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"))
-        torch.save(extra, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    write_json_atomic(root / pointer, {"name": name, "step": meta.get("step")})
-    prefix = name.rsplit("-", 1)[0]
-    for stale in sorted(p for p in root.glob(f"{prefix}-*") if p.is_dir())[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
+    with collective_dir(final, strategy) as tmp:
+        write(tmp)
+        if strategy.is_main:
+            (tmp / META).write_text(json.dumps(meta, indent=2))
+            if _KILL_IN_SAVE is not None and _KILL_IN_SAVE == meta.get("step") and name.startswith("step-"):
+                os.kill(os.getpid(), signal.SIGKILL)  # fault injection: every part written, not yet renamed
+    if strategy.is_main:
+        write_json_atomic(root / pointer, {"name": name, "step": meta.get("step")})
+        prefix = name.rsplit("-", 1)[0]
+        for stale in sorted(p for p in root.glob(f"{prefix}-*") if p.is_dir())[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
+    strategy.barrier()
     return final
 
 
@@ -85,43 +162,50 @@ def _pointed(pointer: Path) -> str | None:
         return None
 
 
-# what reading a truncated or corrupted checkpoint file raises
-_DAMAGED = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError,
-            SafetensorError)
+def read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / META).read_text())
+    except DAMAGED as e:
+        raise TrainingError(f"{path / META}: cannot be read ({type(e).__name__}: {str(e)[:120]}); the checkpoint is "
+                            "damaged") from None
+    if not isinstance(meta, dict) or "step" not in meta:
+        raise TrainingError(f"{path / META}: not a tunesmith checkpoint's meta.json (no step)")
+    return meta
+
+
+def read_file(path: Path, read: Callable[[Path], Any]) -> Any:
+    """`read(path)`, a damaged file being a TrainingError that names it."""
+    try:
+        return read(path)
+    except DAMAGED as e:
+        raise TrainingError(f"{path}: cannot be read ({type(e).__name__}: {str(e)[:120]}); the checkpoint is "
+                            "damaged") from None
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """(tensors, torch-saved extra, meta) of one checkpoint; a damaged file is a TrainingError naming it."""
-    files = [("model.safetensors", lambda f: load_file(str(f))),
-             ("state.pt", lambda f: torch.load(f, weights_only=True) if f.exists() else {}),
-             ("meta.json", lambda f: json.loads(f.read_text()))]
-    loaded = []
-    for name, read in files:
-        try:
-            loaded.append(read(path / name))
-        except _DAMAGED as e:
-            raise TrainingError(f"{path / name}: cannot be read ({type(e).__name__}: {str(e)[:120]}); the "
-                                "checkpoint is damaged") from None
-    tensors, extra, meta = loaded
-    if not isinstance(meta, dict) or "step" not in meta:
-        raise TrainingError(f"{path / 'meta.json'}: not a tunesmith checkpoint's meta.json (no step)")
-    return tensors, extra, meta
+    """(tensors, torch-saved state with the main process's own state merged in, meta) of a one-process
+    or DDP checkpoint, for reading one outside a run; a damaged file is a TrainingError naming it."""
+    tensors = read_file(path / "model.safetensors", lambda f: load_file(str(f)))
+    extra = read_file(path / "state.pt", lambda f: read_torch(f) if f.exists() else {})
+    own = read_file(path / rank_file(0), lambda f: read_torch(f) if f.exists() else {})
+    return tensors, extra | own, read_meta(path)
 
 
-Loaded = tuple[Path, dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]
+Found = tuple[Path, dict[str, Any]]  # a checkpoint folder and its meta
 
 
-def load_resumable(root: Path, warn) -> Loaded | None:
-    """The newest complete step checkpoint under `root`, loaded: the one latest.json names, else (when it
-    or its pointer is damaged, with a warning naming the problem) the newest older one that loads.
-    None when there is no checkpoint; an error when every one is damaged."""
+def find_resumable(root: Path, warn: Callable[[str], None], verify: Callable[[Path], None]) -> Found | None:
+    """The newest complete step checkpoint under `root` whose files `verify` accepts: the one
+    latest.json names, else (when it or its pointer is damaged or gone, with a warning naming the
+    problem) the newest older one. None when there is none; an error when every one is damaged."""
     named = latest_checkpoint(root)
     candidates = ([named] if named else []) + sorted((p for p in root.glob("step-*") if p.is_dir() and p != named),
                                                      reverse=True)
     problems = []
     for path in candidates:
         try:
-            tensors, extra, meta = load_checkpoint(path)
+            meta = read_meta(path)
+            verify(path)
         except TrainingError as e:
             problems.append(str(e))
             continue
@@ -131,7 +215,7 @@ def load_resumable(root: Path, warn) -> Loaded | None:
             gone = _pointed(root / LATEST)
             warn(f"warning: {root / LATEST} names {gone}, which is gone; resuming from {path.name}" if gone else
                  f"warning: {root / LATEST} is missing or unreadable; resuming from {path.name}")
-        return path, tensors, extra, meta
+        return path, meta
     if problems:
         raise TrainingError(f"{root}: no checkpoint can be read: " + "; ".join(problems[:3]))
     return None
@@ -154,16 +238,26 @@ def slim_finished(root: Path, keep_optimizer: bool) -> int:
         return 0
     freed = 0
     for stale in (p for p in root.glob("step-*") if p.is_dir() and p != last):
-        freed += sum(f.stat().st_size for f in stale.rglob("*") if f.is_file())
+        freed += _size(stale)
         shutil.rmtree(stale, ignore_errors=True)
+    if keep_optimizer:
+        return freed
+    sharded = last / "optimizer"  # Distributed Checkpoint shards of the optimizer (FSDP)
+    if sharded.is_dir():
+        freed += _size(sharded)
+        shutil.rmtree(sharded, ignore_errors=True)
     state = last / "state.pt"
-    if not keep_optimizer and state.exists():
-        extra = torch.load(state, weights_only=True)
-        if "optimizer" in extra:
+    if state.exists():
+        extra = read_torch(state)
+        if extra.get("optimizer") is not None:
             before = state.stat().st_size
-            del extra["optimizer"]
+            extra["optimizer"] = None
             tmp = state.with_name(f".{state.name}.tmp")
             torch.save(extra, tmp)
             tmp.replace(state)
             freed += before - state.stat().st_size
     return freed
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -16,6 +16,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    launched: bool = False  # started by torchrun (a process group exists, even for one process)
 
     @property
     def is_main(self) -> bool:
@@ -27,10 +28,10 @@ class DistInfo:
 
 
 def setup(device: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun; a plain process is rank 0 of 1."""
+    """Join the process group when launched by torchrun (for one process too: FSDP needs it); a plain
+    process is rank 0 of 1."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if not launched_by_torchrun():
         return DistInfo(device=torch.device("cuda" if use_cuda else "cpu"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
@@ -38,7 +39,12 @@ def setup(device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=dev)
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=dev,
+                    launched=True)
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def teardown() -> None:

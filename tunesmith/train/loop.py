@@ -130,30 +130,33 @@ class Trainer:
         return [bool(v) for v in summed.tolist()]
 
     def save(self, final: bool = False) -> None:
+        """A step checkpoint, written collectively through the strategy (every process its part)."""
         self.last_save = time.monotonic()
-        rng = self.strategy.gather_objects(_rng_state(self.strategy.device))  # every process's dropout stream
-        tensors = self.strategy.model_state(self.model)
-        optimizer = self.strategy.optimizer_state(self.optimizer)
-        if self.strategy.is_main:
-            extra = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "rng": rng,
-                     "states": self._states()}
-            meta = self._position() | {"final": final, "world_size": self.strategy.world_size}
-            ckpt.save_checkpoint(self.ckpt_dir, f"step-{self.step:08d}", tensors, extra, meta,
-                                 keep=self.cfg.keep_checkpoints)
-        self.strategy.barrier()
+        shared = {"scheduler": self.scheduler.state_dict()}
+        own = {"rng": _rng_state(self.strategy.device), "states": self._states()}  # this process's
+        meta = self._position() | {"final": final, "world_size": self.strategy.world_size,
+                                   "parallelism": self.strategy.name}
+        ckpt.write_checkpoint(self.ckpt_dir, f"step-{self.step:08d}", self.strategy,
+                              lambda folder: self.strategy.save_state(folder, self.model, self.optimizer, shared, own),
+                              meta, keep=self.cfg.keep_checkpoints)
 
     def save_best(self) -> None:
-        tensors = self.strategy.model_state(self.model)
-        if self.strategy.is_main:
-            meta = {"step": self.step, "metric": self.stopper.metric, "value": self.stopper.best}
-            ckpt.save_checkpoint(self.ckpt_dir, f"best-{self.step:08d}", tensors, {}, meta, pointer="best.json",
-                                 keep=1)
-        self.strategy.barrier()
+        meta = {"step": self.step, "metric": self.stopper.metric, "value": self.stopper.best,
+                "world_size": self.strategy.world_size, "parallelism": self.strategy.name}
+        ckpt.write_checkpoint(self.ckpt_dir, f"best-{self.step:08d}", self.strategy,
+                              lambda folder: self.strategy.save_state(folder, self.model, None, {}, {}),
+                              meta, pointer="best.json", keep=1)
 
-    def resume(self, found: ckpt.Loaded) -> None:
-        path, tensors, extra, meta = found
-        self.strategy.load_model_state(self.model, tensors)
-        self.scheduler.load_state_dict(extra["scheduler"])
+    def resume(self, path: Path, meta: dict[str, Any]) -> None:
+        """Continue from a checkpoint (found and checked by checkpoint.find_resumable), loaded through the
+        strategy after the model was wrapped, so a sharded run reads its shards (on any number of
+        processes)."""
+        written = meta.get("parallelism", "ddp" if meta.get("world_size", 1) > 1 else "none")
+        if (written == "fsdp") != (self.strategy.name == "fsdp"):
+            raise TrainingError(f"{path}: written by a {written} run, and this one is {self.strategy.name}: resume "
+                                f"it with train.parallelism: {written}")
+        shared, own = self.strategy.load_state(path, self.model, self.optimizer, meta.get("world_size", 1))
+        self.scheduler.load_state_dict(shared["scheduler"])
         self.step, self.samples, self.train_seconds = meta["step"], meta["samples"], meta["train_seconds"]
         # a finished run given more epochs or steps trains on (one that stopped early stays stopped)
         completed = meta["step"] >= meta["total_steps"]
@@ -162,9 +165,7 @@ class Trainer:
             raise TrainingError(f"{path}: the run has trained {self.step} steps; this config gives only "
                                 f"{self.total_steps}: give more epochs or steps, or resume with the run's own config")
         self.finished = bool(meta.get("final")) and not (completed and self.total_steps > self.step)
-        if "optimizer" in extra:
-            self.strategy.load_optimizer_state(self.optimizer, extra["optimizer"])
-        elif not self.finished:
+        if not shared.get("optimizer_restored") and not self.finished:
             self.say(f"{path}: the optimizer state was not kept (train.keep_optimizer_state: false), so AdamW's "
                      "moments start afresh")
         if extended:  # the schedule of the new length, at this step
@@ -177,16 +178,22 @@ class Trainer:
         self.last_eval = meta["last_eval"]
         self.loss_start = tuple(meta["loss_start"]) if meta.get("loss_start") else None
         self.loss_end = tuple(meta["loss_end"]) if meta.get("loss_end") else None
-        states = extra.get("states", {})
+        if own is None:  # a checkpoint from before each process kept its own file
+            rng = shared.get("rng", [])
+            own = {"states": shared.get("states", {}),
+                   **({"rng": rng[self.strategy.rank]} if len(rng) == self.strategy.world_size else {})}
+        states = own.get("states", {})
         self.task.objective.load_state_dict(states.get("objective", {}))
         self.precision.load_state_dict(states.get("precision", {}))
         if hasattr(self.step_fn, "load_state_dict"):
             self.step_fn.load_state_dict(states.get("step", {}))
         for cb in self.callbacks:
             cb.load_state_dict(states.get("callbacks", {}).get(cb.key, {}))
-        rng = extra["rng"]
-        if len(rng) == self.strategy.world_size:
-            _set_rng_state(rng[self.strategy.rank], self.strategy.device)
+        if "rng" in own:
+            _set_rng_state(own["rng"], self.strategy.device)
+        elif not self.finished:
+            self.say(f"{path}: written by {meta.get('world_size', 1)} processes, resumed on {self.strategy.world_size}: "
+                     "the random streams (dropout, sampling) start afresh")
         if not self.finished:
             self.say(f"resumed from step {self.step} of {self.total_steps} ({path})")
 
@@ -253,7 +260,7 @@ class Trainer:
             path = ckpt.latest_checkpoint(self.ckpt_dir, "best.json")
             if path is None:
                 raise TrainingError(f"{self.ckpt_dir}: the best checkpoint (step {self.stopper.best_step}) is missing")
-            self.strategy.load_model_state(self.model, ckpt.load_checkpoint(path)[0])
+            self.strategy.load_model_state(path, self.model)
             best["restored"] = True
             self.say(f"restored the best weights, from step {best['step']} ({best['metric']} {best['value']:.4f})")
             self.warn(self._early_best())
@@ -339,20 +346,20 @@ class _Window:
 
 
 def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, strategy: Strategy,
-          resume_from: ckpt.Loaded | Path | None = None, pause_at_step: int | None = None,
+          resume_from: ckpt.Found | Path | None = None, pause_at_step: int | None = None,
           step: Callable[[Trainer], StepOutput] | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train `model` in place; returns what happened. Under DDP every process calls this.
 
-    `resume_from`: a checkpoint (its path, or as checkpoint.load_resumable loaded it). With
+    `resume_from`: a checkpoint (its path, or as checkpoint.find_resumable found it). With
     `pause_at_step`, stop there (evaluated and checkpointed) without ending the run: resuming continues
     as if never paused (the schedule is the full run's); a run resumed at or past the pause step runs to
     the end. SIGTERM / SIGINT: the step in progress finishes, a checkpoint is written, and `Interrupted`
     is raised."""
     trainer = Trainer(model, task, cfg, run_dir, strategy, step, callbacks)
     if isinstance(resume_from, Path):
-        resume_from = (resume_from, *ckpt.load_checkpoint(resume_from))
+        resume_from = (resume_from, ckpt.read_meta(resume_from))
     if resume_from is not None:
-        trainer.resume(resume_from)
+        trainer.resume(*resume_from)
     with StopRequests() as stops:
         return _train(trainer, task, cfg, run_dir, strategy, resume_from is not None, pause_at_step, stops)
 

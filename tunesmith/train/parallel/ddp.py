@@ -37,4 +37,13 @@ class DDP(Strategy):
 
     def sync_gradients(self, wrapped: nn.Module, sync: bool) -> AbstractContextManager:
         return nullcontext() if sync else wrapped.no_sync()
-    # the replicas are identical: the single-process state dict methods serve as they are
+
+    def agree_max(self, value: int) -> int:
+        found = torch.tensor([float(value)], device=self.device)
+        dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        return int(found.item())
+
+    def any_true(self, flag: bool) -> bool:
+        return self.agree_max(int(flag)) > 0
+    # the replicas are identical: the single-process state methods serve as they are (the main process
+    # writes the model and the optimizer, each process its own state)
