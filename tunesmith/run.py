@@ -306,6 +306,8 @@ def _summary(cfg: RunConfig, objective: Objective, data, stages: list[Stage], re
         "prefix_cache": [row["prefix_cache"] for row in rows],
         "samples_per_s": round(sum(r.samples for r in results) / train_seconds, 2) if train_seconds else 0.0,
         "wall_seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb_per_process": strategy.gather_objects(round(peak_rss_mb(), 1)),
+        "parallelism": strategy.name, "precision": cfg.train.precision,
         "world_size": strategy.world_size, "data": asdict(data.report), "encoding": encode_stats,
         "resumed": any(row["resumed"] for row in rows), "prompt_format": objective.prompt_format(data),
         # what looks wrong with how the run went (each was printed when it was found)
