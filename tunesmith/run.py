@@ -307,6 +307,9 @@ def _summary(cfg: RunConfig, objective: Objective, data, stages: list[Stage], re
         "samples_per_s": round(sum(r.samples for r in results) / train_seconds, 2) if train_seconds else 0.0,
         "wall_seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_rss_mb_per_process": strategy.gather_objects(round(peak_rss_mb(), 1)),
+        # while the steps ran (loading the model and writing the artifacts left out)
+        "train_peak_rss_mb_per_process": strategy.gather_objects(
+            max((r.train_peak_rss_mb for r in results if r.train_peak_rss_mb is not None), default=None)),
         "parallelism": strategy.name, "precision": cfg.train.precision,
         "world_size": strategy.world_size, "data": asdict(data.report), "encoding": encode_stats,
         "resumed": any(row["resumed"] for row in rows), "prompt_format": objective.prompt_format(data),

@@ -1,5 +1,6 @@
 """FSDP2 under torchrun on CPU (gloo): runs match one process (full, frozen and trainable parameters
-mixed, DPO with LoRA, prompt tuning with generation in lockstep, bf16 with CPU offload), a run saved
+mixed, DPO with LoRA, prompt tuning with generation in lockstep, a reward model, COSINE relabeling in
+lockstep, bf16 with CPU offload), a run saved
 on 2 processes resumes on 1 and on 4, a kill during a save leaves the previous checkpoint, the DPO
 reference under fsdp is the base model, each process holds 1/N of the parameters, gradients and AdamW
 state, and mistakes are one-line errors before any work."""
@@ -43,6 +44,30 @@ def case(name, tiny_bert_nodrop, tiny_llama, tmp):
         return cfg
     data = tmp / "d"
     data.mkdir(parents=True, exist_ok=True)
+    if name == "reward":  # an encoder with a scalar head; pairs
+        from tiny import sentiment_rows
+
+        texts = sentiment_rows(200, 1)
+        pos = [r["text"] for r in texts if r["label"] == "pos"]
+        neg = [r["text"] for r in texts if r["label"] == "neg"]
+        rows = [{"prompt": "the film", "chosen": p, "rejected": n} for p, n in zip(pos, neg, strict=False)][:60]
+        return {"model": {"name": str(tiny_bert_nodrop), "max_length": 32}, "objective": "reward",
+                "method": {"name": "full"}, "data": {"train": str(write_jsonl(data / "t.jsonl", rows)),
+                                                     "split": {"validation": 0.2, "test": 0.2}},
+                "train": {"epochs": 2, "batch_size": 8, "lr": 1e-2, "progress": False, "eval_every": 3}}
+    if name == "weak-cosine":  # COSINE relabels every 3 steps: its inference runs in lockstep
+        from tiny import NEGATIVE, POSITIVE, sentiment_rows
+
+        lfs = [{"name": "p", "label": "pos", "keywords": POSITIVE[:2]}, {"name": "n", "label": "neg",
+                                                                         "keywords": NEGATIVE[:2]}]
+        return {"model": {"name": str(tiny_bert_nodrop), "max_length": 16},
+                "objective": {"name": "weak", "lfs": lfs, "update_period": 3, "eps": 0.05,
+                              "self_training_stage": "main"},
+                "data": {"train": str(write_jsonl(data / "t.jsonl", [{"text": r["text"]} for r in sentiment_rows(61, 1)])),
+                         "validation": str(write_jsonl(data / "v.jsonl", sentiment_rows(20, 2))),
+                         "test": str(write_jsonl(data / "e.jsonl", sentiment_rows(20, 3)))},
+                "train": {"epochs": 2, "batch_size": 16, "lr": 1e-2, "progress": False, "eval_every": 3,
+                          "eval_batch_size": 8}}
     if name == "lora-dpo":
         return pref_config(tiny_llama, tmp, {"name": "dpo", "beta": 0.5}, LORA, epochs=2)
     # prompt tuning on chat rows, 7 test prompts: the processes generate 4 and 3 answers, in lockstep
@@ -55,7 +80,7 @@ def case(name, tiny_bert_nodrop, tiny_llama, tmp):
                       "log_every": 1, "eval_every": 3}}
 
 
-@pytest.mark.parametrize("name", ["full", "freeze", "lora-dpo", "prompt", "full-bf16-offload"])
+@pytest.mark.parametrize("name", ["full", "freeze", "lora-dpo", "prompt", "reward", "weak-cosine", "full-bf16-offload"])
 def test_fsdp_matches_one_process(name, tiny_bert_nodrop, tiny_llama, tmp_path):
     cfg = case(name, tiny_bert_nodrop, tiny_llama, tmp_path)
     single = cli("train", str(write_config(tmp_path / "one.yaml", cfg)), "--out", str(tmp_path / "one"))

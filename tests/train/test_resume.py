@@ -26,6 +26,7 @@ def test_kill_and_resume_is_bitwise_identical(tiny_bert, tmp_path):
     latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
     assert latest["step"] == 8  # mid-epoch (6 steps per epoch); steps 9-11 are lost and redone
 
+    old_format(run_dir / "checkpoints" / "step-00000008")  # as tunesmith wrote it before per-process files
     resumed = cli("train", "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr
     a, b = model_weights(tmp_path / "full"), model_weights(run_dir)
@@ -53,3 +54,13 @@ def test_resume_refuses_a_different_config(tiny_bert, tmp_path):
     other = write_config(tmp_path / "other.yaml", cfg)
     diff = cli("train", str(other), "--resume", str(tmp_path / "r"))
     assert diff.returncode == 2 and "train.lr (0.001 -> 0.5)" in diff.stderr
+
+
+def old_format(folder):
+    """A checkpoint as one process wrote it before each process kept its own file: the RNG states of
+    every process as a list and the objective's, step's and callbacks' states in state.pt."""
+    state = torch.load(folder / "state.pt", weights_only=True)
+    own = torch.load(folder / "rank-00000.pt", weights_only=True)
+    state |= {"rng": [own["rng"]], "states": own["states"]}
+    torch.save(state, folder / "state.pt")
+    (folder / "rank-00000.pt").unlink()

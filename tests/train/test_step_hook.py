@@ -120,3 +120,40 @@ def test_lower_precision_trains_like_fp32_and_keeps_fp32_weights(tiny_bert, tmp_
 
     weights = load_file(str(tmp_path / precision / "model" / "model.safetensors"))
     assert {w.dtype for w in weights.values()} == {torch.float32}
+
+
+def test_a_precision_the_device_cannot_run_is_a_config_error(tiny_bert, tmp_path, monkeypatch):
+    from tunesmith.errors import ConfigError
+
+    real = torch.autocast
+
+    def refuse(device, dtype=None, **kw):
+        if dtype == torch.float16:
+            raise RuntimeError("CPU autocast does not support float16 here")
+        return real(device, dtype=dtype, **kw)
+
+    monkeypatch.setattr(torch, "autocast", refuse)
+    with pytest.raises(ConfigError, match="train.precision: fp16: autocast to fp16 does not run on this cpu"):
+        config_from_dict(tiny_config(tiny_bert, tmp_path / "d", precision="fp16"))
+    config_from_dict(tiny_config(tiny_bert, tmp_path / "d", precision="bf16"))  # bf16 still runs
+
+
+def test_model_dtype_bfloat16_trains_and_saves_bf16_weights(tiny_llama, tmp_path):
+    from tiny import chat_rows, write_jsonl
+
+    data = tmp_path / "d"
+    data.mkdir()
+    cfg = {"model": {"name": str(tiny_llama), "max_length": 48, "dtype": "bfloat16"},
+           "objective": {"name": "causal_lm", "exact_match": False}, "method": {"name": "full"},
+           "data": {"train": str(write_jsonl(data / "t.jsonl", chat_rows(32, 1))), "split": {"test": 0.0}},
+           "train": {"epochs": 3, "batch_size": 8, "lr": 1e-2, "progress": False}}
+    summary = run(config_from_dict(cfg), tmp_path / "r")
+    lines = [x for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if "train_loss" in x]
+    import json
+
+    assert json.loads(lines[-1])["train_loss"] < json.loads(lines[0])["train_loss"]
+    assert summary["final"]["val_loss"] < 3.0
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "r" / "model" / "model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}

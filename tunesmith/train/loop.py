@@ -27,6 +27,7 @@ from tunesmith.schema import TrainConfig
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.callbacks import Callback
 from tunesmith.train.early_stop import EarlyStopper
+from tunesmith.train.memory import PeakRSS
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.parallel import Strategy
 from tunesmith.train.precision import Precision
@@ -55,6 +56,7 @@ class TrainResult:
     samples: int
     paused: bool = False  # stopped at pause_at_step; resuming continues
     warnings: list[str] = field(default_factory=list)  # what looks wrong with how training went
+    train_peak_rss_mb: float | None = None  # this process's resident memory at its highest while training
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -360,8 +362,10 @@ def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, st
         resume_from = (resume_from, ckpt.read_meta(resume_from))
     if resume_from is not None:
         trainer.resume(*resume_from)
-    with StopRequests() as stops:
-        return _train(trainer, task, cfg, run_dir, strategy, resume_from is not None, pause_at_step, stops)
+    with StopRequests() as stops, PeakRSS() as memory:
+        result = _train(trainer, task, cfg, run_dir, strategy, resume_from is not None, pause_at_step, stops)
+    result.train_peak_rss_mb = None if memory.mb is None else round(memory.mb, 1)
+    return result
 
 
 def _train(trainer: Trainer, task: TrainTask, cfg: TrainConfig, run_dir: Path, strategy: Strategy, resumed: bool,
