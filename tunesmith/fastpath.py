@@ -9,6 +9,7 @@ small input in eval mode, and used only when the two agree. The verdict is remem
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -57,3 +58,16 @@ def checked_once(owner: nn.Module, key: str, check: Callable[[], T]) -> T:
     if attribute not in owner.__dict__:
         owner.__dict__[attribute] = check()
     return owner.__dict__[attribute]
+
+
+def no_autograd(fn: Callable[..., T]) -> Callable[..., T]:
+    """`fn` under torch.inference_mode, or torch.no_grad where the model it is given (its first
+    nn.Module argument) is sharded: FSDP may keep the parameters it gathers for a forward into the next
+    one, and tensors made in inference mode cannot take part in a later backward."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        model = next((a for a in (*args, *kwargs.values()) if isinstance(a, nn.Module)), None)
+        with torch.no_grad() if model is not None and is_sharded(model) else torch.inference_mode():
+            return fn(*args, **kwargs)
+    return wrapper
+

@@ -17,6 +17,7 @@ from torch import nn
 
 from tunesmith.data.chat import chat_prefix
 from tunesmith.errors import TunesmithError
+from tunesmith.fastpath import no_autograd
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def output_cache(out):
     return getattr(out, "cache", None) if getattr(out, "cache", None) is not None else getattr(out, "past_key_values", None)
 
 
-@torch.inference_mode()
+@no_autograd
 def generate_batch(model: nn.Module, batch: Sequence[Sequence[int]], eos_ids: set[int], cfg: GenerationConfig,
                    device: torch.device | str = "cpu", seeds: Sequence[int] | None = None,
                    strategy: Any = None) -> list[list[int]]:

@@ -83,8 +83,14 @@ def case(name, tiny_bert_nodrop, tiny_llama, tmp):
 @pytest.mark.parametrize("name", ["full", "freeze", "lora-dpo", "prompt", "reward", "weak-cosine", "full-bf16-offload"])
 def test_fsdp_matches_one_process(name, tiny_bert_nodrop, tiny_llama, tmp_path):
     cfg = case(name, tiny_bert_nodrop, tiny_llama, tmp_path)
-    single = cli("train", str(write_config(tmp_path / "one.yaml", cfg)), "--out", str(tmp_path / "one"))
-    assert single.returncode == 0, single.stderr
+    # reward: some of its pooler's gradients are near zero, where Adam turns the rounding of a sum over two
+    # processes into differences of 1e-4 (measured the same for DDP); it is compared with DDP, exactly
+    if name == "reward":
+        one = torchrun(2, "train", str(write_config(tmp_path / "one.yaml", cfg | {"train": cfg["train"] | {
+            "parallelism": "ddp"}})), "--out", str(tmp_path / "one"))
+    else:
+        one = cli("train", str(write_config(tmp_path / "one.yaml", cfg)), "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
     cfg["train"] |= {"parallelism": "fsdp"} | ({"fsdp_cpu_offload": True} if "offload" in name else {})
     sharded = torchrun(2, "train", str(write_config(tmp_path / "fsdp.yaml", cfg)), "--out", str(tmp_path / "fsdp"))
     assert sharded.returncode == 0, sharded.stderr[-3000:]
@@ -94,9 +100,10 @@ def test_fsdp_matches_one_process(name, tiny_bert_nodrop, tiny_llama, tmp_path):
     if exact:
         assert worst(saved(tmp_path / "one"), saved(tmp_path / "fsdp")) < 1e-5
     s1, s2 = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "fsdp"))
-    assert s2["world_size"] == 2 and s1["steps"] == s2["steps"]
+    assert s2["world_size"] == 2 and s1["steps"] == s2["steps"] and s2["parallelism"] == "fsdp"
     for key, value in s1["final"].items():
-        assert s2["final"][key] == pytest.approx(value, rel=1e-4 if exact else 2e-2, abs=1e-6), key
+        if not key.endswith("_seconds"):  # times are not results
+            assert s2["final"][key] == pytest.approx(value, rel=1e-4 if exact else 2e-2, abs=1e-6), key
     if name == "prompt":  # generation in lockstep: every test prompt answered, in the file's order
         rows = [json.loads(x) for x in (tmp_path / "fsdp" / "exact_match.jsonl").read_text().splitlines()]
         assert len(rows) == 7 and "test_exact_match" in s2["final"]

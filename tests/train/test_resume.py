@@ -64,3 +64,21 @@ def old_format(folder):
     state |= {"rng": [own["rng"]], "states": own["states"]}
     torch.save(state, folder / "state.pt")
     (folder / "rank-00000.pt").unlink()
+
+
+def test_a_checkpoint_of_another_model_is_one_clear_error(tiny_bert, tmp_path):
+    import shutil
+
+    from tiny import make_tiny_bert
+
+    cfg = tiny_config(tiny_bert, tmp_path / "d", epochs=2, checkpoint_every=3)
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    assert cli("train", str(path), "--out", str(tmp_path / "r"), env={"TUNESMITH_KILL_AT_STEP": "5"}).returncode
+    other = make_tiny_bert(tmp_path / "wide", layers=3)
+    wide = write_config(tmp_path / "wide.yaml", tiny_config(other, tmp_path / "d", epochs=1, checkpoint_every=3))
+    assert cli("train", str(wide), "--out", str(tmp_path / "w"), env={"TUNESMITH_KILL_AT_STEP": "4"}).returncode
+    shutil.copy(tmp_path / "w" / "checkpoints" / "step-00000003" / "model.safetensors",
+                tmp_path / "r" / "checkpoints" / "step-00000003" / "model.safetensors")
+    resumed = cli("train", "--resume", str(tmp_path / "r"))
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr
+    assert "step-00000003: does not fit this model" in resumed.stderr

@@ -24,7 +24,7 @@ from torch import nn
 
 from tunesmith.data.chat import chat_prefix, template_ids
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.fastpath import checked_once, is_sharded, same_result
+from tunesmith.fastpath import checked_once, is_sharded, no_autograd, same_result
 from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
 
 IGNORE = -100
@@ -221,7 +221,7 @@ def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return token_losses(model, batch).sum()
 
 
-@torch.inference_mode()
+@no_autograd
 def eval_sums(model: nn.Module, items: Sequence[LMItem], batch_size: int, pad_id: int, device: torch.device,
               num_labels: int = 0) -> dict[str, torch.Tensor]:
     loss = torch.zeros((), dtype=torch.float64)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.errors import ConfigError
+from tunesmith.fastpath import no_autograd
 from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
 from tunesmith.ranges import ranged
 
@@ -64,7 +65,7 @@ def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
 
 
-@torch.inference_mode()
+@no_autograd
 def eval_sums(model: nn.Module, items: Sequence[Encoded], batch_size: int, pad_id: int, device: torch.device,
               num_labels: int) -> dict[str, torch.Tensor]:
     """Sums that add up across processes: loss, count and the confusion matrix (true x predicted)."""
@@ -218,7 +219,7 @@ class Classify(Objective):
         return [{"where": e.where, "label": labels[e.label], "predicted": row["label"],
                  "correct": row["label"] == labels[e.label], **row} for e, row in zip(examples, rows, strict=True)]
 
-    @torch.inference_mode()
+    @no_autograd
     def predict(self, saved: SavedRun, inputs: list[str], run, top_k: int = 3) -> list[dict]:
         """Every class's probability for each text, most likely first (tokenized as in training)."""
         from tunesmith.data import TextExample

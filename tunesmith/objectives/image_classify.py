@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.fastpath import no_autograd
 from tunesmith.models.vision import ImagePrep
 from tunesmith.objectives.base import Loss, SavedRun
 from tunesmith.objectives.classify import Classify, ClassifyConfig
@@ -138,7 +139,7 @@ def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits_of(model, batch["pixel_values"]), batch["labels"], reduction="sum")
 
 
-@torch.inference_mode()
+@no_autograd
 def eval_sums(model: nn.Module, items: Sequence[ImageItem], batch_size: int, pad_id: int | None,
               device: torch.device, num_labels: int) -> dict[str, torch.Tensor]:
     confusion = torch.zeros((num_labels, num_labels), dtype=torch.long)
@@ -239,7 +240,7 @@ class ImageClassify(Classify):
     def example_input(self, example) -> str:
         return str(example.image) if isinstance(example.image, Path) else example.where
 
-    @torch.inference_mode()
+    @no_autograd
     def predict(self, saved: SavedRun, inputs: list[str], run, top_k: int = 3) -> list[dict]:
         """Top-k classes with probabilities for each image file."""
         from tunesmith.data.images import ImageExample

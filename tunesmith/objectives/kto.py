@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tunesmith.fastpath import no_autograd
 from tunesmith.objectives.base import Loss
 from tunesmith.objectives.pairs import PairItem, chosen_rejected, split_tokens, truncate
 from tunesmith.objectives.preference import PreferenceConfig, PreferenceObjective
@@ -81,7 +82,7 @@ class KTO(PreferenceObjective):
                 "kl": (z * label.numel(), "pairs")}
         return Loss({"pairs": losses.sum()}, logs)
 
-    @torch.inference_mode()
+    @no_autograd
     def eval_sums(self, model, items, batch_size, pad_id, device, num_labels):
         sums = {k: torch.zeros((), dtype=torch.float64) for k in ("loss", "pairs", "kl", "agree")}
         for start in range(0, len(items), batch_size):
@@ -93,7 +94,7 @@ class KTO(PreferenceObjective):
             sums["agree"] += ((rewards > 0) == label).sum().double().cpu()
         return sums
 
-    @torch.inference_mode()
+    @no_autograd
     def eval_rows(self, saved, examples, items, run) -> list[dict]:
         """Per judgement: its implicit reward and whether its sign agrees with the judgement."""
         rows = []

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from tunesmith.errors import ConfigError, TrainingError
+from tunesmith.fastpath import no_autograd
 from tunesmith.objectives.base import Loss, ObjectiveConfig, StageStart
 from tunesmith.objectives.causal_lm import CausalLM
 from tunesmith.objectives.pairs import (
@@ -154,7 +155,7 @@ class PreferenceObjective(CausalLM):
         return Loss({"pairs": losses.sum(), **self.extra_terms(chosen, rejected, tokens, batch)}, logs)
 
     # -- evaluation -------------------------------------------------------------------------------
-    @torch.inference_mode()
+    @no_autograd
     def eval_sums(self, model, items, batch_size, pad_id, device, num_labels):
         sums = {k: torch.zeros((), dtype=torch.float64) for k in ("loss", "pairs", "correct", "margin", "likely",
                                                                     *self.extra_names,
@@ -207,7 +208,7 @@ class PreferenceObjective(CausalLM):
         self.reference_logps = reference_logps(self, base, items, 16, saved.tokenizer.pad_token_id,
                                                torch.device("cpu"))
 
-    @torch.inference_mode()
+    @no_autograd
     def eval_rows(self, saved, examples, items, run) -> list[dict]:
         """Per pair: the implicit rewards (beta times the log-ratio to the reference, where there is one)
         and the policy's own log-probabilities."""

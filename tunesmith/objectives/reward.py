@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.errors import DataError
-from tunesmith.fastpath import checked_once, is_sharded, same_result
+from tunesmith.fastpath import checked_once, is_sharded, no_autograd, same_result
 from tunesmith.objectives.base import Loss, ObjectiveConfig, SavedRun
 from tunesmith.objectives.classify import Classify
 from tunesmith.objectives.pairs import packed_hidden, packed_pairs, turn_off_dropout
@@ -173,7 +173,7 @@ class Reward(Classify):
     def prefix_cache_mb(self, run):
         return None  # pairs are not single examples: the cache keys one input per example
 
-    @torch.inference_mode()
+    @no_autograd
     def eval_sums(self, model, items, batch_size, pad_id, device, num_labels):
         sums = {k: torch.zeros((), dtype=torch.float64) for k in ("loss", "pairs", "correct", "margin")}
         order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
@@ -210,7 +210,7 @@ class Reward(Classify):
 
         return load_pref_file(path, paired=True, on_bad_rows="skip" if skip_bad_rows else run.data.on_bad_rows)
 
-    @torch.inference_mode()
+    @no_autograd
     def pair_rewards(self, model, items, pad_id, batch_size: int = 64) -> list[tuple[float, float]]:
         """(chosen reward, rejected reward) of each encoded pair, in order."""
         out = []
@@ -222,7 +222,7 @@ class Reward(Classify):
     def eval_rows(self, saved, examples, items, run) -> list[dict]:
         return pair_rows(items, self.pair_rewards(saved.model, items, saved.tokenizer.pad_token_id))
 
-    @torch.inference_mode()
+    @no_autograd
     def score(self, saved: SavedRun, completions: list[str], prompt: str | None, run) -> list[float]:
         """The reward of each completion (of `prompt`, rendered as the run rendered its prompts: through
         the chat template as a user turn, or as plain text); without a prompt each text is scored whole."""

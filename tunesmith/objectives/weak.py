@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from tunesmith.data.weak import LFConfig
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.fastpath import no_autograd
 from tunesmith.objectives.base import Loss, ObjectiveConfig
 from tunesmith.objectives.classify import Classify, collate, encode
 from tunesmith.objectives.cosine import (
@@ -306,7 +307,7 @@ class Weak(Classify):
                      features[0], batch["targets"].argmax(-1), selected, cfg.margin, cfg.distmetric)}
         return Loss(terms, logs={"selected": (float(selected.sum()), "self_training")})
 
-    @torch.inference_mode()
+    @no_autograd
     def relabel(self, model) -> str:
         """Predict every training text with the current model (sharded over processes), sharpen, select."""
         start = self._context

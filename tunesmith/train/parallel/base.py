@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from tunesmith.errors import TrainingError
 from tunesmith.train.distributed import DistInfo
 
 if TYPE_CHECKING:
@@ -118,7 +119,11 @@ class Strategy:
         from tunesmith.train.checkpoint import load_changing_state, read_file, read_torch
 
         tensors = read_file(folder / "model.safetensors", lambda f: load_file(str(f)))
-        load_changing_state(model, tensors)
+        try:
+            load_changing_state(model, tensors)
+        except (ValueError, RuntimeError) as e:  # other names or shapes: another model's checkpoint
+            raise TrainingError(f"{folder}: does not fit this model ({str(e)[:160]}); it was written by a run of "
+                                "another model or method") from None
         shared = read_file(folder / "state.pt", lambda f: read_torch(f) if f.exists() else {})
         shared["optimizer_restored"] = optimizer is not None and shared.get("optimizer") is not None
         if shared["optimizer_restored"]:
