@@ -47,7 +47,11 @@ def run(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, overwr
         strategy = make_strategy(cfg.train.parallelism, info, cfg.train)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        return _run(cfg, run_dir, resume, overwrite, strategy, started, lock)
+        summary = _run(cfg, run_dir, resume, overwrite, strategy, started, lock)
+        # every process waits for the main one to finish writing: a process that tears its process group
+        # down while another still works can abort in gloo's threads ("terminate called ...")
+        strategy.barrier()
+        return summary
     except Interrupted as e:
         raise Interrupted(f"{e}; continue with: tunesmith train --resume {run_dir}", e.signum) from None
     finally:
