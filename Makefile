@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
 		echo "note: could not install dataset-fashion-mnist; the fashion-mnist data set will be unavailable"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	# the label-model reference for tests; --no-deps: its tensorboard requirement is not wanted (see pyproject)
+	# the label-model reference for tests; --no-deps: its declared pins are old (what it imports: see pyproject)
 	$(BIN)/python -m pip install --quiet --no-deps snorkel==0.10.0
 	touch $(STAMP)
 

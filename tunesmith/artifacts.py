@@ -17,7 +17,9 @@ from torch import nn
 from tunesmith.atomic import write_json_atomic, write_text_atomic
 from tunesmith.methods import Method
 from tunesmith.models import LoadedModel, save_hf_model
+from tunesmith.models.registry import hub_id
 from tunesmith.objectives import Objective
+from tunesmith.schema import RunConfig
 
 
 def saved_as_adapter(methods: list[Method]) -> Method | None:
@@ -34,7 +36,10 @@ def save_trained(model: nn.Module, loaded: LoadedModel, methods: list[Method], r
     adapter = saved_as_adapter(methods)
     if adapter is not None:
         out = run_dir / "adapter"
-        adapter.save(model, out, base=loaded.source, extra_files={"tunesmith.json": meta})
+        # adapter_config.json names the base as others find it (a built-in model's Hub id); the local copy
+        # it was trained on stays in tunesmith.json (tunesmith itself loads the base from the run's config)
+        adapter.save(model, out, base=hub_id(str(meta.get("model", ""))) or loaded.source,
+                     extra_files={"tunesmith.json": meta | {"base_source": loaded.source}})
         loaded.tokenizer.save_pretrained(out)
         return out
     for method in methods:
@@ -52,10 +57,16 @@ def save_model(model: nn.Module, loaded: LoadedModel, out_dir: Path) -> Path:
 
 
 def write_report(run_dir: Path, summary: dict[str, Any], details: dict[str, Any], objective: Objective,
-                 label_names: list[str] | None) -> None:
+                 label_names: list[str] | None, cfg: RunConfig | None = None) -> None:
+    """summary.json, the objective's outputs, the plots, and the saved model's README.md card (which
+    quotes the final metrics, so it is written here rather than when the weights are saved)."""
     from tunesmith.report.plots import plot_final_accuracy, plot_run
 
     write_json_atomic(run_dir / "summary.json", summary)
+    if cfg is not None:
+        from tunesmith.card import write_run_card
+
+        write_run_card(run_dir, cfg, summary, objective)
     for name, rows in objective.outputs.items():
         write_text_atomic(run_dir / name, "".join(json.dumps(row) + "\n" for row in rows))
     plot_run(run_dir)

@@ -28,8 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tunesmith {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a run from a YAML config", parents=[common])
-    t.add_argument("config", nargs="?", help="YAML config (optional with --resume: the run's own is used)")
+    t = sub.add_parser("train", help="train a run from a YAML config", parents=[common], **_example(
+        "tunesmith train my.yaml --set train.epochs=1 --out runs/first\n"
+        "  tunesmith train rt-minilm-full          # a shipped config, by name (`tunesmith configs`)\n"
+        "  tunesmith train --resume runs/first     # continue a killed or paused run"))
+    t.add_argument("config", nargs="?", help="YAML config file, or the name of a shipped one (optional with "
+                                             "--resume: the run's own is used)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set train.epochs=2 (repeatable)")
     t.add_argument("--out", help="run directory (default runs/<config name>)")
@@ -37,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a finished or failed run in --out")
 
     e = sub.add_parser("eval", help="evaluate a finished run on a labelled file (or, for reward and preference "
-                       "runs, a file of pairs)", parents=[common])
+                       "runs, a file of pairs)", parents=[common],
+                       **_example("tunesmith eval runs/first --data new.csv --out predictions.jsonl"))
     e.add_argument("run_dir")
     e.add_argument("--data", required=True, help=".jsonl/.csv/.tsv/.parquet with text (or image path) and label "
                                                  "columns; for image runs also a folder with one subfolder per class; "
@@ -48,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--skip-bad-rows", action="store_true", help="count and skip bad rows instead of stopping")
     e.add_argument("--out", help="write every example's prediction here (JSON lines)")
 
-    pr = sub.add_parser("predict", help="predict labels with a finished run", parents=[common])
+    pr = sub.add_parser("predict", help="predict labels with a finished run", parents=[common],
+                        **_example('tunesmith predict runs/first "a gorgeous, witty film" "two hours I want back"\n'
+                                   "  tunesmith predict runs/first --file texts.csv --json"))
     pr.add_argument("run_dir")
     pr.add_argument("texts", nargs="*", help="texts to classify (image runs: image files)")
     pr.add_argument("--file", help="a .txt file (one text or image path per line), or .jsonl/.csv/.tsv/.parquet "
@@ -58,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON lines")
 
     g = sub.add_parser("generate", help="generate text with a language-model run (or a model name/dir)",
-                       parents=[common])
+                       parents=[common], **_example('tunesmith generate runs/sft "Is this review fresh or rotten? '
+                                                    'A delight." --max-new-tokens 8'))
     g.add_argument("run_dir", help="a causal_lm run directory, a built-in model name or a local HF directory")
     g.add_argument("prompts", nargs="*")
     g.add_argument("--file", help="a text file, one prompt per line")
@@ -73,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--no-chat", dest="chat", action="store_false", help="plain prompts, no chat template")
     g.add_argument("--json", action="store_true", help="print JSON lines {prompt, completion}")
 
-    sc = sub.add_parser("score", help="rewards of texts from a reward-model run", parents=[common])
+    sc = sub.add_parser("score", help="rewards of texts from a reward-model run", parents=[common],
+                        **_example('tunesmith score runs/reward "fresh" "rotten" --prompt "Fresh or rotten? A delight."\n'
+                                   "  tunesmith score runs/reward --file pairs.jsonl"))
     sc.add_argument("run_dir")
     sc.add_argument("texts", nargs="*", help="completions (with --prompt) or whole texts to score")
     sc.add_argument("--prompt", help="the prompt the texts answer (rendered as in training)")
@@ -84,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="print JSON lines")
 
     pa = sub.add_parser("pairs", help="preference pairs from a model's own samples, judged by a run (AI feedback)",
-                        parents=[common])
+                        parents=[common], **_example("tunesmith pairs --model smollm2-135m --judge runs/reward "
+                                                     "--prompts prompts.txt --out pairs.jsonl"))
     pa.add_argument("--model", required=True, help="the model that answers: a causal_lm run, a built-in name or an HF dir")
     pa.add_argument("--judge", required=True, help="a reward run, or a classification run (with --prefer)")
     pa.add_argument("--prompts", required=True, help="a text file, one prompt per line")
@@ -100,12 +111,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="prompt the model through its chat template (default: as its run was trained)")
     pchat.add_argument("--no-chat", dest="chat", action="store_false", help="plain prompts, no chat template")
 
-    mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: a plain HF model", parents=[common])
+    mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: a plain HF model", parents=[common],
+                        **_example("tunesmith merge runs/lora merged-model"))
     mg.add_argument("run_dir")
     mg.add_argument("out_dir")
     mg.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
 
-    c = sub.add_parser("compare", help="several strategies x seeds on the same data, in one report", parents=[common])
+    c = sub.add_parser("compare", help="several strategies x seeds on the same data, in one report", parents=[common],
+                       **_example("tunesmith compare compare-20ng --seeds 2 --strategies linear-probe,full"))
     c.add_argument("config", help="a compare config (base run config + strategies; see tunesmith/compare.py)")
     c.add_argument("--out", help="output directory (default runs/compare-<config name>)")
     c.add_argument("--seeds", type=int, help="runs per strategy (overrides the config's seeds)")
@@ -116,16 +129,51 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--strategies", help="comma-separated subset of the config's strategies")
 
     ws = sub.add_parser("weak-stats", help="labeling functions of a weak-supervision config: coverage, overlap, "
-                        "conflict, dev accuracy, label model", parents=[common])
+                        "conflict, dev accuracy, label model", parents=[common],
+                        **_example("tunesmith weak-stats rt-weak-cosine"))
     ws.add_argument("config", help="a run config with objective: weak")
     ws.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a config field (repeatable)")
     ws.add_argument("--out", help="where lf_stats.json and lf_stats.png go (default runs/weak-stats-<config name>)")
 
-    sub.add_parser("models", help="list built-in models", parents=[common])
-    sub.add_parser("datasets", help="list built-in data sets", parents=[common])
-    sub.add_parser("methods", help="list fine-tuning methods", parents=[common])
+    x = sub.add_parser("export", help="a run as a GGUF file (llama.cpp, Ollama, LM Studio) or a plain HF folder",
+                       parents=[common], **_example("tunesmith export runs/sft sft.gguf --dtype q8_0\n"
+                                                    "  tunesmith export runs/first first-hf --format hf"))
+    x.add_argument("run_dir")
+    x.add_argument("out", help="the .gguf file (format gguf) or folder (format hf) to write")
+    x.add_argument("--format", choices=("gguf", "hf"), default="gguf",
+                   help="gguf: causal-LM runs of Llama-family models (LoRA merged first); hf: any run")
+    x.add_argument("--dtype", choices=("f32", "f16", "q8_0"), help="gguf tensor type (default f16); --format hf "
+                   "writes the weights as the run holds them")
+    x.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    ck = sub.add_parser("check", help="every check a run does before loading its model; prints the resolved config",
+                        parents=[common], **_example("tunesmith check my.yaml --set data.train=my.csv"))
+    ck.add_argument("config", help="YAML config file, or the name of a shipped one")
+    ck.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a config field (repeatable)")
+    ck.add_argument("--no-data", action="store_true", help="check the config only, without reading the data")
+
+    it = sub.add_parser("init", help="write a commented starter config for an objective", parents=[common],
+                        **_example("tunesmith init classify --out my.yaml\n"
+                                   "  tunesmith init dpo --model /models/my-llama --out dpo.yaml"))
+    it.add_argument("objective", help="one of `tunesmith objectives`")
+    it.add_argument("--model", help="a built-in model name or a local HF directory (default: a built-in one)")
+    it.add_argument("--out", help="the file to write (default OBJECTIVE.yaml; - prints it)")
+    it.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    cf = sub.add_parser("configs", help="list the configs shipped with tunesmith, or print one", parents=[common],
+                        **_example("tunesmith configs\n  tunesmith configs rt-minilm-full > my.yaml"))
+    cf.add_argument("name", nargs="?", help="print this shipped config")
+
+    for name, what in (("models", "built-in models"), ("datasets", "built-in data sets"),
+                       ("methods", "fine-tuning methods (what learns)"), ("objectives", "objectives (what a run learns)")):
+        sub.add_parser(name, help=f"list {what}", parents=[common], **_example(f"tunesmith {name}"))
     return p
+
+
+def _example(text: str) -> dict:
+    return {"epilog": f"example:\n  {text}", "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -144,7 +192,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _train(args: argparse.Namespace) -> int:
     from tunesmith.config import load_config
     from tunesmith.run import run
+    from tunesmith.shipped import resolve_config_path
 
+    if args.config:
+        args.config = str(resolve_config_path(args.config))
     cfg = load_config(args.config, args.overrides) if args.config else None
     if cfg is None and not args.resume:
         raise TunesmithError("train: give a config file (or --resume RUN_DIR)")
@@ -164,7 +215,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from tunesmith.compare import compare, load_compare_config
+    from tunesmith.shipped import resolve_config_path
 
+    args.config = str(resolve_config_path(args.config))
     cfg = load_compare_config(args.config, args.seeds, args.vary)
     out = Path(args.out or f"runs/compare-{Path(args.config).stem}")
     if args.keep < 1:
@@ -198,12 +251,75 @@ def _listing(command: str) -> int:
 
         rows = [("name", "task", "license", "what it is")]
         rows += [(d.name, d.task, d.license, d.description) for d in DATASETS.values()]
-        print(_table(rows) + "\n\nYour own files: data.train / data.validation / data.test (.jsonl .csv .tsv .parquet; "
+        print(_table(rows) + "\n\nYour own files: data.train / data.validation / data.test (.jsonl .json .csv .tsv .parquet; "
               "images: a folder with one subfolder per class, or a file of path,label); data.eval_sets for more")
+    elif command == "objectives":
+        from tunesmith.objectives import OBJECTIVES
+
+        rows = [("name", "models", "finished runs answer", "what it learns")]
+        rows += [(name, o.model_kind or "text or causal-lm", o.command, o.description) for name, o in OBJECTIVES.items()]
+        print(_table(rows) + "\n\nA starter config for one: tunesmith init NAME; its options: docs/config.md")
     else:
         from tunesmith.methods import METHODS
 
         print(_table([("name", "what learns")] + [(name, m.description) for name, m in METHODS.items()]))
+    return 0
+
+
+def _configs(args: argparse.Namespace) -> int:
+    from tunesmith.shipped import resolve_config_path, shipped_configs
+
+    if args.name:
+        sys.stdout.write(resolve_config_path(args.name).read_text(encoding="utf-8"))
+        return 0
+    rows = [("name", "kind", "objective", "model", "what it does")]
+    rows += [(c.name, c.kind, c.objective, c.model, c.about) for c in shipped_configs()]
+    print(_table(rows) + "\n\nRun one by name: tunesmith train NAME (compare configs: tunesmith compare NAME); "
+          "print one to start your own: tunesmith configs NAME > my.yaml")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from tunesmith.scaffold import starter_config
+
+    text = starter_config(args.objective, args.model)
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out or f"{args.objective}.yaml")
+    if out.exists() and not args.overwrite:
+        raise TunesmithError(f"init: {out} already exists; pass --overwrite to replace it, or --out another file")
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}; check it with: tunesmith check {out}   then train: tunesmith train {out}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    import yaml
+
+    from tunesmith.config import config_to_dict, load_config
+    from tunesmith.objectives import build_objective
+    from tunesmith.shipped import resolve_config_path
+
+    path = resolve_config_path(args.config)
+    cfg = load_config(path, args.overrides)
+    print(f"# {path}: the config is valid; resolved, with every default:")
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, width=110).rstrip())
+    if not args.no_data:
+        data = build_objective(cfg).load_data(cfg)
+        print("# data: read and checked")
+        for line in data.report.lines():
+            print(f"#   {line}")
+    print("# ok: no model was loaded; train it with: tunesmith train "
+          f"{args.config}{''.join(f' --set {o}' for o in args.overrides)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tunesmith.export import export_run
+
+    written = export_run(args.run_dir, args.out, format=args.format, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"exported to {written}")
     return 0
 
 
@@ -280,7 +396,9 @@ def _pairs(args: argparse.Namespace) -> int:
 def _weak_stats(args: argparse.Namespace) -> int:
     from tunesmith.config import load_config
     from tunesmith.objectives.weak import weak_stats
+    from tunesmith.shipped import resolve_config_path
 
+    args.config = str(resolve_config_path(args.config))
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or f"runs/weak-stats-{Path(args.config).stem}")
     lines, written = weak_stats(cfg, out)
@@ -290,16 +408,20 @@ def _weak_stats(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "merge": _merge, "score": _score, "pairs": _pairs,
-            "weak-stats": _weak_stats}
+            "weak-stats": _weak_stats, "configs": _configs, "init": _init, "check": _check, "export": _export}
 
 
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    # the command line owns its process: no hub at run time (a local directory is all it reads), and
+    # none of transformers' advice meant for its own API users. `import tunesmith` sets nothing.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     args = _parse(argv)
     try:
-        if args.command in ("models", "datasets", "methods"):
+        if args.command in ("models", "datasets", "methods", "objectives"):
             return _listing(args.command)
         handler = COMMANDS.get(args.command) or {"predict": _predict, "generate": _generate}[args.command]
         return handler(args)

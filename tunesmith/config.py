@@ -8,6 +8,7 @@ this module ties them to the objectives and the cross-section checks (validate.p
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the config must be a mapping of sections (model:, method:, data:, train:)")
     lines = line_index(node, str(path)) if node is not None else {}
+    data = _own_data_replaces_builtin(data, overrides or [], path)
     data = apply_overrides(data, overrides or [])
     for item in overrides or []:  # an error about an overridden field names --set, not the file's line
         key = item.split("=", 1)[0].strip()
         lines = {k: v for k, v in lines.items() if k != key and not k.startswith(key + ".")} | {key: SET}
     return config_from_dict(data, source=str(path), lines=lines, base_dir=path.resolve().parent)
+
+
+def _own_data_replaces_builtin(data: dict[str, Any], overrides: list[str], path: Path) -> dict[str, Any]:
+    """`--set data.train=my.csv` on a config that names a built-in data set means "my data instead": the
+    built-in is dropped (with a note) rather than refused as a conflict."""
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    section = data.get("data")
+    if "data.train" in keys and "data.builtin" not in keys and isinstance(section, dict) and section.get("builtin"):
+        print(f"note: --set data.train replaces {path}'s data.builtin ({section['builtin']})", file=sys.stderr)
+        data = {**data, "data": {k: v for k, v in section.items() if k != "builtin"}}
+    return data
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>", lines: dict[str, Any] | None = None,
@@ -76,7 +89,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>", lines: dict
     cfg = build_section(RunConfig, data, "", source, lines)
     if base_dir is not None:
         OBJECTIVES[cfg.objective.name].locate(cfg.objective, Path(base_dir))
-    check_run(cfg, lambda key: where(source, lines, key), training=for_training)
+    check_run(cfg, lambda key: where(source, lines, key), training=for_training, base_dir=base_dir)
     return cfg
 
 

@@ -18,11 +18,13 @@ import torch
 from tunesmith.config import load_config
 from tunesmith.data import load_text_classification
 from tunesmith.run import run
+from tunesmith.shipped import CONFIG_DIR
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--configs", default="configs", help="folder holding rt-minilm-{probe,full}.yaml")
+    p.add_argument("--configs", default=str(CONFIG_DIR), help="folder holding rt-minilm-{probe,full}.yaml "
+                                                           "(default: the shipped configs)")
     p.add_argument("--out", default="runs/demo")
     args = p.parse_args(argv)
     configs, out = Path(args.configs), Path(args.out)

@@ -95,10 +95,21 @@ def _open(run_dir: Path, cfg: RunConfig, device: str) -> OpenedRun:
         raise TunesmithError(f"{adapter_dir / 'adapter_config.json'}: peft_type {peft_type!r} is not one tunesmith "
                              "reads (LORA, PROMPT_TUNING)")
     loaded = objective.load_model(cfg, SimpleNamespace(label_names=meta["label_names"]))
+    _keep_saved_template(loaded.tokenizer, adapter_dir)
     method.load(loaded, adapter_dir)
     objective.prepare_model(loaded.model)
     return OpenedRun(cfg, objective, loaded.model.to(device).eval(), loaded.tokenizer, meta["label_names"],
                      loaded, method)
+
+
+def _keep_saved_template(tokenizer: Any, adapter_dir: Path) -> None:
+    """The chat template the run trained with, as its saved tokenizer holds it (data.chat_template's file
+    may be gone, or relative to another working directory)."""
+    from tunesmith.data.chat import saved_template
+
+    template = saved_template(adapter_dir)
+    if template is not None and hasattr(tokenizer, "chat_template"):
+        tokenizer.chat_template = template
 
 
 def open_generator(name: str | Path, option: str = "model") -> tuple[torch.nn.Module, Any, str | None]:
@@ -133,6 +144,10 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False)
         raise TunesmithError(f"{out_dir} already exists and is not empty; pass --overwrite to replace it")
     opened = open_saved(run_dir)
     save_model(opened.method().merged(opened.model), opened.loaded, out_dir)
+    from tunesmith.card import write_model_card
+
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else None
+    write_model_card(out_dir, opened.cfg, opened.objective, summary, merged_from=run_dir)
     return out_dir
 
 

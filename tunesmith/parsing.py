@@ -178,3 +178,9 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def yaml_value(value: Any) -> str:
+    """A default as it would be written in YAML."""
+    if dataclasses.is_dataclass(value):
+        return "(section)"
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()

@@ -26,11 +26,18 @@ _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
-def ranged(default: Any, rule: str) -> Any:
-    """A numeric field with its allowed range; see _RULES."""
+def ranged(default: Any, rule: str, help: str = "") -> Any:
+    """A numeric field with its allowed range (see _RULES) and its meaning for docs/config.md."""
     if rule not in _RULES:
         raise ValueError(f"unknown range {rule!r}; one of {', '.join(_RULES)}")
-    return field(default=default, metadata={"range": rule})
+    return field(default=default, metadata={"range": rule, "help": help})
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *,
+           default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
+    """A non-numeric config field with its meaning, which docs/config.md and `tunesmith check` show.
+    Lists and dicts take `default_factory`."""
+    return field(default=default, default_factory=default_factory, metadata={"help": help})
 
 
 def check_ranges(cfg: Any, where: Callable[[str], str], prefix: str = "") -> None:

@@ -29,7 +29,9 @@ from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.distributed import setup, teardown
 from tunesmith.train.loop import TrainResult, train
 from tunesmith.train.parallel import Strategy, make_strategy
+from tunesmith.train.reporters import Reporting
 from tunesmith.train.task import TrainTask
+from tunesmith.train.user_callbacks import build_callbacks
 
 
 def run(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -47,7 +49,9 @@ def run(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, overwr
         strategy = make_strategy(cfg.train.parallelism, info, cfg.train)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        summary = _run(cfg, run_dir, resume, overwrite, strategy, started, lock)
+        # the run's trackers (train.report_to), on the main process; closed however the run ends
+        with Reporting(cfg.train.report_to if strategy.is_main else [], run_dir, _sayer(strategy)) as reporting:
+            summary = _run(cfg, run_dir, resume, overwrite, strategy, started, lock, reporting)
         # every process waits for the main one to finish writing: a process that tears its process group
         # down while another still works can abort in gloo's threads ("terminate called ...")
         strategy.barrier()
@@ -60,8 +64,9 @@ def run(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False, overwr
 
 
 def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy: Strategy,
-         started: float, lock: RunLock) -> dict[str, Any]:
+         started: float, lock: RunLock, reporting: Reporting) -> dict[str, Any]:
     say = _sayer(strategy)
+    callbacks = build_callbacks(cfg.train.callbacks)  # the user's (train.callbacks): one instance for the run
     objective = build_objective(cfg)
     objective.run_dir = run_dir
     data = objective.load_data(cfg)
@@ -78,6 +83,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
     if strategy.is_main:
         lock.acquire()
         start_run_dir(cfg, run_dir, clear=not resume and (overwrite or not has_progress(run_dir)))
+        reporting.start(asdict(cfg), continuing=resume and has_progress(run_dir))
         for stage in stages:
             for stale in ckpt.remove_leftovers(stage.dir / "checkpoints"):
                 say(f"removed {stale}, a checkpoint write that was killed half-way")
@@ -107,7 +113,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
                          lengths=_lengths(objective, items))
         result, row = _train_stage(stage, model, task, cfg, objective, strategy, resume,
                                    None if pause_at is None or pause_at <= steps_before else pause_at - steps_before,
-                                   loaded, say, len(stages) > 1)
+                                   loaded, say, len(stages) > 1, callbacks, reporting.at(steps_before))
         results.append(result)
         rows.append(row)
         steps_before += result.total_steps
@@ -126,6 +132,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
             details[name] = objective.details(sums, data.label_names)
             final |= metrics
     final |= objective.final_metrics(model, loaded.tokenizer, data, strategy)
+    reporting.log(final, steps_before - results[-1].total_steps + results[-1].steps)  # at the run's last step
     _check_finite(model)
     summary = _summary(cfg, objective, data, stages, results, rows, encode_stats, final, details, strategy,
                        started, count_parameters(loaded.model)[1])
@@ -134,7 +141,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
     _export(model, loaded, stages, objective, cfg, data, strategy, run_dir, meta)
     if strategy.is_main:
         (run_dir / "paused.json").unlink(missing_ok=True)
-        artifacts.write_report(run_dir, summary, details, objective, data.label_names)
+        artifacts.write_report(run_dir, summary, details, objective, data.label_names, cfg)
         freed = sum(ckpt.slim_finished(st.dir / "checkpoints", cfg.train.keep_optimizer_state) for st in stages)
         n = len(summary["warnings"])  # each was said when found; the last line points back at them
         say(artifacts.final_line(run_dir, final) + (f"; {freed / 2**20:,.0f} MB of checkpoints no longer needed "
@@ -252,8 +259,9 @@ def _merged(evaluators: dict, names: list[str]):
 
 
 def _train_stage(stage: Stage, model: torch.nn.Module, task: TrainTask, cfg: RunConfig, objective: Objective,
-                 strategy: Strategy, resume: bool, pause_at: int | None, loaded, say, staged: bool
-                 ) -> tuple[TrainResult, dict[str, Any]]:
+                 strategy: Strategy, resume: bool, pause_at: int | None, loaded, say, staged: bool,
+                 callbacks: list, report) -> tuple[TrainResult, dict[str, Any]]:
+    """`callbacks`: the user's, after the objective's; `report`: where the stage's metrics lines also go."""
     trainable, total = count_parameters(loaded.model)
     say(f"{f'stage {stage.name}: ' if staged else ''}model {cfg.model.name} ({loaded.source}), method "
         f"{stage.method.name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
@@ -265,7 +273,8 @@ def _train_stage(stage: Stage, model: torch.nn.Module, task: TrainTask, cfg: Run
     cache = None if finished else _prefix_cache(cfg, objective, model, task, strategy, say)
     try:
         result = train(model, task, stage.train, stage.dir, strategy, resume_from=resume_from, pause_at_step=pause_at,
-                       step=objective.training_step(stage.name), callbacks=objective.callbacks(stage.name))
+                       step=objective.training_step(stage.name),
+                       callbacks=[*objective.callbacks(stage.name), *callbacks], report=report)
     finally:
         if cache is not None:
             cache.detach()  # the next stage may train what this one froze

@@ -22,12 +22,12 @@ from tunesmith.errors import ConfigError
 
 # Fields that may differ between a run and its resumption without changing the result.
 RESUME_FREE = {"train.progress", "train.threads", "train.device", "train.pause_at_fraction",
-               "train.checkpoint_minutes", "train.keep_optimizer_state"}
+               "train.checkpoint_minutes", "train.keep_optimizer_state", "train.report_to"}
 # Fields a resumed single-stage run may raise: it trains on to the new length.
 EXTENDABLE = {"train.epochs", "train.max_steps"}
 # What a run writes; --overwrite clears these (and nothing else a user may keep in the folder).
 RUN_FILES = ("checkpoints", "stages", "model", "adapter", "plots", "tensorboard", "metrics.jsonl", "summary.json",
-             "paused.json", "config.yaml", "exact_match.jsonl")
+             "paused.json", "config.yaml", "exact_match.jsonl", "wandb", "mlflow.db", "report_to.json")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from tunesmith.errors import ConfigError
 from tunesmith.ranges import check_ranges
@@ -24,15 +25,17 @@ def choice(value, allowed: tuple[str, ...], where: str) -> None:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
 
 
-def check_run(cfg: RunConfig, w: Where, training: bool = True) -> None:
+def check_run(cfg: RunConfig, w: Where, training: bool = True, base_dir: str | Path | None = None) -> None:
     """Every rule; `training` false (a finished run opened for use): only the ones about the fields
-    themselves, not about what training needs (data, code and devices of the machine it ran on)."""
+    themselves, not about what training needs (data, code and devices of the machine it ran on).
+    `base_dir`: the config file's folder, where train.callbacks' modules are looked for first."""
     from tunesmith.objectives import build_objective
 
     objective = build_objective(cfg)
     check_ranges(cfg, w)
     _check_train(cfg, w, training)
-    _check_data(cfg, w)
+    _check_reporting(cfg, w, training, base_dir)
+    _check_data(cfg, w, training)
     if training:
         objective.check(cfg, w)
         _check_model(cfg, objective, w)
@@ -81,6 +84,26 @@ def _check_train(cfg: RunConfig, w: Where, training: bool = True) -> None:
             choice(stage.schedule, SCHEDULES, w(at + ".schedule"))
 
 
+def _check_reporting(cfg: RunConfig, w: Where, training: bool, base_dir: str | Path | None) -> None:
+    """train.report_to: known trackers, installed here; train.callbacks: importable Callbacks (user code,
+    imported only to train)."""
+    from tunesmith.train import user_callbacks
+    from tunesmith.train.reporters import REPORTERS, report_to_problem
+
+    t = cfg.train
+    for i, name in enumerate(t.report_to):
+        if name in t.report_to[:i]:
+            raise ConfigError(f"{w('train.report_to')}[{i}]: {name} is listed twice")
+        choice(name, tuple(REPORTERS), f"{w('train.report_to')}[{i}]")
+        problem = report_to_problem(name) if training else None  # a finished run is used without its trackers
+        if problem:
+            raise ConfigError(f"{w('train.report_to')}[{i}]: {problem}")
+    if base_dir is not None:
+        t.callbacks = user_callbacks.locate(t.callbacks, Path(base_dir))
+    if training:
+        user_callbacks.resolve(t.callbacks, w, None if base_dir is None else Path(base_dir))
+
+
 def _check_parallelism(cfg: RunConfig, w: Where, training: bool) -> None:
     """What a strategy cannot do, said before anything loads."""
     from tunesmith.train.distributed import launched_by_torchrun
@@ -103,10 +126,12 @@ def _check_parallelism(cfg: RunConfig, w: Where, training: bool) -> None:
         raise ConfigError(f"{w('train.compile')}: not with fsdp; set train.compile: false")
 
 
-def _check_data(cfg: RunConfig, w: Where) -> None:
+def _check_data(cfg: RunConfig, w: Where, training: bool = True) -> None:
+    from tunesmith.data.config import check_data_config
+
     d, m = cfg.data, cfg.model
     choice(d.on_bad_rows, ("error", "skip"), w("data.on_bad_rows"))
-    choice(d.format, ("auto", "jsonl", "csv", "tsv", "parquet"), w("data.format"))
+    check_data_config(d, w, training)  # format, train files and weights, columns, chat_template
     for i, name in enumerate(d.augment):
         choice(name, ("crop", "flip"), w("data.augment") + f"[{i}]")
     lo_hi = d.crop_scale

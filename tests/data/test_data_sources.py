@@ -119,10 +119,10 @@ def test_malformed_json_names_line_and_json_message(tmp_path: Path) -> None:
     assert str(e.value).startswith(f"{path}:2: malformed JSON (Expecting value at column ")
 
 
-def test_json_array_file_gets_a_hint(tmp_path: Path) -> None:
-    path = tmp_path / "d.json"
-    path.write_text('[\n{"text": "x"}\n]\n', encoding="utf-8")
-    with pytest.raises(DataError, match=rf"^{path}:1: .*JSON array; write JSON Lines"):
+def test_json_array_in_a_jsonl_file_gets_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('[{"text": "x"}]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{path}:1: .*looks like one JSON array: name it .json"):
         read_rows(path)
 
 

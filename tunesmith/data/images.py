@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.data.builtin import DATASETS, get_dataset
-from tunesmith.data.config import DataConfig
+from tunesmith.data.columns import IMAGE_COLUMNS, Columns
+from tunesmith.data.config import DataConfig, field_name
 from tunesmith.data.decode import read_image  # noqa: F401  (objectives read images through this module)
 from tunesmith.data.packaged import BuiltinImages, DatasetEntry, ImageArrays
 from tunesmith.data.sources import Row, check_format
@@ -236,7 +237,12 @@ def load_image_classification(cfg: DataConfig) -> ImageData:
     """Load, validate and split the image data a run config describes."""
     plan = start(cfg, "an image folder or a file listing images")
     bad = plan.bad
-    image_field, label_field = cfg.image_field or DEFAULT_IMAGE_FIELD, cfg.label_field or "label"
+    if isinstance(cfg.train, list) or cfg.train_weights is not None:
+        raise DataError("data.train: a list of files mixed by data.train_weights is for text rows; image "
+                        "classification reads one folder or file")
+    Columns.of(cfg.columns, IMAGE_COLUMNS, "image rows")
+    image_field = field_name(cfg, "image") or DEFAULT_IMAGE_FIELD
+    label_field = field_name(cfg, "label") or "label"
     builtin = _image_entry(cfg.builtin) if cfg.builtin is not None else None
     official_test = builtin is not None and builtin[1].test is not None and cfg.test is None
     carved = plan.carve(official_test)

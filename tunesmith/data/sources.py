@@ -1,6 +1,7 @@
 """Reading rows from data files.
 
-Every row remembers the file and line it came from, so that any later complaint about it (an empty text,
+`.json` files hold one JSON array of objects or JSON Lines (told apart by the first character); `.jsonl`
+files hold JSON Lines. Every row remembers the file and line it came from, so that any later complaint about it (an empty text,
 an unknown label) can say "file:line" and the user can open the file right at the culprit.
 """
 
@@ -13,6 +14,7 @@ import io
 import json
 import lzma
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +22,8 @@ from typing import Any
 
 from tunesmith.errors import DataError
 
-FORMATS = ("jsonl", "csv", "tsv", "parquet")
-_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+FORMATS = ("jsonl", "csv", "tsv", "parquet", "json")
+_EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 _DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
     ".gz": gzip.decompress,
     ".bz2": bz2.decompress,
@@ -72,7 +74,7 @@ def detect_format(path: str | Path, format: str = "auto") -> str:
 def read_rows(
     path: str | Path, format: str = "auto", *, skip_bad: list[str] | None = None, source: str | None = None
 ) -> list[Row]:
-    """Read every record of a jsonl / csv / tsv / parquet file (optionally .gz/.bz2/.xz compressed).
+    """Read every record of a json / jsonl / csv / tsv / parquet file (optionally .gz/.bz2/.xz compressed).
 
     A record the reader cannot make sense of (malformed JSON, a non-object JSON line, a CSV row with more
     fields than the header) raises, unless `skip_bad` is a list: then its message is appended there and
@@ -92,7 +94,9 @@ def read_rows(
         rows = _parquet_rows(path, name)
     else:
         text = _decode(_read_bytes(path, name), name)
-        if fmt == "jsonl":
+        if fmt == "json" and text.lstrip().startswith("["):
+            rows = _json_array_rows(text, name, skip_bad)
+        elif fmt in ("json", "jsonl"):
             rows = _jsonl_rows(text, name, skip_bad)
         else:
             rows = _csv_rows(text, name, "," if fmt == "csv" else "\t", skip_bad)
@@ -149,7 +153,11 @@ def _jsonl_rows(text: str, name: str, skip_bad: list[str] | None) -> list[Row]:
         except json.JSONDecodeError as e:
             hint = "each line must hold one complete JSON object"
             if number == 1 and line.lstrip().startswith("["):
-                hint = "the file looks like one JSON array; write JSON Lines instead (one object per line)"
+                hint = ("the file looks like one JSON array: name it .json (or set data.format: json), or write "
+                        "JSON Lines (one object per line)")
+            elif number == 1 and line.strip() == "{":
+                hint = ("the file looks like one pretty-printed JSON value; give a JSON array of objects in a .json "
+                        "file, or JSON Lines (one object per line)")
             _report(f"{name}:{number}: malformed JSON ({e.msg} at column {e.colno}); {hint}", skip_bad)
             continue
         except _DuplicateKey as e:
@@ -157,13 +165,68 @@ def _jsonl_rows(text: str, name: str, skip_bad: list[str] | None) -> list[Row]:
                     "silently); keep one", skip_bad)
             continue
         if not isinstance(value, dict):
+            hint = ("; the file looks like one JSON array: name it .json (or set data.format: json), or write one "
+                    "object per line" if isinstance(value, list) and not rows else "")
             _report(
                 f'{name}:{number}: expected a JSON object like {{"text": ..., "label": ...}}, '
-                f"got a JSON {_json_type(value)}",
+                f"got a JSON {_json_type(value)}{hint}",
                 skip_bad,
             )
             continue
         rows.append(Row(name, number, value))
+    return rows
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
+
+
+def _json_array_rows(text: str, name: str, skip_bad: list[str] | None) -> list[Row]:
+    """The objects of one JSON array, each with the line it starts on. The array is decoded element by
+    element, so a broken element is named by its line; the rest of the file cannot be trusted after it."""
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
+    rows = []
+    at = _SPACE.match(text, 0).end() + 1  # past "["
+    line, counted = 1, 0  # line of text[counted]
+
+    def line_of(pos: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, pos)
+        counted = pos
+        return line
+
+    at = _SPACE.match(text, at).end()
+    if text.startswith("]", at):
+        return rows
+    while True:
+        start = line_of(at)
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{name}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno}); the file is one JSON "
+                            "array of objects, [{...}, {...}]") from None
+        except _DuplicateKey as e:
+            _report(f"{name}:{start}: key {e.args[0]!r} appears twice in the object (JSON keeps only the last "
+                    "silently); keep one", skip_bad)
+            value, at = json.JSONDecoder().raw_decode(text, at)  # the same element again, to step past it
+        else:
+            if isinstance(value, dict):
+                rows.append(Row(name, start, value))
+            else:
+                _report(f'{name}:{start}: expected a JSON object like {{"text": ..., "label": ...}} in the array, '
+                        f"got a JSON {_json_type(value)}", skip_bad)
+        at = _SPACE.match(text, at).end()
+        if text.startswith(",", at):
+            at = _SPACE.match(text, at + 1).end()
+            continue
+        if text.startswith("]", at):
+            break
+        found = repr(text[at]) if at < len(text) else "the end of the file"
+        raise DataError(f"{name}:{line_of(at)}: malformed JSON: expected ',' or ']' after the array's element, found "
+                        f"{found}")
+    rest = _SPACE.match(text, at + 1).end()
+    if rest < len(text):
+        raise DataError(f"{name}:{line_of(rest)}: more text after the JSON array ends; a .json file holds one array "
+                        "(or JSON Lines)")
     return rows
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.data.config import DataConfig
+from tunesmith.data.config import DataConfig, train_files, train_weights
 from tunesmith.data.sources import Row, check_format, read_rows
 from tunesmith.errors import DataError
 
@@ -282,6 +282,18 @@ class Plan:
     bad: BadRows
     eval_files: dict[str, str]
     carved: dict[str, float] = field(default_factory=dict)
+    # rows each data.train file gave, in order (read_train): what data.train_weights apply to
+    file_rows: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the report (what the weights did)
+
+    def read_train(self) -> list[Row]:
+        """The rows of every data.train file, one after the other."""
+        rows: list[Row] = []
+        for path in train_files(self.cfg):
+            found = self.bad.read(path, self.cfg.format)
+            self.file_rows.append(len(found))
+            rows += found
+        return rows
 
     def carve(self, official_test: bool) -> dict[str, float]:
         """Validation (and test, unless given as a file or official) carved from the training rows."""
@@ -296,8 +308,33 @@ class Plan:
 
     def indices(self, n: int) -> dict[str, list[int]]:
         """Rows are validated in file order (so "error" mode reports the first bad line) and split
-        afterwards: the split depends only on the number of rows, not on which of them are bad."""
-        return split_indices(n, *self.fractions, self.cfg.split.seed)
+        afterwards: the split depends only on the number of rows, not on which of them are bad. Weights
+        apply to the training split only, after splitting, so no copy of a validation or test row trains."""
+        found = split_indices(n, *self.fractions, self.cfg.split.seed)
+        if self.cfg.train_weights is not None and sum(self.file_rows) == n:
+            found["train"] = self._weighted(found["train"])
+        return found
+
+    def _weighted(self, train: list[int]) -> list[int]:
+        """Each training row of a file with weight w counts floor(w) times, plus once more for a seeded
+        share (w - floor(w)) of them; copies stay beside the original, in file order."""
+        out: list[int] = []
+        start = 0
+        for i, (path, size, weight) in enumerate(zip(train_files(self.cfg), self.file_rows,
+                                                     train_weights(self.cfg), strict=True)):
+            mine = [r for r in train if start <= r < start + size]
+            start += size
+            whole, part = int(weight), weight - int(weight)
+            extra: set[int] = set()
+            if part and mine:
+                # its own stream (a constant apart from the split's and the subsets'), one per file
+                draw = np.random.default_rng([self.cfg.split.seed, 104729, i]).permutation(len(mine))
+                extra = {mine[j] for j in draw[: math.floor(len(mine) * part + 0.5)].tolist()}
+            counted = [r for r in mine for _ in range(whole + (r in extra))]
+            out += counted
+            self.notes.append(f"data.train_weights: {path} weight {weight:g}: {len(mine):,} training rows count as "
+                              f"{len(counted):,}")
+        return out
 
     def sources(self, train_source: str, named: Iterable[str]) -> dict[str, str]:
         """Where each split came from: `named` splits from data.<split> files, the others carved."""
@@ -354,7 +391,7 @@ def finish(plan: Plan, examples: dict[str, list], sources: dict[str, str], eval_
     return DataReport(sources={s: sources[s] for s in streams}, counts={s: len(examples[s]) for s in streams},
                       label_counts={s: counts_of(examples[s]) for s in streams}, skipped=plan.bad.count,
                       skipped_examples=list(plan.bad.examples), eval_sets=list(eval_names),
-                      warnings=list(plan.bad.warnings))
+                      warnings=list(plan.bad.warnings), notes=list(plan.notes))
 
 
 def finish_splits(plan: Plan, examples: dict[str, list], file_rows: Iterable[str], train_source: str,

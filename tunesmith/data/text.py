@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.data.builtin import get_dataset
-from tunesmith.data.config import DataConfig
+from tunesmith.data.columns import CLASSIFY_COLUMNS, Columns
+from tunesmith.data.config import DataConfig, describe_train, field_name
 from tunesmith.data.packaged import BuiltinText
 from tunesmith.data.sources import Row, check_format
 from tunesmith.data.splits import (
@@ -31,7 +32,7 @@ from tunesmith.data.splits import (
 from tunesmith.errors import DataError
 
 _INTEGER = re.compile(r"-?\d+")
-_LM_ROWS = {"chat": {"messages"}, "prompt/completion": {"prompt", "completion"}}
+_LM_ROWS = {"chat": {"messages", "conversations"}, "prompt/completion": {"prompt", "completion"}, "Alpaca": {"instruction"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,22 +149,23 @@ def load_text_classification(cfg: DataConfig, unlabelled_train: bool = False, la
     the labelled splits. `validation_limit`: a seeded subset of at most that many validation examples."""
     plan = start(cfg)
     bad = plan.bad
+    Columns.of(cfg.columns, CLASSIFY_COLUMNS, "classification rows")
     entry = get_dataset(cfg.builtin) if cfg.builtin is not None else None
     # a built-in with official splits: its test split unless data.test names a file; its own eval sets
     splits: BuiltinText | None = entry.load_splits() if entry and entry.load_splits else None
     official_test = splits is not None and splits.test is not None and cfg.test is None
     carved = plan.carve(official_test)
     eval_names = merge_eval_sets(splits.eval_sets if splits else (), plan.eval_files, cfg.builtin)
-    text_field = cfg.text_field or (entry.text_field if entry else "text")
-    label_field = cfg.label_field or (entry.label_field if entry else "label")
+    text_field = field_name(cfg, "text") or (entry.text_field if entry else "text")
+    label_field = field_name(cfg, "label") or (entry.label_field if entry else "label")
     about = splits.about if splits else {}
-    train_source = f"builtin:{entry.name}" if entry else str(cfg.train)
+    train_source = f"builtin:{entry.name}" if entry else describe_train(cfg)
     if "train" in about:
         train_source += f": {about['train']}"
     if splits is not None:
         train_rows = splits.train
     else:
-        train_rows = entry.load() if entry else bad.read(str(cfg.train), cfg.format)
+        train_rows = entry.load() if entry else plan.read_train()
     file_rows = {s: bad.read(getattr(cfg, s), cfg.format) if getattr(cfg, s) is not None else splits.test
                  for s in ("validation", "test") if s not in carved}  # splits.test: the official test split
     eval_rows = {name: bad.read(plan.eval_files[name], cfg.format) if name in plan.eval_files

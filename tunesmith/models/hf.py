@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +11,6 @@ from torch import nn
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models.registry import resolve_model_dir
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at run time; a local directory is all we read
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def _quiet_transformers() -> None:

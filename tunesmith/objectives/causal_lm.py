@@ -1,9 +1,11 @@
 """Causal language modelling (supervised fine-tuning): next-token cross-entropy on the target tokens.
 
 Targets are the completion (prompt/completion rows), the assistant turns (chat rows, via the chat
-template) or every token (text rows). EOS is appended and *trained* even when pad == eos: masks come
-from the labels, never from the pad id. The loss is summed over target tokens; the loop divides by the
-target tokens of the whole step, so accumulation and DDP equal the large batch exactly.
+template) or every token (text rows); objective.train_on_inputs makes every token of prompt/completion
+and chat rows a target too (the prompt, the user turns and the template's own tokens). EOS is appended
+and *trained* even when pad == eos: masks come from the labels, never from the pad id. The loss is
+summed over target tokens; the loop divides by the target tokens of the whole step, so accumulation and
+DDP equal the large batch exactly.
 
 Packing puts several samples in one row; position ids restart at each sample, which makes transformers
 build a block-diagonal causal mask (no attention across samples), and the first token of every sample
@@ -22,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.data.chat import chat_prefix, template_ids
+from tunesmith.data.chat import chat_prefix, no_template_error, template_ids, use_chat_template
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.fastpath import checked_once, is_sharded, no_autograd, same_result
 from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
+from tunesmith.ranges import option
 
 IGNORE = -100
 # answers longer than this (in words) are free-form: exact match is skipped by default where most are
@@ -41,7 +44,8 @@ class LMItem:
     labels: list[int]  # IGNORE where the token is context, not target
 
 
-def tokenize_example(example, tokenizer) -> tuple[list[int], list[int]]:
+def tokenize_example(example, tokenizer, train_on_inputs: bool = False) -> tuple[list[int], list[int]]:
+    """(token ids, labels); `train_on_inputs`: the prompt (user turns, template tokens) is a target too."""
     eos = tokenizer.eos_token_id
     if example.kind == "text":
         ids = tokenizer(example.text, add_special_tokens=True)["input_ids"] + [eos]
@@ -49,10 +53,9 @@ def tokenize_example(example, tokenizer) -> tuple[list[int], list[int]]:
     if example.kind == "prompt":
         prompt = tokenizer(example.prompt, add_special_tokens=True)["input_ids"]
         completion = tokenizer(example.completion, add_special_tokens=False)["input_ids"] + [eos]
-        return prompt + completion, [IGNORE] * len(prompt) + completion
+        return prompt + completion, (prompt if train_on_inputs else [IGNORE] * len(prompt)) + completion
     if not getattr(tokenizer, "chat_template", None):
-        raise DataError(f"{example.where}: chat rows need a tokenizer with a chat template; this model has "
-                        "none (use prompt/completion rows instead)")
+        raise no_template_error(example.where)
     messages = list(example.messages)
     ids = template_ids(tokenizer.apply_chat_template(messages, tokenize=True))
     labels = [IGNORE] * len(ids)
@@ -67,14 +70,15 @@ def tokenize_example(example, tokenizer) -> tuple[list[int], list[int]]:
             labels = labels[:end] + [IGNORE] + labels[end:]
             end += 1
         labels[start:end] = ids[start:end]
-    return ids, labels
+    return ids, (list(ids) if train_on_inputs else labels)
 
 
-def encode(examples: Sequence, tokenizer, max_length: int) -> tuple[list[LMItem], dict[str, int]]:
+def encode(examples: Sequence, tokenizer, max_length: int, train_on_inputs: bool = False
+           ) -> tuple[list[LMItem], dict[str, int]]:
     """Tokenize once; items whose targets are all cut off by truncation are dropped and counted."""
     items, truncated, all_masked = [], 0, 0
     for example in examples:
-        ids, labels = tokenize_example(example, tokenizer)
+        ids, labels = tokenize_example(example, tokenizer, train_on_inputs)
         if len(ids) > max_length:
             truncated += 1
             ids, labels = ids[:max_length], labels[:max_length]
@@ -256,11 +260,14 @@ def details(sums: dict[str, torch.Tensor], label_names) -> dict:
 
 @dataclass
 class CausalLMConfig(ObjectiveConfig):
-    name: str = "causal_lm"
-    packing: bool = False  # several samples per row (no attention across them, positions restart)
-    # at the end: greedy answers on the test split vs the expected answers; unset: only where those
-    # answers are short (most of at most 5 words), since free-form answers almost never match exactly
-    exact_match: bool | None = None
+    name: str = option("causal_lm", "the objective")
+    packing: bool = option(False, "put several samples in one row of the batch (no attention across them; "
+                                  "positions restart at each)")
+    exact_match: bool | None = option(None, "at the end, compare greedy answers on the test split with the "
+                                            "expected ones; unset: only where most answers are short (at most 5 "
+                                            "words), since free-form answers almost never match exactly")
+    train_on_inputs: bool = option(False, "prompt/completion and chat rows: put the loss on the prompt (the user "
+                                          "turns and the chat template's tokens) as well as on the answer")
 
 
 class CausalLM(Objective):
@@ -292,10 +299,18 @@ class CausalLM(Objective):
         from tunesmith.models import load_causal_lm
         from tunesmith.train.precision import MODEL_DTYPES
 
-        return load_causal_lm(run.model.name, run.train.init_seed, MODEL_DTYPES[run.model.dtype])
+        loaded = load_causal_lm(run.model.name, run.train.init_seed, MODEL_DTYPES[run.model.dtype])
+        # set once here, so training, preference pairs, generation and the saved tokenizer all use it; outside
+        # a run (run_dir None) a template file that is gone is left to the run's saved tokenizer
+        use_chat_template(loaded.tokenizer, run.data.chat_template, required=self.run_dir is not None)
+        chat = next((e for split in ("train", "validation", "test") for e in getattr(data, split, None) or ()
+                     if getattr(e, "kind", None) == "chat"), None)
+        if chat is not None and not getattr(loaded.tokenizer, "chat_template", None):
+            raise no_template_error(chat.where, "conversations")  # said before anything is tokenized
+        return loaded
 
     def encode(self, examples, tokenizer, max_length):
-        return encode(examples, tokenizer, max_length)
+        return encode(examples, tokenizer, max_length, getattr(self.cfg, "train_on_inputs", False))
 
     def collate(self, items, pad_id, train=False):
         if train and self.cfg.packing:

@@ -17,7 +17,7 @@ from torch import nn
 from tunesmith.errors import ConfigError
 from tunesmith.fastpath import no_autograd
 from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
-from tunesmith.ranges import ranged
+from tunesmith.ranges import option, ranged
 
 # Run the last encoder layer at position 0 only where the head reads nothing else (see first_token);
 # False keeps the model's own forward, which benchmarks/anchor.py uses to measure what this saves.
@@ -127,11 +127,12 @@ def plots(details_by_split: dict[str, dict], label_names: list[str], plot_dir) -
 
 @dataclass
 class ClassifyConfig(ObjectiveConfig):
-    name: str = "classify"
-    # freeze / linear_probe: compute the frozen embeddings (a CNN's stem) and leading blocks once per
-    # training example and reuse them every epoch; exact, since frozen parts run in eval mode
-    cache_frozen_prefix: bool = True
-    prefix_cache_mb: float = ranged(2048.0, "> 0")  # the cache is dropped (training recomputes) above this size
+    name: str = option("classify", "the objective")
+    cache_frozen_prefix: bool = option(
+        True, "freeze / linear_probe: compute the frozen embeddings (a CNN's stem) and leading blocks once per "
+        "training example and reuse them every epoch; exact, since frozen parts run in eval mode")
+    prefix_cache_mb: float = ranged(
+        2048.0, "> 0", "the cache is dropped (training recomputes) above this size")
 
 
 class Classify(Objective):
@@ -208,9 +209,10 @@ class Classify(Objective):
 
     def load_labelled(self, path, label_names, input_field, label_field, run, skip_bad_rows=False):
         from tunesmith.data import load_labelled_file
+        from tunesmith.data.config import field_name
 
-        return load_labelled_file(path, input_field or run.data.text_field or "text",
-                                  label_field or run.data.label_field or "label", label_names,
+        return load_labelled_file(path, input_field or field_name(run.data, "text") or "text",
+                                  label_field or field_name(run.data, "label") or "label", label_names,
                                   on_bad_rows="skip" if skip_bad_rows else run.data.on_bad_rows)
 
     def eval_rows(self, saved: SavedRun, examples, items, run) -> list[dict]:

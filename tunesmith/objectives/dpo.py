@@ -18,18 +18,19 @@ import torch.nn.functional as F
 
 from tunesmith.errors import ConfigError
 from tunesmith.objectives.preference import PreferenceConfig, PreferenceObjective
-from tunesmith.ranges import ranged
+from tunesmith.ranges import option, ranged
 
 LOSSES = ("sigmoid", "robust", "hinge", "ipo")
 
 
 @dataclass
 class DPOConfig(PreferenceConfig):
-    name: str = "dpo"
-    loss_type: str = "sigmoid"  # sigmoid | robust | hinge | ipo
-    label_smoothing: float = ranged(0.0, "[0, 0.5)")  # robust: the share of pairs assumed flipped
-    # reference log-probs computed once before training; unset: where the method changes the base weights
-    precompute_reference: bool | None = None
+    name: str = option("dpo", "the objective")
+    loss_type: str = option("sigmoid", "sigmoid | robust | hinge | ipo")
+    label_smoothing: float = ranged(0.0, "[0, 0.5)", "robust: the share of pairs assumed flipped")
+    precompute_reference: bool | None = option(
+        None, "reference log-probs computed once before training; unset: where the method changes the base "
+        "weights")
 
 
 def dpo_losses(delta: torch.Tensor, loss_type: str, beta: float, label_smoothing: float) -> torch.Tensor:

@@ -25,6 +25,7 @@ from tunesmith.fastpath import no_autograd
 from tunesmith.models.vision import ImagePrep
 from tunesmith.objectives.base import Loss, SavedRun
 from tunesmith.objectives.classify import Classify, ClassifyConfig
+from tunesmith.ranges import option
 
 _PROGRESS_FROM = 2000  # images; fewer decode in a blink
 
@@ -158,7 +159,7 @@ def eval_sums(model: nn.Module, items: Sequence[ImageItem], batch_size: int, pad
 
 @dataclass
 class ImageClassifyConfig(ClassifyConfig):
-    name: str = "image_classify"
+    name: str = option("image_classify", "the objective")
 
 
 class ImageClassify(Classify):

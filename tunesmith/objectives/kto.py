@@ -20,7 +20,7 @@ from tunesmith.fastpath import no_autograd
 from tunesmith.objectives.base import Loss
 from tunesmith.objectives.pairs import PairItem, chosen_rejected, split_tokens, truncate
 from tunesmith.objectives.preference import PreferenceConfig, PreferenceObjective
-from tunesmith.ranges import ranged
+from tunesmith.ranges import option, ranged
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +32,11 @@ class JudgedItem(PairItem):
 
 @dataclass
 class KTOConfig(PreferenceConfig):
-    name: str = "kto"
-    desirable_weight: float = ranged(1.0, "> 0")
-    undesirable_weight: float = ranged(1.0, "> 0")
-    precompute_reference: bool | None = None  # as for dpo
+    name: str = option("kto", "the objective")
+    desirable_weight: float = ranged(1.0, "> 0", "weight of the loss on desirable answers")
+    undesirable_weight: float = ranged(1.0, "> 0", "weight of the loss on undesirable answers")
+    precompute_reference: bool | None = option(None, "reference log-probs computed once before training; unset: where the method "
+                                             "changes the base weights")
 
 
 class KTO(PreferenceObjective):

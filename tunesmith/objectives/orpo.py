@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.objectives.preference import PreferenceConfig, PreferenceObjective
+from tunesmith.ranges import option
 
 
 @dataclass
 class ORPOConfig(PreferenceConfig):
-    name: str = "orpo"
+    name: str = option("orpo", "the objective")
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:

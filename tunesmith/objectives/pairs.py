@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.data.chat import chat_prefix, template_ids
+from tunesmith.data.chat import chat_prefix, no_template_error, template_ids
 from tunesmith.errors import DataError
 from tunesmith.fastpath import checked_once, same_result
 from tunesmith.objectives.causal_lm import IGNORE, LMItem, _body_and_head, target_logits
@@ -56,7 +56,7 @@ def split_tokens(tokenizer, prompt, completion, where: str) -> tuple[list[int], 
     eos = tokenizer.eos_token_id
     if not isinstance(prompt, str):  # a conversation: the template renders prompt and answer together
         if not getattr(tokenizer, "chat_template", None):
-            raise DataError(f"{where}: conversational rows need a tokenizer with a chat template; this model has none")
+            raise no_template_error(where, "conversational rows")
         head = chat_prefix(tokenizer, list(prompt))
         full = template_ids(tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=True))
         if full[: len(head)] != head:

@@ -33,20 +33,20 @@ from tunesmith.objectives.pairs import (
     encode_pairs,
     turn_off_dropout,
 )
-from tunesmith.ranges import ranged
+from tunesmith.ranges import option, ranged
 
 REFERENCE_FILE = "reference_logps.safetensors"
 
 
 @dataclass
 class PreferenceConfig(ObjectiveConfig):
-    # at the end: greedy answers to the test prompts vs the chosen answers; unset: only where the chosen
-    # answers are short (most of at most 5 words); free-form answers almost never match exactly
-    exact_match: bool | None = None
-    beta: float = ranged(0.1, "> 0")
-    # the prompt once for chosen and rejected (one packed row per pair); off: each full sequence
-    share_prompt: bool = True
-    disable_dropout: bool = True  # the model's dropout layers off while training (TRL's default too)
+    exact_match: bool | None = option(
+        None, "at the end: greedy answers to the test prompts vs the chosen answers; unset: only where the "
+        "chosen answers are short (most of at most 5 words); free-form answers almost never match exactly")
+    beta: float = ranged(0.1, "> 0", "strength of the tie to the reference model (DPO's beta)")
+    share_prompt: bool = option(
+        True, "the prompt once for chosen and rejected (one packed row per pair); off: each full sequence")
+    disable_dropout: bool = option(True, "the model's dropout layers off while training (TRL's default too)")
 
 
 class PreferenceObjective(CausalLM):
@@ -193,7 +193,8 @@ class PreferenceObjective(CausalLM):
     def load_labelled(self, path, label_names, input_field, label_field, run, skip_bad_rows=False):
         from tunesmith.data.prefs import load_pref_file
 
-        return load_pref_file(path, paired=self.paired, on_bad_rows="skip" if skip_bad_rows else run.data.on_bad_rows)
+        return load_pref_file(path, paired=self.paired, on_bad_rows="skip" if skip_bad_rows else run.data.on_bad_rows,
+                              columns=run.data.columns)
 
     def begin_eval(self, saved, items, run) -> None:
         """The reference log-probs of the file's pairs, from the model the run started from (model.name),

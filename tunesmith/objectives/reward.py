@@ -28,16 +28,17 @@ from tunesmith.fastpath import checked_once, is_sharded, no_autograd, same_resul
 from tunesmith.objectives.base import Loss, ObjectiveConfig, SavedRun
 from tunesmith.objectives.classify import Classify
 from tunesmith.objectives.pairs import packed_hidden, packed_pairs, turn_off_dropout
-from tunesmith.ranges import ranged
+from tunesmith.ranges import option, ranged
 
 
 @dataclass
 class RewardConfig(ObjectiveConfig):
-    name: str = "reward"
-    margin: float = ranged(0.0, ">= 0")  # the reward gap below which a pair still costs (0: plain Bradley-Terry)
-    # causal LMs: the tokens chosen and rejected share run once for both (off: each sequence in full)
-    share_prompt: bool = True
-    disable_dropout: bool = True  # the model's dropout layers off while training (TRL's default too)
+    name: str = option("reward", "the objective")
+    margin: float = ranged(
+        0.0, ">= 0", "the reward gap below which a pair still costs (0: plain Bradley-Terry)")
+    share_prompt: bool = option(
+        True, "causal LMs: the tokens chosen and rejected share run once for both (off: each sequence in full)")
+    disable_dropout: bool = option(True, "the model's dropout layers off while training (TRL's default too)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,13 @@ class Reward(Classify):
         notes = [turn_off_dropout(model, self.name) if self.cfg.disable_dropout else None,
                  super().prepare_model(model)]
         return "\n".join(n for n in notes if n) or None
+
+    def load_model(self, run, data):
+        from tunesmith.data.chat import use_chat_template
+
+        loaded = super().load_model(run, data)
+        use_chat_template(loaded.tokenizer, run.data.chat_template, required=self.run_dir is not None)
+        return loaded
 
     def encode(self, examples, tokenizer, max_length):
         items, truncated = [], 0
@@ -208,7 +216,8 @@ class Reward(Classify):
     def load_labelled(self, path, label_names, input_field, label_field, run, skip_bad_rows=False):
         from tunesmith.data.prefs import load_pref_file
 
-        return load_pref_file(path, paired=True, on_bad_rows="skip" if skip_bad_rows else run.data.on_bad_rows)
+        return load_pref_file(path, paired=True, on_bad_rows="skip" if skip_bad_rows else run.data.on_bad_rows,
+                              columns=run.data.columns)
 
     @no_autograd
     def pair_rewards(self, model, items, pad_id, batch_size: int = 64) -> list[tuple[float, float]]:

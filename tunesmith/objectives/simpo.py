@@ -10,14 +10,14 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from tunesmith.objectives.preference import PreferenceConfig, PreferenceObjective
-from tunesmith.ranges import ranged
+from tunesmith.ranges import option, ranged
 
 
 @dataclass
 class SimPOConfig(PreferenceConfig):
-    name: str = "simpo"
-    simpo_gamma: float = ranged(0.5, ">= 0")  # the target reward margin
-    label_smoothing: float = ranged(0.0, "[0, 0.5)")
+    name: str = option("simpo", "the objective")
+    simpo_gamma: float = ranged(0.5, ">= 0", "the target reward margin")
+    label_smoothing: float = ranged(0.0, "[0, 0.5)", "the share of pairs assumed flipped")
 
 
 class SimPO(PreferenceObjective):

@@ -13,7 +13,7 @@ Its runs are ordinary classifiers: predict, eval, merge and export work as for `
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from tunesmith.objectives.cosine import (
     pseudo_labels,
     self_training_sum,
 )
-from tunesmith.ranges import ranged
+from tunesmith.ranges import option, ranged
 
 LABEL_MODEL_NAMES = ("auto", "dawid_skene", "majority", "gold")
 _LF_DIR = Path(__file__).resolve().parent.parent / "data" / "lfs"
@@ -47,29 +47,34 @@ _LF_DIR = Path(__file__).resolve().parent.parent / "data" / "lfs"
 
 @dataclass
 class WeakConfig(ObjectiveConfig):
-    name: str = "weak"
-    labels: list[str] = field(default_factory=list)  # the label set; default: the labelled splits' labels
-    lfs: list[LFConfig] = field(default_factory=list)  # labeling functions (see data/weak.py), or:
-    lf_file: str | None = None  # a YAML list of them; neither: the built-in data set's own
-    # where a function LF's module is looked for first; unset: the folder of the config file (a relative
-    # path is read from there too), then the working directory and PYTHONPATH
-    code_dir: str | None = None
-    # auto (whichever of dawid_skene and majority is more accurate on the dev set's covered texts) |
-    # dawid_skene | majority | gold (the training rows' own labels: the fully supervised ceiling)
-    label_model: str = "auto"
-    dev_size: int | None = ranged(300, ">= 1")  # at most this many labelled validation (dev) examples
-    self_training_stage: str | None = "cosine"  # the stage that self-trains (none: no stage does)
-    # COSINE, named as in its official code, with its defaults (run_agnews.sh)
-    update_period: int = ranged(250, ">= 1")  # T: steps between relabelings
-    eps: float = ranged(0.6, "[0, 1)")  # confidence threshold for a text to be selected
-    power: float = ranged(2.0, ">= 1")  # sharpening exponent
-    contrastive_weight: float = ranged(1.0, ">= 0")  # lambda of the contrastive regulariser
-    confreg: float = ranged(0.1, ">= 0")  # weight of the confidence regulariser
-    margin: float = ranged(1.0, "> 0")  # contrastive margin for pairs with different pseudo-labels
-    distmetric: str = "cos"  # cos | l2
-    # whose confidence selects a text: pseudo_label (the sharpened label, the paper's Eq. 6) | prediction
-    # (before sharpening, the official code's order; with the paper's log C it starves selection)
-    confidence_from: str = "pseudo_label"
+    name: str = option("weak", "the objective")
+    labels: list[str] = option(
+        help="the label set; default: the labelled splits' labels", default_factory=list)
+    lfs: list[LFConfig] = option(
+        help="labeling functions: each {name, label, keywords | regex} or {name, function: module:function}", default_factory=list)
+    lf_file: str | None = option(
+        None, "a YAML file listing labeling functions instead of `lfs`; neither: the built-in data set's own")
+    code_dir: str | None = option(
+        None, "where a function LF's module is looked for first; unset: the folder of the config file (a "
+        "relative path is read from there too), then the working directory and PYTHONPATH")
+    label_model: str = option(
+        "auto", "auto (whichever of dawid_skene and majority is more accurate on the dev set's covered texts) | "
+        "dawid_skene | majority | gold (the training rows' own labels: the fully supervised ceiling)")
+    dev_size: int | None = ranged(300, ">= 1", "at most this many labelled validation (dev) examples")
+    self_training_stage: str | None = option("cosine", "the stage that self-trains (none: no stage does)")
+    update_period: int = ranged(
+        250, ">= 1", "COSINE's T: steps between relabelings (COSINE's options keep the names and defaults of "
+        "its official code)")
+    eps: float = ranged(0.6, "[0, 1)", "confidence threshold for a text to be selected")
+    power: float = ranged(2.0, ">= 1", "sharpening exponent")
+    contrastive_weight: float = ranged(1.0, ">= 0", "lambda of the contrastive regulariser")
+    confreg: float = ranged(0.1, ">= 0", "weight of the confidence regulariser")
+    margin: float = ranged(1.0, "> 0", "contrastive margin for pairs with different pseudo-labels")
+    distmetric: str = option("cos", "cos | l2: the contrastive regulariser's distance")
+    confidence_from: str = option(
+        "pseudo_label", "whose confidence selects a text: pseudo_label (the sharpened label, the paper's Eq. 6) | "
+        "prediction (before sharpening, the official code's order; with the paper's log C it starves "
+        "selection)")
 
 
 @dataclass(frozen=True)

@@ -349,29 +349,32 @@ class _Window:
 
 def train(model: nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path, strategy: Strategy,
           resume_from: ckpt.Found | Path | None = None, pause_at_step: int | None = None,
-          step: Callable[[Trainer], StepOutput] | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
+          step: Callable[[Trainer], StepOutput] | None = None, callbacks: Sequence[Callback] = (),
+          report: Callable[[dict[str, Any], bool], None] | None = None) -> TrainResult:
     """Train `model` in place; returns what happened. Under DDP every process calls this.
 
     `resume_from`: a checkpoint (its path, or as checkpoint.find_resumable found it). With
     `pause_at_step`, stop there (evaluated and checkpointed) without ending the run: resuming continues
     as if never paused (the schedule is the full run's); a run resumed at or past the pause step runs to
     the end. SIGTERM / SIGINT: the step in progress finishes, a checkpoint is written, and `Interrupted`
-    is raised."""
+    is raised. `report`: every metrics line also goes there (the run's trackers, on the main process;
+    see MetricsLog)."""
     trainer = Trainer(model, task, cfg, run_dir, strategy, step, callbacks)
     if isinstance(resume_from, Path):
         resume_from = (resume_from, ckpt.read_meta(resume_from))
     if resume_from is not None:
         trainer.resume(*resume_from)
     with StopRequests() as stops, PeakRSS() as memory:
-        result = _train(trainer, task, cfg, run_dir, strategy, resume_from is not None, pause_at_step, stops)
+        result = _train(trainer, task, cfg, run_dir, strategy, resume_from is not None, pause_at_step, stops, report)
     result.train_peak_rss_mb = None if memory.mb is None else round(memory.mb, 1)
     return result
 
 
 def _train(trainer: Trainer, task: TrainTask, cfg: TrainConfig, run_dir: Path, strategy: Strategy, resumed: bool,
-           pause_at_step: int | None, stops: StopRequests) -> TrainResult:
+           pause_at_step: int | None, stops: StopRequests,
+           report: Callable[[dict[str, Any], bool], None] | None = None) -> TrainResult:
     model = trainer.model
-    log = MetricsLog(run_dir, enabled=strategy.is_main, resume_step=trainer.step if resumed else None)
+    log = MetricsLog(run_dir, enabled=strategy.is_main, resume_step=trainer.step if resumed else None, report=report)
     if task.evaluate is None and cfg.early_stopping.patience is not None:
         raise TrainingError("train.early_stopping.patience is set but there is no validation data")
     model.train()
