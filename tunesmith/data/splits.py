@@ -56,7 +56,7 @@ class DataReport:
             source = self.sources.get(split, "?")
             title = f"eval set {split}" if split in self.eval_sets else split
             out.append(f"{title}: {source}" if source.startswith("none") else
-                       f"{title}: {count:,} {self.unit} from {source}")
+                       f"{title}: {count:,} {self.unit if count != 1 else _singular(self.unit)} from {source}")
             labels = [f"{name}: {n:,}" for name, n in self.label_counts.get(split, {}).items()]
             if count and labels and self.breakdown:
                 more = len(labels) - _SHOWN_LABELS
@@ -403,3 +403,8 @@ def finish_splits(plan: Plan, examples: dict[str, list], file_rows: Iterable[str
     if not examples["train"]:
         raise DataError(f"{sources['train']}: no usable training rows" + plan.bad.note())
     return finish(plan, examples, sources, [], counts_of)
+
+
+def _singular(unit: str) -> str:
+    """examples -> example, pairs -> pair, judgements -> judgement."""
+    return unit[:-1] if unit.endswith("s") else unit
