@@ -57,7 +57,7 @@ def write_model_card(out_dir: Path, cfg: RunConfig, objective: Any, summary: dic
         _data_section(cfg, summary),
         _results_section(summary),
         _training_section(cfg, summary),
-        _usage_section(out_dir, run_dir, objective, summary, base, local, adapter, merged_from),
+        _usage_section(out_dir, run_dir, objective, summary, base, local, adapter, merged_from, _pooling(cfg)),
     ]
     text = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n\n".join(s for s in sections if s) + "\n"
     path = out_dir / "README.md"
@@ -192,8 +192,33 @@ def _training_section(cfg: RunConfig, summary: dict) -> str:
     return "## Training\n\n" + "\n".join(rows)
 
 
+def _pooling(cfg: RunConfig) -> str:
+    """The run's `model.pooling`, `auto` resolved as the loader did (cls where the model is gone)."""
+    if cfg.model.pooling != "auto":
+        return cfg.model.pooling
+    from tunesmith.errors import TunesmithError
+    from tunesmith.models.pooling import resolve_pooling
+    from tunesmith.models.registry import resolve_model_dir
+
+    try:
+        return resolve_pooling("auto", resolve_model_dir(cfg.model.name))
+    except TunesmithError:
+        return "cls"
+
+
+# Plain-transformers code for a head that reads pooled tokens: AutoModelForSequenceClassification alone
+# would run BERT's [CLS] pooler, which such a model does not have (its weights would be random).
+POOLED = {
+    "mean": ["    mask = inputs[\"attention_mask\"].unsqueeze(-1).to(hidden.dtype)",
+             "    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)"],
+    "max": ["    mask = inputs[\"attention_mask\"].unsqueeze(-1)",
+            "    pooled = hidden.masked_fill(mask == 0, -1e9).max(1).values"],
+    "last": ["    pooled = hidden[torch.arange(len(hidden)), inputs[\"attention_mask\"].sum(1) - 1]"],
+}
+
+
 def _usage_section(out_dir: Path, run_dir: Path | None, objective: Any, summary: dict, base: str | None,
-                   local: str | None, adapter: dict | None, merged_from: Path | None) -> str:
+                   local: str | None, adapter: dict | None, merged_from: Path | None, pooling: str = "cls") -> str:
     parts = ["## Use it"]
     if run_dir is not None:
         command = {"predict": f'tunesmith predict {run_dir} "{EXAMPLE_TEXT}"',
@@ -203,7 +228,7 @@ def _usage_section(out_dir: Path, run_dir: Path | None, objective: Any, summary:
             parts += ["With tunesmith:", f"```bash\n{command}\n```"]
     elif objective.model_kind == "causal-lm":
         parts += ["With tunesmith:", f'```bash\ntunesmith generate {out_dir} "{EXAMPLE_TEXT}"\n```']
-    code = _python(out_dir, objective, summary, base, local, adapter)
+    code = _python(out_dir, objective, summary, base, local, adapter, pooling)
     if code:
         parts += ["With " + ("transformers and peft" if adapter else "transformers") + ":", f"```python\n{code}```"]
         if adapter and base and local:
@@ -226,7 +251,7 @@ def _q(value: Any) -> str:
 
 
 def _python(out_dir: Path, objective: Any, summary: dict, base: str | None, local: str | None,
-            adapter: dict | None) -> str | None:
+            adapter: dict | None, pooling: str = "cls") -> str | None:
     """Plain transformers (and peft) code that loads the saved model and runs it once."""
     kind = objective.model_kind
     auto = AUTO_CLASSES.get(kind)
@@ -254,7 +279,14 @@ def _python(out_dir: Path, objective: Any, summary: dict, base: str | None, loca
                   f"model = {auto}.from_pretrained(path).eval()"]
     if kind == "text-classifier":
         lines += [f"inputs = tokenizer([{_q(EXAMPLE_TEXT)}], return_tensors=\"pt\", truncation=True)",
-                  "with torch.no_grad():", "    logits = model(**inputs).logits"]
+                  "with torch.no_grad():"]
+        if pooling in POOLED:  # the head reads the tokens pooled by `pooling`, not the [CLS] pooler
+            lines += [f"    # the head reads the {pooling}-pooled last hidden states (model.pooling: {pooling})",
+                      "    body = " + ("model.get_base_model().base_model" if adapter else "model.base_model"),
+                      "    hidden = body(**inputs).last_hidden_state",
+                      *POOLED[pooling], "    logits = model.classifier(pooled)"]
+        else:
+            lines.append("    logits = model(**inputs).logits")
         lines += (["print(model.config.id2label[int(logits.argmax(-1))], logits.softmax(-1).tolist())"]
                   if labels else ["print(float(logits[0, 0]))  # the reward"])
     else:

@@ -42,7 +42,14 @@ class ModelConfig:
     train_pooler: bool | None = option(
         None, "text classifiers: train the [CLS] pooler as part of the new head. Unset: yes where the "
         "checkpoint pools otherwise (sentence-transformers, e.g. minilm-l6) and the run starts with LoRA, "
-        "DoRA or prompt tuning; under full and freeze it trains with the body")
+        "DoRA or prompt tuning; under full and freeze it trains with the body. With model.pooling other than "
+        "cls there is no pooler: leave it unset")
+    pooling: str = option(
+        "cls", "text classifiers: auto | cls | mean | max | last, what the head reads. cls: the architecture's "
+        "own ([CLS] through BERT's pooler); mean / max / last: the last hidden states pooled over the real "
+        "tokens (padding excluded), as sentence-transformers embeds, then dropout + linear (no pooler); "
+        "auto: what the checkpoint declares (a sentence-transformers 1_Pooling/config.json: mean for "
+        "minilm-l6), else cls. A classifier saved by a run that pooled otherwise keeps its pooling")
     dtype: str = option("float32", "float32 | bfloat16 | float16: the dtype the weights are loaded, trained "
                         "and their AdamW state kept in (\"pure bf16\" halves their memory); train.precision "
                         "alone keeps fp32 weights and computes in lower precision")

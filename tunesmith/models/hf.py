@@ -51,8 +51,13 @@ def untrained_pooler(path: Path) -> bool:
 
 
 def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: int,
-                         train_pooler: bool | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+                         train_pooler: bool | None = None, dtype: torch.dtype = torch.float32,
+                         pooling: str = "cls") -> LoadedModel:
     """Pretrained encoder + a new classification head for `label_names`, seeded by `init_seed`.
+
+    `pooling` (`model.pooling`): cls keeps the architecture's own head; mean / max / last replace the
+    [CLS] pooler by a parameter-free pooling over the real tokens (tunesmith.models.pooling); auto: what
+    the checkpoint declares, else cls.
 
     `train_pooler`: the pooler (dense + tanh on [CLS]) trains as part of the head, under every method
     (linear_probe and LoRA included); None: where the checkpoint declares its pooler untrained
@@ -72,10 +77,19 @@ def load_text_classifier(name_or_path: str, label_names: list[str], init_seed: i
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
         raise TunesmithError(f"cannot load a text classifier from {path}: {e}") from None
+    from tunesmith.models.pooling import install_pooling, resolve_pooling
+
+    pooling = resolve_pooling(pooling, Path(path))
+    install_pooling(model, pooling, str(path))  # before the head is listed: a replaced pooler is no head
     new = set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())}
     head = [n for n, _ in model.named_parameters() if n in new]
     if not head:  # e.g. re-tuning a saved classifier with the same labels: its head is still the head
         head = [n for n, _ in model.named_parameters() if n.split(".")[0] in ("classifier", "score")]
+    if pooling != "cls":  # no pooler left to train
+        if train_pooler:
+            raise TunesmithError(f"model.train_pooler: true, but model.pooling is {pooling} ({path}), which has "
+                                 "no [CLS] pooler to train; leave train_pooler unset")
+        train_pooler = False
     if train_pooler is None:
         train_pooler = untrained_pooler(Path(path))
     if train_pooler:
@@ -102,6 +116,9 @@ def load_saved_classifier(model_dir: str | Path, device: str = "cpu") -> tuple[n
         raise TunesmithError(problem)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    from tunesmith.models.pooling import install_pooling, pooling_of
+
+    install_pooling(model, pooling_of(model), str(model_dir))  # as it was trained (config.json says)
     return model.to(device).eval(), tokenizer
 
 

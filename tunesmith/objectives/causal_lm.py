@@ -289,6 +289,9 @@ class CausalLM(Objective):
         if run.model.train_pooler is not None:
             raise ConfigError(f"{where('model.train_pooler')}: is for text classifiers (objective classify), "
                               f"not {self.name}")
+        if run.model.pooling != "cls":
+            raise ConfigError(f"{where('model.pooling')}: {run.model.pooling}: is for text classifiers (objectives "
+                              f"classify, reward, weak), not {self.name}")
 
     def load_data(self, run):
         from tunesmith.data.lm import load_lm_data

@@ -151,6 +151,7 @@ class Classify(Objective):
         if is_vision_model(run.model.name):
             raise ConfigError(f"{where('objective')}: {self.name}, but model.name {run.model.name!r} is an image "
                               "model; set objective: image_classify")
+        check_pooling(run, where)
 
     def load_data(self, run):
         """Rows -> validated, labelled, split examples (see tunesmith.data.text)."""
@@ -163,12 +164,14 @@ class Classify(Objective):
         from tunesmith.train.precision import MODEL_DTYPES
 
         return load_text_classifier(run.model.name, data.label_names, run.train.init_seed, pooler_trains(run),
-                                    MODEL_DTYPES[run.model.dtype])
+                                    MODEL_DTYPES[run.model.dtype], run.model.pooling)
 
     def prepare_model(self, model: nn.Module) -> str | None:
+        from tunesmith.models.pooling import pooling_of
         from tunesmith.objectives.first_token import install_first_token_only
 
-        if FIRST_TOKEN_ONLY and install_first_token_only(model):
+        # only a head that reads position 0 alone may skip the other positions in the last layer
+        if FIRST_TOKEN_ONLY and pooling_of(model) == "cls" and install_first_token_only(model):
             return ("classify: the head reads position 0 only, so the last encoder layer computes that "
                     "position alone (its keys and values still see every token)")
         return None
@@ -251,7 +254,8 @@ def pooler_trains(run) -> bool | None:
     pooler trains with the body at train.lr. Measured (benchmarks/pooler_defaults.py,
     configs/compare-20ng-pooler.yaml): training the pooler with the head helps LoRA (+1.7 points on
     rotten-tomatoes, +10 on 20newsgroups) but costs the probe about a point, and at head_lr it cost full
-    fine-tuning and freeze-3 4 to 5.5 points out of distribution on 20newsgroups-subpop."""
+    fine-tuning and freeze-3 4 to 5.5 points out of distribution on 20newsgroups-subpop. Where
+    model.pooling is not cls there is no pooler, and the loader takes unset as False."""
     from tunesmith.methods import METHODS
     from tunesmith.schema import stage_methods
 
@@ -259,3 +263,24 @@ def pooler_trains(run) -> bool | None:
         return run.model.train_pooler
     first = stage_methods(run)[0][1].name
     return False if first == "linear_probe" or METHODS[first].trains_base else None
+
+
+def check_pooling(run, where) -> None:
+    """`model.pooling` is one of POOLINGS, and `model.train_pooler: true` only where a pooler is left."""
+    from tunesmith.errors import TunesmithError
+    from tunesmith.models.pooling import POOLINGS, resolve_pooling
+    from tunesmith.models.registry import resolve_model_dir
+
+    pooling = run.model.pooling
+    if pooling not in POOLINGS:
+        raise ConfigError(f"{where('model.pooling')}: {pooling!r} is not one of {', '.join(POOLINGS)}")
+    if not run.model.train_pooler:
+        return
+    if pooling in ("auto", "cls"):  # what the checkpoint declares (a saved classifier keeps its own)
+        try:
+            pooling = resolve_pooling(pooling, resolve_model_dir(run.model.name))
+        except TunesmithError:
+            return  # the model is not there: the loader says so (and checks this again)
+    if pooling != "cls":
+        raise ConfigError(f"{where('model.train_pooler')}: true, but model.pooling is {pooling} "
+                          f"({run.model.pooling}), which has no [CLS] pooler to train; leave train_pooler unset")

@@ -178,6 +178,9 @@ class ImageClassify(Classify):
                               "image model (image_classify needs e.g. efficientnet-lite0 or a module:factory model)")
         if run.model.train_pooler is not None:
             raise ConfigError(f"{where('model.train_pooler')}: is for text classifiers (objective classify), not image_classify")
+        if run.model.pooling != "cls":
+            raise ConfigError(f"{where('model.pooling')}: {run.model.pooling}: is for text classifiers (objectives "
+                              f"classify, reward, weak), not {self.name}")
         if run.model.dtype != "float32":
             raise ConfigError(f"{where('model.dtype')}: {run.model.dtype}: image models keep float32 weights (their "
                               "pixels come in float32); compute in lower precision with train.precision: bf16")
