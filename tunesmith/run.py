@@ -110,7 +110,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
                 f"{len(encoded['train']):,} training examples")
         task = TrainTask(items=items, collate=lambda items: objective.collate(items, pad_id, train=True),
                          objective=objective, pad_id=pad_id, evaluate=evaluate, head_params=set(loaded.head_params),
-                         lengths=_lengths(objective, items))
+                         lengths=_lengths(objective, items), evaluate_start=objective.evaluates_start(stage.name))
         result, row = _train_stage(stage, model, task, cfg, objective, strategy, resume,
                                    None if pause_at is None or pause_at <= steps_before else pause_at - steps_before,
                                    loaded, say, len(stages) > 1, callbacks, reporting.at(steps_before))

@@ -232,3 +232,20 @@ def test_the_cause_named_when_cosine_starts_from_early_restored_weights():
                                            "early stopping restored (val_accuracy 0.8000)")
     objective._context.previous["best"]["restored"] = False
     assert objective._starting_point() == ""
+
+
+def test_self_training_evaluates_its_start_and_never_ends_below_it(tiny_bert, tmp_path):
+    """A self-training stage that only destroys (a learning rate of 1.0) keeps the model it started from:
+    its starting point is evaluated (step 0) and is the best it saw."""
+    cfg = weak_config(tiny_bert, tmp_path)
+    cfg["stages"][1]["lr"] = 1.0
+    s = run(config_from_dict(cfg), tmp_path / "r")
+    lines = [json.loads(x) for x in (tmp_path / "r" / "stages" / "2-cosine" / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "val_accuracy" in line]
+    assert evals[0]["step"] == 0 and len(evals) == 4  # the start, then steps 5, 10, 14
+    assert max(e["val_accuracy"] for e in evals[1:]) < evals[0]["val_accuracy"]
+    assert s["stages"][1]["best"] == {"step": 0, "metric": "val_accuracy", "value": evals[0]["val_accuracy"],
+                                      "restored": True}
+    assert s["final"]["val_accuracy"] == evals[0]["val_accuracy"]
+    weak_lines = (tmp_path / "r" / "stages" / "1-weak" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(next(x for x in weak_lines if "val_accuracy" in x))["step"] > 0  # only self-training does

@@ -148,6 +148,11 @@ class Objective:
         """Loop callbacks (train/callbacks.py) a stage runs with, e.g. relabeling every T steps."""
         return []
 
+    def evaluates_start(self, stage: str) -> bool:
+        """Whether a stage evaluates the model it starts from, so that restoring its best weights never
+        ends below where it began (self-training can only lose what it started with)."""
+        return False
+
     def training_step(self, stage: str) -> Any:
         """The step a stage trains with: a callable (TrainerView) -> StepOutput with state_dict /
         load_state_dict (train/step.py); None: the plain SupervisedStep. A recipe that generates, runs

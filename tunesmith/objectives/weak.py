@@ -246,6 +246,9 @@ class Weak(Classify):
     def callbacks(self, stage: str) -> list:
         return [Relabel(self, self.cfg.update_period)] if self.self_training(stage) else []
 
+    def evaluates_start(self, stage: str) -> bool:
+        return self.self_training(stage)
+
     def begin_stage(self, start) -> None:
         self.stage = start.stage
         self.pseudo = None

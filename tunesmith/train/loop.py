@@ -380,6 +380,8 @@ def _train(trainer: Trainer, task: TrainTask, cfg: TrainConfig, run_dir: Path, s
     model.train()
     for cb in trainer.callbacks:
         cb.on_train_start(trainer)
+    if task.evaluate_start and task.evaluate is not None and trainer.step == 0 and not resumed:
+        trainer.evaluate(log)  # the start is a candidate for the best weights
     bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
                disable=not (cfg.progress and strategy.is_main), desc="train")
     window = _Window()

@@ -27,6 +27,8 @@ class TrainTask:
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None  # collective under DDP / FSDP
     head_params: set[str] = field(default_factory=set)
     lengths: Sequence[int] | None = None  # per item, for length-grouped batches
+    # evaluate the starting model (step 0) too, so the best evaluation is never below the start
+    evaluate_start: bool = False
 
 
 class TrainerView(Protocol):
