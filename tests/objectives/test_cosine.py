@@ -14,6 +14,7 @@ from tunesmith.objectives.cosine import (
     contrastive_sum,
     feature_module,
     pair_count,
+    pseudo_label_accuracy,
     pseudo_labels,
     self_training_sum,
     sharpen,
@@ -163,3 +164,87 @@ def test_feature_module_and_captured_features(tiny_bert_nodrop):
     torch.testing.assert_close(held[0], pooled)
     torch.testing.assert_close(model.classifier(held[0]), logits)
     assert not head._forward_pre_hooks  # removed afterwards
+
+
+@pytest.mark.parametrize("metric", ["cos", "l2"])
+def test_random_pairs_are_the_official_and_wrench_sampling(metric):
+    g = torch.Generator().manual_seed(4)
+    feats = torch.randn(6, 8, generator=g, requires_grad=True)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    selected = torch.tensor([True, True, False, True, True, True])
+    ours = contrastive_sum(feats, labels, selected, 1.0, metric, pairs="random",
+                           generator=torch.Generator().manual_seed(7))
+    # by hand: the same permutation of the 5 selected texts, each text with the one it drew
+    perm = torch.randperm(5, generator=torch.Generator().manual_seed(7))
+    x, y = feats[selected], labels[selected]
+    expected = official_contrastive_pair(x, x[perm], (y == y[perm]).float(), 1.0, metric)
+    torch.testing.assert_close(ours, expected)
+    assert pair_count(selected, "random") == 5  # the official loss divides by the texts, not the pairs
+    if metric == "l2":  # WRENCH: 0.5 * (agree * mean(diff^2) + (1 - agree) * relu(margin - sqrt(.))^2), its mean
+        d2 = (x - x[perm]).pow(2).mean(1)
+        agree = (y == y[perm]).float()
+        wrench = (0.5 * (agree * d2 + (1 - agree) * torch.relu(1.0 - (d2 + 1e-9).sqrt()).pow(2))).mean()
+        torch.testing.assert_close(ours / pair_count(selected, "random"), wrench)
+    with pytest.raises(ValueError, match="pairs"):
+        contrastive_sum(feats, labels, selected, pairs="some")
+
+
+def test_pseudo_label_accuracy_per_group_by_hand():
+    predicted = torch.tensor([0, 1, 1, 0, 1, 0, 1])
+    gold = torch.tensor([0, 1, 0, 0, 0, -1, 1])  # text 5 has no gold label: left out
+    covered = torch.tensor([True, True, True, False, False, False, False])
+    selected = torch.tensor([True, True, False, True, False, True, True])
+    out = pseudo_label_accuracy(predicted, gold, covered, selected)
+    assert out == {"pseudo_accuracy": 4 / 6,
+                   "pseudo_accuracy_covered_selected": 1.0,  # texts 0, 1
+                   "pseudo_accuracy_covered_unselected": 0.0,  # text 2
+                   "pseudo_accuracy_uncovered_selected": 1.0,  # texts 3, 6 (5 has no gold)
+                   "pseudo_accuracy_uncovered_unselected": 0.0}  # text 4
+    assert pseudo_label_accuracy(predicted, torch.full((7,), -1), covered, selected) == {}
+
+
+def test_class_frequency_per_batch_sharpens_over_the_batch():
+    from tunesmith.objectives.weak import Weak, WeakConfig, WeakItem
+
+    objective = Weak()
+    objective.cfg = WeakConfig(class_frequency="batch", eps=0.0)
+    objective.stage = objective.cfg.self_training_stage
+    objective.probs = torch.tensor([[0.9, 0.1]] + [[0.2, 0.8]] * 3 + [[0.6, 0.4]])
+    objective.targets, objective.weights = pseudo_labels(objective.probs, 2.0, 0.0)  # over all texts
+    items = [WeakItem([2, 5], -1, i) for i in (0, 4)]
+    batch = objective.collate(items, 0, train=True)
+    # by hand over texts 0 and 4 only: f = (1.5, 0.5)
+    t = torch.tensor([[0.81 / 1.5, 0.01 / 0.5], [0.36 / 1.5, 0.16 / 0.5]]) + 1e-10
+    torch.testing.assert_close(batch["targets"], t / t.sum(-1, keepdim=True))
+    # over all five texts (f = (2.1, 2.9)) text 4 leans to class 0; over this batch, to class 1
+    assert objective.targets[4].argmax() == 0 and batch["targets"][1].argmax() == 1
+    objective.cfg = WeakConfig(eps=0.0)
+    objective.probs = None
+    torch.testing.assert_close(objective.collate(items, 0, train=True)["targets"], objective.targets[[0, 4]])
+
+
+@pytest.mark.parametrize("features", ["student", "teacher"])
+def test_contrastive_features_student_trains_teacher_does_not(tiny_bert_nodrop, features):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunesmith.objectives.weak import Weak, WeakConfig
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_nodrop, num_labels=2).eval()
+    objective = Weak()
+    objective.cfg = WeakConfig(contrastive_features=features, confreg=0.0)
+    objective.stage = objective.cfg.self_training_stage
+    objective._head = feature_module(model, 2)
+    ids = torch.tensor([[2, 5, 6, 3], [2, 7, 8, 3], [2, 9, 5, 3]])
+    teacher = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(5))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "targets": torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]]), "weights": torch.tensor([0.8, 0.7, 0.9])}
+    if features == "teacher":
+        batch["teacher_features"] = teacher  # what collate adds from the last relabeling
+    term = objective.loss(model, batch).terms["contrastive"]
+    with capture_input(objective._head) as held:
+        model(input_ids=ids)
+    compared = teacher if features == "teacher" else held[0]
+    expected = contrastive_sum(compared, torch.tensor([0, 1, 0]), torch.ones(3, dtype=torch.bool))
+    torch.testing.assert_close(term.detach(), expected.detach())
+    assert term.requires_grad == (features == "student")  # the official term: no gradient at all
+    assert objective.loss_sums[2].item() == pytest.approx(expected.item())  # the per-term sums add up

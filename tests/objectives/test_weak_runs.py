@@ -23,10 +23,11 @@ LFS = [{"name": "pos_words", "label": "pos", "keywords": POSITIVE[:2]},
        {"name": "pos_regex", "label": "pos", "regex": r"\b(fine|lovely)\b"}]
 
 
-def weak_config(model, tmp, stages=True, n_train=160, **objective):
+def weak_config(model, tmp, stages=True, n_train=160, gold=False, **objective):
     data = tmp / "data"
     data.mkdir(parents=True, exist_ok=True)
-    train = [{"text": r["text"]} for r in sentiment_rows(n_train, 1)]  # no labels: weak supervision
+    # no labels: weak supervision; gold: the label column is there (never trained on, only scored against)
+    train = [r if gold else {"text": r["text"]} for r in sentiment_rows(n_train, 1)]
     cfg = {"model": {"name": str(model), "max_length": 16},
            "objective": {"name": "weak", "lfs": LFS, "update_period": 4, "eps": 0.05} | objective,
            "data": {"train": str(write_jsonl(data / "train.jsonl", train)),
@@ -38,6 +39,11 @@ def weak_config(model, tmp, stages=True, n_train=160, **objective):
         cfg["stages"] = [{"name": "weak", "method": {"name": "full"}, "epochs": 8},
                          {"name": "cosine", "method": {"name": "full"}, "max_steps": 14, "lr": 1e-3}]
     return cfg
+
+
+OPTIONS = [{"contrastive_features": "teacher"}, {"contrastive_pairs": "random"}, {"class_frequency": "batch"},
+           {"contrastive_features": "teacher", "contrastive_pairs": "random", "class_frequency": "batch",
+            "distmetric": "l2"}]
 
 
 def test_weak_then_cosine_trains_relabels_and_reports(tiny_bert, tmp_path):
@@ -57,7 +63,8 @@ def test_weak_then_cosine_trains_relabels_and_reports(tiny_bert, tmp_path):
              if "train_loss" in x]
     for key in ("train_self_training", "train_confidence", "train_contrastive", "train_selected"):
         assert key in lines[-1], key
-    assert sum("relabel_seconds" in line for line in lines) == 3  # after steps 4, 8, 12
+    # the relabeling at the start goes out with step 1's metrics, then after steps 4, 8, 12
+    assert [line["step"] for line in lines if "relabel_seconds" in line] == [1, 4, 8, 12]
     assert final["test_accuracy"] >= 0.85, final
     # the run is a plain classifier
     out = cli("predict", str(tmp_path / "r"), "the film was great")
@@ -73,8 +80,10 @@ def test_cosine_reaches_texts_no_lf_covers(tiny_bert, tmp_path):
     assert "cosine_relabels" not in s["final"]  # no stage is called cosine: weak fine-tuning only
 
 
-def test_killed_run_resumes_bitwise_across_a_relabeling(tiny_bert, tmp_path):
-    cfg = weak_config(tiny_bert, tmp_path)
+@pytest.mark.parametrize("options", [{}, OPTIONS[-1]], ids=["default", "official-variants"])
+def test_killed_run_resumes_bitwise_across_a_relabeling(tiny_bert, tmp_path, options):
+    # the variants' state too: the teacher's features, the predictions to sharpen per batch, random pairs
+    cfg = weak_config(tiny_bert, tmp_path, **options)
     cfg["train"]["checkpoint_every"] = 3
     cfg["stages"][1]["max_steps"] = 56  # longer than stage 1 (48 steps): the kill hook counts a stage's own steps
     path = write_config(tmp_path / "cfg.yaml", cfg)
@@ -249,3 +258,49 @@ def test_self_training_evaluates_its_start_and_never_ends_below_it(tiny_bert, tm
     assert s["final"]["val_accuracy"] == evals[0]["val_accuracy"]
     weak_lines = (tmp_path / "r" / "stages" / "1-weak" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(next(x for x in weak_lines if "val_accuracy" in x))["step"] > 0  # only self-training does
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "+".join(f"{k}={v}" for k, v in o.items()))
+def test_each_cosine_variant_trains_and_gold_labels_never_reach_training(tiny_bert, tmp_path, options):
+    """Each variant self-trains; a label column in the training file changes the diagnostics, not the
+    weights; the pseudo-label accuracies are those of the pseudo-labels the run kept, worked out here."""
+    from tunesmith.train import checkpoint as ckpt
+
+    runs = {}
+    for gold in (False, True):
+        cfg = weak_config(tiny_bert, tmp_path / str(gold), gold=gold, **options)
+        cfg["train"]["checkpoint_every"] = 14
+        runs[gold] = run(config_from_dict(cfg), tmp_path / f"r{gold}")
+    a, b = model_weights(tmp_path / "rFalse"), model_weights(tmp_path / "rTrue")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the gold labels changed nothing that trains
+    plain, scored = runs[False]["final"], runs[True]["final"]
+    assert plain["test_accuracy"] >= 0.7 and plain["cosine_relabels"] == 4.0, plain
+    assert not any(k.startswith("cosine_pseudo_accuracy") for k in plain)
+    for term in ("self_training", "confidence", "contrastive"):
+        assert scored[f"cosine_{term}_sum"] == plain[f"cosine_{term}_sum"]
+    assert plain["cosine_self_training_sum"] > 0
+    # by hand: the last relabeling's pseudo-labels (in the step-14 checkpoint) against the gold labels
+    state = ckpt.load_checkpoint(tmp_path / "rTrue" / "stages" / "2-cosine" / "checkpoints" / "step-00000014")[1]
+    state = state["states"]["objective"]
+    assert ("features" in state) == (options.get("contrastive_features") == "teacher")
+    if "features" in state:  # the teacher's features of every training text, fixed at the relabeling
+        assert state["features"].shape[0] == 160 and state["features"].abs().sum() > 0
+    assert ("probs" in state) == (options.get("class_frequency") == "batch")
+    gold = np.array([["neg", "pos"].index(r["label"]) for r in sentiment_rows(160, 1)])
+    matrix = np.load(next((tmp_path / "rTrue" / "weak").glob("label_matrix-*.npy")))
+    covered, selected = (matrix != -1).any(axis=1), state["weights"].numpy() > 0
+    right = state["targets"].argmax(-1).numpy() == gold
+    assert scored["cosine_pseudo_accuracy"] == pytest.approx(right.mean(), abs=1e-4)
+    for name, mask in {"covered_selected": covered & selected, "uncovered_selected": ~covered & selected,
+                       "covered_unselected": covered & ~selected,
+                       "uncovered_unselected": ~covered & ~selected}.items():
+        key = f"cosine_pseudo_accuracy_{name}"
+        assert (key in scored) == bool(mask.any())
+        if mask.any():
+            assert scored[key] == pytest.approx(right[mask].mean(), abs=1e-4)
+    lines = [json.loads(x) for x in (tmp_path / "rTrue" / "stages" / "2-cosine" / "metrics.jsonl").read_text()
+             .splitlines() if "relabel_seconds" in x]
+    assert all("pseudo_accuracy" in line for line in lines)
+    assert all("period_contrastive_sum" in line for line in lines[1:])  # every relabeling after the first
+    # the stage's sum: the periods the relabelings closed, and the steps after the last one (13, 14)
+    assert sum(line["period_self_training_sum"] for line in lines[1:]) < scored["cosine_self_training_sum"]

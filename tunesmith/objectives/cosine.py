@@ -16,9 +16,16 @@ Names and defaults are the official code's (github.com/yueyu1030/COSINE, run_agn
 from it, deliberately:
 - Sharpening divides by the class frequency over *all* training texts (the paper's f_j); the official
   code uses the batch's. Relabeling every text at once makes the whole-set form the natural one.
+  `class_frequency: batch` keeps the relabeling's predictions and sharpens (and selects) per training
+  batch in `collate`, the official code's order; the relabeling then reports the whole-set selection.
 - The contrastive term uses the student's features (the classifier's input) with gradients, over all
   pairs of selected texts in the batch, paired by pseudo-label (the paper's Eq. 4-5). The official code
   passes the frozen teacher's *logits* as the features, so that term has no gradient there.
+  `contrastive_features: teacher` takes the teacher's features (its classifier input, not its logits),
+  worked out for every text at the relabeling, when that model is the teacher: no gradient, as there.
+- The official code (and WRENCH) pair each selected text with one random partner, agreeing by the
+  student's predicted class, and average over the texts; `contrastive_pairs: random` samples the same
+  way but agrees by pseudo-label, as every pair of ours does.
 - The confidence is 1 - H(y~)/log C of the sharpened pseudo-label y~, as in the paper (Eq. 6). The
   official code takes it from the prediction before sharpening and divides by the log of the *batch
   size* (a slip: `weight.size(-1)` of a per-text vector), which for batches of 32 and a few classes lets
@@ -95,32 +102,74 @@ def confidence_sum(log_probs: torch.Tensor, selected: torch.Tensor) -> torch.Ten
     return (per_text * selected.to(per_text.dtype)).sum()
 
 
-def pair_count(selected: torch.Tensor) -> int:
+PAIRS = ("all", "random")
+FEATURES = ("student", "teacher")
+CLASS_FREQUENCY = ("all", "batch")
+
+
+def pair_count(selected: torch.Tensor, pairs: str = "all") -> int:
+    """How many pairs the contrastive term sums over: every pair of selected texts (all), or one per
+    selected text (random: each is paired with one drawn at random, as the official code and WRENCH do)."""
     n = int(selected.sum())
-    return n * (n - 1) // 2
+    return n * (n - 1) // 2 if pairs == "all" else n
+
+
+def _distance(a: torch.Tensor, b: torch.Tensor, distmetric: str) -> torch.Tensor:
+    """Row-wise distance between a and b (broadcast): 1 - cosine similarity, or the RMS of the difference."""
+    if distmetric == "cos":
+        return 1 - (nn.functional.normalize(a, dim=-1) * nn.functional.normalize(b, dim=-1)).sum(-1)
+    if distmetric == "l2":
+        return ((a - b).pow(2).sum(-1) / a.shape[-1] + 1e-12).sqrt()
+    raise ValueError(f"distmetric {distmetric!r}: use one of {', '.join(DISTANCES)}")
 
 
 def contrastive_sum(features: torch.Tensor, labels: torch.Tensor, selected: torch.Tensor, margin: float = 1.0,
-                    distmetric: str = "cos") -> torch.Tensor:
-    """sum over pairs i < j of selected texts: d^2 when their pseudo-labels agree, max(0, margin - d)^2
-    when they differ; halved, as the official loss is. d: 1 - cosine similarity (cos) or the RMS of the
-    difference (l2, the official code's sqrt(sum diff^2 / dim))."""
+                    distmetric: str = "cos", pairs: str = "all",
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sum over pairs of selected texts: d^2 when their pseudo-labels agree, max(0, margin - d)^2 when
+    they differ; halved, as the official loss is. d: 1 - cosine similarity (cos) or the RMS of the
+    difference (l2, the official code's sqrt(sum diff^2 / dim); its square is WRENCH's mean squared
+    difference). Pairs: all i < j (all), or i with perm[i] for one random permutation of the selected
+    texts (random: the official code's and WRENCH's sampling; a text drawn with itself adds 0)."""
+    if pairs not in PAIRS:
+        raise ValueError(f"pairs {pairs!r}: use one of {', '.join(PAIRS)}")
     x = features[selected].float()
     y = labels[selected]
     if len(x) < 2:
         return features.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) connected
-    if distmetric == "cos":
-        unit = nn.functional.normalize(x, dim=-1)
-        dist = 1 - unit @ unit.T
-    elif distmetric == "l2":
-        diff = x[:, None, :] - x[None, :, :]
-        dist = (diff.pow(2).sum(-1) / x.shape[-1] + 1e-12).sqrt()
+    if pairs == "all":
+        dist = _distance(x[:, None, :], x[None, :, :], distmetric)
+        same = (y[:, None] == y[None, :]).to(dist.dtype)
+        upper = torch.triu(torch.ones_like(dist, dtype=torch.bool), diagonal=1)
+        dist, same = dist[upper], same[upper]
     else:
-        raise ValueError(f"distmetric {distmetric!r}: use one of {', '.join(DISTANCES)}")
-    same = (y[:, None] == y[None, :]).to(dist.dtype)
+        perm = torch.randperm(len(x), generator=generator).to(x.device)
+        dist = _distance(x, x[perm], distmetric)
+        same = (y == y[perm]).to(dist.dtype)
     per_pair = same * dist.pow(2) + (1 - same) * torch.clamp(margin - dist, min=0).pow(2)
-    upper = torch.triu(torch.ones_like(per_pair, dtype=torch.bool), diagonal=1)
-    return per_pair[upper].sum() / 2
+    return per_pair.sum() / 2
+
+
+GROUPS = ("covered_selected", "covered_unselected", "uncovered_selected", "uncovered_unselected")
+
+
+def pseudo_label_accuracy(predicted: torch.Tensor, gold: torch.Tensor, covered: torch.Tensor,
+                          selected: torch.Tensor) -> dict[str, float]:
+    """Accuracy of the pseudo-labels against gold labels, per group of texts (covered by an LF or not x
+    selected or not) and over all; texts without a gold label (-1) are left out, and so is an empty
+    group. A diagnostic only: nothing here reaches training."""
+    known = gold >= 0
+    right = (predicted == gold) & known
+    out: dict[str, float] = {}
+    if known.any():
+        out["pseudo_accuracy"] = int(right.sum()) / int(known.sum())
+    for name in GROUPS:
+        cov = covered if name.startswith("covered") else ~covered
+        sel = selected if name.endswith("_selected") else ~selected
+        mask = known & cov & sel
+        if mask.any():
+            out[f"pseudo_accuracy_{name}"] = int(right[mask].sum()) / int(mask.sum())
+    return out
 
 
 def feature_module(model: nn.Module, num_labels: int) -> nn.Module:
@@ -163,15 +212,19 @@ class Relabel(Callback):
     def __init__(self, objective: Any, every: int) -> None:
         self.objective = objective
         self.every = every
+        self.pending: dict[str, float] = {}
 
     def on_train_start(self, trainer: Trainer) -> None:
+        self.pending = {}
         if self.objective.pseudo is None:  # a resumed run has them from its checkpoint
-            self._relabel(trainer)
+            # the loop logs nothing before the first step: these go out with its metrics
+            self.pending = self._relabel(trainer)
 
     def on_step_end(self, trainer: Trainer, output) -> dict[str, float] | None:
+        pending, self.pending = self.pending, {}
         if trainer.step % self.every or trainer.step >= trainer.total_steps:
-            return None
-        return self._relabel(trainer)
+            return pending or None
+        return pending | self._relabel(trainer)
 
     def _relabel(self, trainer: Trainer) -> dict[str, float]:
         started = time.perf_counter()
@@ -184,4 +237,5 @@ class Relabel(Callback):
         trainer.train_seconds += seconds
         self.objective.pseudo["seconds"] += seconds
         trainer.say(f"step {trainer.step}: {line} in {seconds:.1f} s")
-        return {"relabel_seconds": seconds, "selected_fraction": self.objective.selected_fraction()}
+        return {"relabel_seconds": seconds, "selected_fraction": self.objective.selected_fraction(),
+                **self.objective.relabel_metrics}

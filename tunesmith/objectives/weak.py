@@ -27,8 +27,11 @@ from tunesmith.fastpath import no_autograd
 from tunesmith.objectives.base import Loss, ObjectiveConfig
 from tunesmith.objectives.classify import Classify, collate, encode
 from tunesmith.objectives.cosine import (
+    CLASS_FREQUENCY,
     CONFIDENCE_FROM,
     DISTANCES,
+    FEATURES,
+    PAIRS,
     Relabel,
     capture_input,
     confidence,
@@ -36,12 +39,14 @@ from tunesmith.objectives.cosine import (
     contrastive_sum,
     feature_module,
     pair_count,
+    pseudo_label_accuracy,
     pseudo_labels,
     self_training_sum,
 )
 from tunesmith.ranges import option, ranged
 
 LABEL_MODEL_NAMES = ("auto", "dawid_skene", "majority", "gold")
+TERMS = ("self_training", "confidence", "contrastive")  # COSINE's loss terms, in Weak.loss's order
 _LF_DIR = Path(__file__).resolve().parent.parent / "data" / "lfs"
 
 
@@ -75,6 +80,17 @@ class WeakConfig(ObjectiveConfig):
         "pseudo_label", "whose confidence selects a text: pseudo_label (the sharpened label, the paper's Eq. 6) | "
         "prediction (before sharpening, the official code's order; with the paper's log C it starves "
         "selection)")
+    contrastive_features: str = option(
+        "student", "what the contrastive regulariser compares: student (the classifier's input features of the "
+        "model being trained, with gradients) | teacher (those of the model as it was at the last relabeling, "
+        "the official code's choice: no gradient flows through them, so the term is logged but does not train)")
+    contrastive_pairs: str = option(
+        "all", "which pairs of selected texts in a batch the contrastive regulariser sums over: all | random (each "
+        "text with one drawn at random, as the official code and WRENCH do; averaged over the texts)")
+    class_frequency: str = option(
+        "all", "the sharpening's class frequency f_j: all (summed over every training text at each relabeling, "
+        "the paper's) | batch (over the texts of each training batch, the official code's; the selection "
+        "then depends on the batch)")
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,11 @@ class Weak(Classify):
         self.targets: torch.Tensor | None = None  # (N, C) what the stage trains towards, by item index
         self.weights: torch.Tensor | None = None  # (N,)
         self.pseudo: dict[str, Any] | None = None  # self-training: relabel count and seconds
+        self.probs: torch.Tensor | None = None  # (N, C) the last relabeling's predictions (class_frequency: batch)
+        self.features: torch.Tensor | None = None  # (N, H) the teacher's features (contrastive_features: teacher)
+        self.loss_sums = torch.zeros(3, dtype=torch.float64)  # per term, since the last relabeling
+        self.loss_totals = torch.zeros(3, dtype=torch.float64)  # per term, over the stage
+        self.relabel_metrics: dict[str, float] = {}  # the last relabeling's diagnostics
         self._context: Any = None
         self._reported = False
         self.matrix_cache: Path | None = None
@@ -123,6 +144,11 @@ class Weak(Classify):
         if cfg.confidence_from not in CONFIDENCE_FROM:
             raise ConfigError(f"{where('objective.confidence_from')}: {cfg.confidence_from!r} is not one of "
                               f"{', '.join(CONFIDENCE_FROM)}")
+        for key, allowed in (("contrastive_features", FEATURES), ("contrastive_pairs", PAIRS),
+                             ("class_frequency", CLASS_FREQUENCY)):
+            if getattr(cfg, key) not in allowed:
+                raise ConfigError(f"{where('objective.' + key)}: {getattr(cfg, key)!r} is not one of "
+                                  f"{', '.join(allowed)}")
         self.lf_configs = lf_configs(run, where)
         from tunesmith.data.weak import compile_lfs
 
@@ -252,6 +278,9 @@ class Weak(Classify):
     def begin_stage(self, start) -> None:
         self.stage = start.stage
         self.pseudo = None
+        self.probs = self.features = None
+        self.loss_sums, self.loss_totals = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+        self.relabel_metrics = {}
         n, k = len(start.encoded["train"]), len(self.label_names)
         if not self._reported:
             self._report(start)
@@ -289,15 +318,22 @@ class Weak(Classify):
         batch = collate(items, pad_id)
         if train:
             index = torch.tensor([it.index for it in items])
-            batch["targets"] = self.targets[index]
-            batch["weights"] = self.weights[index]
+            if self.probs is not None and self.cfg.class_frequency == "batch":
+                # the official code's order: f_j from this batch's predictions, so sharpen (and select) here
+                batch["targets"], batch["weights"] = pseudo_labels(self.probs[index], self.cfg.power, self.cfg.eps,
+                                                                   self.cfg.confidence_from)
+            else:
+                batch["targets"] = self.targets[index]
+                batch["weights"] = self.weights[index]
+            if self.features is not None and self.self_training():
+                batch["teacher_features"] = self.features[index]
         return batch
 
     def counts(self, batch):
         n = float(batch["input_ids"].shape[0])
         if not self.self_training():
             return {"loss": n}
-        pairs = pair_count(batch["weights"] > 0) if "weights" in batch else 0
+        pairs = pair_count(batch["weights"] > 0, self.cfg.contrastive_pairs) if "weights" in batch else 0
         return {"self_training": n, "confidence": n, "contrastive": float(pairs)}
 
     def loss(self, model, batch):
@@ -307,12 +343,17 @@ class Weak(Classify):
         cfg = self.cfg
         with capture_input(self._head) as features:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if "teacher_features" in batch:
+            features = [batch["teacher_features"]]  # fixed at the last relabeling: the term has no gradient
         log_probs = F.log_softmax(logits.float(), -1)
         selected = batch["weights"] > 0
         terms = {"self_training": self_training_sum(log_probs, batch["targets"], batch["weights"]),
                  "confidence": cfg.confreg * confidence_sum(log_probs, selected),
                  "contrastive": cfg.contrastive_weight * contrastive_sum(
-                     features[0], batch["targets"].argmax(-1), selected, cfg.margin, cfg.distmetric)}
+                     features[0], batch["targets"].argmax(-1), selected, cfg.margin, cfg.distmetric,
+                     cfg.contrastive_pairs)}
+        sums = torch.stack([t.detach().double() for t in terms.values()])
+        self.loss_sums = self.loss_sums.to(sums.device) + sums  # no sync with the device until the relabeling
         return Loss(terms, logs={"selected": (float(selected.sum()), "self_training")})
 
     @no_autograd
@@ -321,16 +362,28 @@ class Weak(Classify):
         start = self._context
         items, strategy = start.encoded["train"], start.strategy
         probs = torch.zeros(len(items), len(self.label_names), dtype=torch.float64)
+        teacher = self.cfg.contrastive_features == "teacher"
+        features = None
         order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))  # less padding
         batches = [order[at : at + start.batch_size] for at in range(0, len(order), start.batch_size)]
         for ids, real in strategy.my_batches(batches):  # round-robin; in lockstep where forwards are collective
             batch = {k: v.to(strategy.device) for k, v in collate([items[i] for i in ids], start.pad_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            with capture_input(self._head) as held:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            if teacher and features is None:
+                features = torch.zeros(len(items), held[0].shape[-1], dtype=torch.float32)
             if real:
                 probs[ids] = logits.float().softmax(-1).double().cpu()
+                if teacher:
+                    features[ids] = held[0].float().cpu()
         probs = strategy.all_reduce_sum(probs.to(strategy.device)).cpu().float()
+        if teacher:  # every text's features as this model (the teacher until the next relabeling) sees them
+            self.features = strategy.all_reduce_sum(features.to(strategy.device)).cpu()
+        self.probs = probs if self.cfg.class_frequency == "batch" else None
         previous = None if self.pseudo is None else self.targets.argmax(-1)
+        # with class_frequency: batch, training sharpens per batch; these (over all texts) are for the report
         self.targets, self.weights = pseudo_labels(probs, self.cfg.power, self.cfg.eps, self.cfg.confidence_from)
+        self.relabel_metrics = self._diagnostics(items, strategy)
         if self.pseudo is None:
             self.pseudo = {"relabels": 0, "seconds": 0.0, "selected": []}
         self.pseudo["relabels"] += 1
@@ -345,6 +398,20 @@ class Weak(Classify):
                     f"{self.cfg.eps:g}){self._starting_point()}: lower objective.eps, or train the stage before longer")
         return (f"COSINE relabel {self.pseudo['relabels']}: {len(items):,} texts, {selected:,} selected "
                 f"({100 * self.selected_fraction():.1f}%, confidence > {self.cfg.eps:g}){changed}{hint}")
+
+    def _diagnostics(self, items, strategy) -> dict[str, float]:
+        """The pseudo-labels' accuracy where the training file has gold labels (never trained on: they
+        are read here and nowhere in the loss), and each loss term's sum since the last relabeling."""
+        out: dict[str, float] = {}
+        gold = torch.tensor([it.label for it in items], dtype=torch.long)
+        covered = torch.from_numpy(~np.isnan(self.soft).any(axis=1))
+        out.update(pseudo_label_accuracy(self.targets.argmax(-1), gold, covered, self.weights > 0))
+        if self.pseudo is not None:  # from the second relabeling on: the period before it trained
+            sums = strategy.all_reduce_sum(self.loss_sums.to(strategy.device)).cpu()
+            self.loss_totals = self.loss_totals + sums
+            out.update({f"period_{name}_sum": round(float(v), 6) for name, v in zip(TERMS, sums, strict=True)})
+        self.loss_sums = torch.zeros(3, dtype=torch.float64)
+        return out
 
     def _starting_point(self) -> str:
         """What the self-training stage started from, when the stage before it ended on early weights."""
@@ -370,6 +437,10 @@ class Weak(Classify):
             n = len(self._context.encoded["train"]) if self._context is not None else 0
             if chosen and n:
                 out["cosine_selected_fraction"] = round(sum(chosen) / (len(chosen) * n), 4)
+            out |= {f"cosine_{k}": round(v, 4) for k, v in self.relabel_metrics.items() if k.startswith("pseudo_")}
+            # the stage's sums: every period the relabelings closed, and the one since the last
+            totals = self.loss_totals + strategy.all_reduce_sum(self.loss_sums.to(strategy.device)).cpu()
+            out |= {f"cosine_{name}_sum": round(float(v), 6) for name, v in zip(TERMS, totals, strict=True)}
             if chosen and not any(chosen):
                 message = (f"COSINE selected no text at any of its {len(chosen)} relabelings, so the self-training "
                            f"stage learned nothing from its loss (only weight decay moved the weights)"
@@ -383,15 +454,27 @@ class Weak(Classify):
     def state_dict(self) -> dict[str, Any]:
         if self.pseudo is None:
             return {}
-        return {"stage": self.stage, "targets": self.targets.clone(), "weights": self.weights.clone(),
-                "relabels": self.pseudo["relabels"], "seconds": self.pseudo["seconds"],
-                "selected": list(self.pseudo.get("selected", []))}
+        state = {"stage": self.stage, "targets": self.targets.clone(), "weights": self.weights.clone(),
+                 "relabels": self.pseudo["relabels"], "seconds": self.pseudo["seconds"],
+                 "selected": list(self.pseudo.get("selected", [])),
+                 "loss_sums": self.loss_sums.cpu().clone(), "loss_totals": self.loss_totals.clone(),
+                 "relabel_metrics": dict(self.relabel_metrics)}
+        if self.probs is not None:
+            state["probs"] = self.probs.clone()
+        if self.features is not None:
+            state["features"] = self.features.clone()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("stage") is not None and state["stage"] == self.stage:
             self.targets, self.weights = state["targets"], state["weights"]
             self.pseudo = {"relabels": state["relabels"], "seconds": state["seconds"],
                            "selected": list(state.get("selected", []))}
+            self.probs, self.features = state.get("probs"), state.get("features")
+            zeros = torch.zeros(3, dtype=torch.float64)
+            self.loss_sums = state.get("loss_sums", zeros)
+            self.loss_totals = state.get("loss_totals", zeros)
+            self.relabel_metrics = dict(state.get("relabel_metrics", {}))
 
 
 def lf_configs(run, where) -> list:
