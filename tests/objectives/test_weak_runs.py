@@ -170,6 +170,12 @@ def test_bad_inputs(tiny_bert, tmp_path):
     unnamed["stages"][1]["name"] = "selftrain"
     with pytest.raises(ConfigError, match="'cosine' is not one of the stages"):
         config_from_dict(unnamed)
+    for key, value in (("contrastive_features", "frozen"), ("contrastive_pairs", "some"),
+                       ("class_frequency", "epoch")):
+        wrong = json.loads(json.dumps(base))
+        wrong["objective"][key] = value
+        with pytest.raises(ConfigError, match=rf"objective\.{key}: '{value}' is not one of"):
+            config_from_dict(wrong)
 
 
 def test_builtin_weak_sets_bring_their_lfs():
