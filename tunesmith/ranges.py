@@ -55,3 +55,9 @@ def check_ranges(cfg: Any, where: Callable[[str], str], prefix: str = "") -> Non
                 raise ConfigError(f"{where(key)}: must be a finite number, got {value}")
             if not test(value):
                 raise ConfigError(f"{where(key)}: {words}, got {value}")
+
+
+def choice(value: Any, allowed: tuple[str, ...], where: str) -> None:
+    """A field that names one of a fixed set of options (a method, a loss, a pooling)."""
+    if value not in allowed:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")

@@ -13,16 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunesmith.errors import ConfigError
-from tunesmith.ranges import check_ranges
+from tunesmith.ranges import check_ranges, choice
 from tunesmith.schema import RunConfig, stage_methods
 
 Where = Callable[[str], str]
 SCHEDULES = ("linear", "cosine", "constant")
-
-
-def choice(value, allowed: tuple[str, ...], where: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
 
 
 def check_run(cfg: RunConfig, w: Where, training: bool = True, base_dir: str | Path | None = None) -> None:

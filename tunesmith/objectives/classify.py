@@ -17,7 +17,7 @@ from torch import nn
 from tunesmith.errors import ConfigError
 from tunesmith.fastpath import no_autograd
 from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
-from tunesmith.ranges import option, ranged
+from tunesmith.ranges import choice, option, ranged
 
 # Run the last encoder layer at position 0 only where the head reads nothing else (see first_token);
 # False keeps the model's own forward, which benchmarks/anchor.py uses to measure what this saves.
@@ -272,8 +272,7 @@ def check_pooling(run, where) -> None:
     from tunesmith.models.registry import resolve_model_dir
 
     pooling = run.model.pooling
-    if pooling not in POOLINGS:
-        raise ConfigError(f"{where('model.pooling')}: {pooling!r} is not one of {', '.join(POOLINGS)}")
+    choice(pooling, tuple(POOLINGS), where("model.pooling"))
     if not run.model.train_pooler:
         return
     if pooling in ("auto", "cls"):  # what the checkpoint declares (a saved classifier keeps its own)

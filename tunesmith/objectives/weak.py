@@ -43,7 +43,7 @@ from tunesmith.objectives.cosine import (
     pseudo_labels,
     self_training_sum,
 )
-from tunesmith.ranges import option, ranged
+from tunesmith.ranges import choice, option, ranged
 
 LABEL_MODEL_NAMES = ("auto", "dawid_skene", "majority", "gold")
 TERMS = ("self_training", "confidence", "contrastive")  # COSINE's loss terms, in Weak.loss's order
@@ -135,20 +135,10 @@ class Weak(Classify):
     def check(self, run, where) -> None:
         super().check(run, where)
         cfg = run.objective
-        if cfg.label_model not in LABEL_MODEL_NAMES:
-            raise ConfigError(f"{where('objective.label_model')}: {cfg.label_model!r} is not one of "
-                              f"{', '.join(LABEL_MODEL_NAMES)}")
-        if cfg.distmetric not in DISTANCES:
-            raise ConfigError(f"{where('objective.distmetric')}: {cfg.distmetric!r} is not one of "
-                              f"{', '.join(DISTANCES)}")
-        if cfg.confidence_from not in CONFIDENCE_FROM:
-            raise ConfigError(f"{where('objective.confidence_from')}: {cfg.confidence_from!r} is not one of "
-                              f"{', '.join(CONFIDENCE_FROM)}")
-        for key, allowed in (("contrastive_features", FEATURES), ("contrastive_pairs", PAIRS),
-                             ("class_frequency", CLASS_FREQUENCY)):
-            if getattr(cfg, key) not in allowed:
-                raise ConfigError(f"{where('objective.' + key)}: {getattr(cfg, key)!r} is not one of "
-                                  f"{', '.join(allowed)}")
+        for key, allowed in (("label_model", LABEL_MODEL_NAMES), ("distmetric", DISTANCES),
+                             ("confidence_from", CONFIDENCE_FROM), ("contrastive_features", FEATURES),
+                             ("contrastive_pairs", PAIRS), ("class_frequency", CLASS_FREQUENCY)):
+            choice(getattr(cfg, key), tuple(allowed), where(f"objective.{key}"))
         self.lf_configs = lf_configs(run, where)
         from tunesmith.data.weak import compile_lfs
 
