@@ -276,3 +276,19 @@ def test_objective_and_callback_state_survive_a_resume(tmp_path):
     assert resumed[2].draws == whole[2].draws and resumed[2].seen == whole[2].seen == 16
     lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert [x["seen"] for x in lines if "seen" in x] == [2 * s for s in range(1, 9)]
+
+
+class EveryThird(Callback):
+    """Reports a figure at steps 3 and 6 only, like COSINE's relabelings."""
+
+    def on_step_end(self, trainer, output):
+        return {"relabeled_at": float(trainer.step)} if trainer.step % 3 == 0 else None
+
+
+def test_a_callbacks_figures_between_logging_steps_are_written(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=2, progress=False, log_every=4)
+    train(torch.nn.Linear(2, 2), linear_task(Stateful(), 16), cfg, tmp_path, Strategy(DistInfo()),
+          callbacks=[EveryThird()])
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "train_loss" in x] == [4, 8]
+    assert [(x["step"], x["relabeled_at"]) for x in lines if "relabeled_at" in x] == [(3, 3.0), (6, 6.0)]

@@ -407,6 +407,8 @@ def _train(trainer: Trainer, task: TrainTask, cfg: TrainConfig, run_dir: Path, s
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{record['lr']:.2e}",
                                 samples_s=f"{record['samples_per_s']:.1f}")
                 window = _Window()
+            elif extra:  # a callback's figures of a step between logging steps (COSINE's relabelings) are kept
+                log.log({"step": trainer.step, "epoch": trainer.epoch} | extra)
             trainer.note_loss(out, record)
             bar.update(1)
             if _KILL_AT == trainer.step:  # fault injection for the kill-and-resume tests
