@@ -84,6 +84,7 @@ def _check_reporting(cfg: RunConfig, w: Where, training: bool, base_dir: str | P
     imported only to train)."""
     from tunesmith.train import user_callbacks
     from tunesmith.train.reporters import REPORTERS, report_to_problem
+    from tunesmith.user_code import locate
 
     t = cfg.train
     for i, name in enumerate(t.report_to):
@@ -94,7 +95,7 @@ def _check_reporting(cfg: RunConfig, w: Where, training: bool, base_dir: str | P
         if problem:
             raise ConfigError(f"{w('train.report_to')}[{i}]: {problem}")
     if base_dir is not None:
-        t.callbacks = user_callbacks.locate(t.callbacks, Path(base_dir))
+        t.callbacks = locate(t.callbacks, Path(base_dir))
     if training:
         user_callbacks.resolve(t.callbacks, w, None if base_dir is None else Path(base_dir))
 

@@ -16,10 +16,8 @@ coverage, overlap, conflict and (on labelled rows) empirical accuracy, and the t
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 
 from tunesmith.data.label_model import ABSTAIN, fit_label_model
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.user_code import import_object
 
 
 @dataclass
@@ -91,19 +90,7 @@ def _matcher(pattern: re.Pattern, label: str) -> Callable[[str], str | None]:
 
 
 def _import(path: str, at: str, code_dir: str | Path | None = None) -> Callable[[str], Any]:
-    module, _, attr = path.partition(":")
-    if not module or not attr:
-        raise ConfigError(f"{at}: function {path!r} is not package.module:function")
-    if code_dir is not None and str(code_dir) not in sys.path:
-        # the config's folder, as PYTHONPATH=. would give it when the config sits in the working directory;
-        # kept on the path so the module's own imports of its neighbours work too
-        sys.path.insert(0, str(code_dir))
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        looked = f"{code_dir}, then " if code_dir is not None else ""
-        raise ConfigError(f"{at}: cannot import {path} ({e}); looked in {looked}the working directory and "
-                          "PYTHONPATH") from None
+    fn = import_object(path, at, code_dir, "package.module:function", "my_rules:stars")
     if not callable(fn):
         raise ConfigError(f"{at}: {path} is not callable")
     return fn
