@@ -1,0 +1,143 @@
+"""What scores a sampled completion in online RL: users' reward functions and finished tunesmith runs.
+
+A reward is named in a config as one of
+- `module:function` (or `path/file.py:function`), with TRL's signature
+  `function(prompts, completions, **kwargs) -> list[float | None]`, so reward functions written for
+  TRL work unchanged; kwargs carry the prompt rows' other columns (one list per column) and `step`;
+  None marks a completion the function cannot score;
+- `{run: RUN_DIR}`: a tunesmith reward-model run, the reward of the completion given its prompt;
+- `{run: RUN_DIR, label: NAME}`: a tunesmith classifier run, the probability of class NAME for the
+  prompt followed by the completion (`input: completion` scores the completion alone).
+Several are summed with weights (`reward_weights`). Each call is checked: a function that raises,
+returns the wrong count or a value that is not a finite number is an error naming it and the step.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.errors import ConfigError, TrainingError
+from tunesmith.user_code import import_object
+
+INPUTS = ("prompt+completion", "completion")
+
+
+@dataclass
+class Reward:
+    name: str
+    fn: Callable[..., Sequence[Any]]
+
+
+def _from_run(spec: dict, at: str, code_dir: str | Path | None) -> Reward:
+    from tunesmith.infer import open_saved  # a finished run's model, as predict and score open it
+
+    unknown = set(spec) - {"run", "label", "input"}
+    if unknown:
+        raise ConfigError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}; a run reward takes run, label, input")
+    run_dir = Path(str(spec["run"]))
+    if not run_dir.is_absolute() and code_dir is not None and (Path(code_dir) / run_dir).exists():
+        run_dir = Path(code_dir) / run_dir
+    if not (run_dir / "summary.json").exists():
+        raise ConfigError(f"{at}: {run_dir} is not a finished tunesmith run (no summary.json)")
+    if spec.get("input", INPUTS[0]) not in INPUTS:
+        raise ConfigError(f"{at}.input: {spec['input']!r} is not one of {', '.join(INPUTS)}")
+    opened = open_saved(run_dir)
+    text_of = _joined if spec.get("input", INPUTS[0]) == INPUTS[0] else (lambda p, c: c)
+    label = spec.get("label")
+    if label is None:
+        if not hasattr(opened.objective, "score"):
+            raise ConfigError(f"{at}: {run_dir} is a {opened.objective.name} run, not a reward model; a classifier "
+                              f"run needs `label:` (the class whose probability is the reward)")
+
+        def reward_model(prompts, completions, **_):
+            out = [0.0] * len(completions)
+            for prompt in dict.fromkeys(prompts):  # a prompt's k completions in one batch
+                where = [i for i, p in enumerate(prompts) if p == prompt]
+                for i, r in zip(where, opened.objective.score(opened.saved, [completions[i] for i in where], prompt,
+                                                              opened.cfg), strict=True):
+                    out[i] = r
+            return out
+
+        return Reward(f"run {run_dir.name}", reward_model)
+    labels = opened.label_names or []
+    if str(label) not in labels:
+        raise ConfigError(f"{at}.label: {label!r} is not a class of {run_dir} (its classes: {', '.join(labels)})")
+
+    def class_probability(prompts, completions, **_):
+        rows = opened.objective.predict(opened.saved, [text_of(p, c) for p, c in zip(prompts, completions,
+                                                                                      strict=True)], opened.cfg)
+        return [row["probabilities"][str(label)] for row in rows]
+
+    return Reward(f"P({label}) by {run_dir.name}", class_probability)
+
+
+def _joined(prompt: str, completion: str) -> str:
+    return prompt + completion
+
+
+def load_rewards(specs: Sequence[str | dict], at: str, code_dir: str | Path | None = None) -> list[Reward]:
+    """Every reward `specs` names (an error naming `at[i]` for one that cannot be had)."""
+    if not specs:
+        raise ConfigError(f"{at}: name at least one reward (module:function, or {{run: RUN_DIR}})")
+    out = []
+    for i, spec in enumerate(specs):
+        where = f"{at}[{i}]"
+        if isinstance(spec, dict) and "run" in spec:
+            out.append(_from_run(spec, where, code_dir))
+        elif isinstance(spec, str):
+            fn = import_object(spec, where, code_dir, "module:function", "my_rewards:brevity")
+            if not callable(fn):
+                raise ConfigError(f"{where}: {spec} is not callable")
+            out.append(Reward(spec.rpartition(":")[2], fn))
+        else:
+            raise ConfigError(f"{where}: {spec!r} is neither module:function nor {{run: RUN_DIR}}")
+    return out
+
+
+def check_weights(weights: Sequence[float] | None, count: int, at: str) -> list[float]:
+    if weights is None:
+        return [1.0] * count
+    if len(weights) != count:
+        raise ConfigError(f"{at}: {len(weights)} weight(s) for {count} reward(s)")
+    if not all(isinstance(w, int | float) and math.isfinite(w) for w in weights):
+        raise ConfigError(f"{at}: every weight must be a finite number (got {list(weights)})")
+    return [float(w) for w in weights]
+
+
+def score(rewards: Sequence[Reward], weights: Sequence[float], prompts: list[str], completions: list[str],
+          step: int, **columns: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total, per_reward): the weighted sum per completion (NaN where no reward scored it) and each
+    reward's own values, (N,) and (N, R); None from a function is NaN (unscored)."""
+    per = torch.full((len(completions), len(rewards)), float("nan"), dtype=torch.float64)
+    for j, reward in enumerate(rewards):
+        try:
+            values = reward.fn(prompts=prompts, completions=completions, step=step, **columns)
+        except Exception as e:  # a user's function: say which and when
+            raise TrainingError(f"reward {reward.name} raised at step {step}: {type(e).__name__}: {e}") from e
+        try:
+            values = list(values)
+        except TypeError:
+            raise TrainingError(f"reward {reward.name} returned {type(values).__name__} at step {step}, not a list "
+                                f"of {len(completions)} numbers") from None
+        if len(values) != len(completions):
+            raise TrainingError(f"reward {reward.name} returned {len(values)} values for {len(completions)} "
+                                f"completions at step {step}")
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            v = v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else v  # numpy / torch scalars
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise TrainingError(f"reward {reward.name} returned {v!r} for completion {i} at step {step}; "
+                                    "rewards must be finite numbers (or None: not scored)")
+            per[i, j] = float(v)
+    weight = torch.tensor(list(weights), dtype=torch.float64)
+    total = (per * weight).nansum(1)
+    total[per.isnan().all(1)] = float("nan")
+    return total.float(), per.float()
