@@ -10,7 +10,7 @@ from tiny import make_tiny_bert, sentiment_rows, write_jsonl
 
 from tunesmith.config import config_from_dict
 from tunesmith.errors import ConfigError, TrainingError
-from tunesmith.infer import predict
+from tunesmith.infer import open_saved, predict
 from tunesmith.infer import score as run_score
 from tunesmith.rewards import check_weights, load_rewards, score
 from tunesmith.run import run
@@ -39,12 +39,12 @@ def not_a_list(prompts, completions, **kwargs):
 
 @pytest.fixture
 def code(tmp_path):
-    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    (tmp_path / "user_rewards.py").write_text(REWARDS)
     return tmp_path
 
 
 def test_users_functions_are_called_with_trls_signature_and_summed_with_weights(code):
-    rewards = load_rewards(["my_rewards:brevity", "my_rewards:says_fresh"], "objective.reward_funcs", code)
+    rewards = load_rewards(["user_rewards:brevity", "user_rewards:says_fresh"], "objective.reward_funcs", code)
     prompts = ["p", "p", "q"]
     completions = ["fresh!", "rotten", "fresh and long"]
     total, per = score(rewards, [1.0, 2.0], prompts, completions, step=7, kind=["a", "skip", "a"])
@@ -64,14 +64,14 @@ def test_users_functions_are_called_with_trls_signature_and_summed_with_weights(
     ("not_a_list", "reward not_a_list returned int at step 3, not a list of 2 numbers"),
 ])
 def test_a_bad_reward_function_is_named_with_the_step(code, name, message):
-    rewards = load_rewards([f"my_rewards:{name}"], "objective.reward_funcs", code)
+    rewards = load_rewards([f"user_rewards:{name}"], "objective.reward_funcs", code)
     with pytest.raises(TrainingError, match=message.replace("(", r"\(").replace(")", r"\)")):
         score(rewards, [1.0], ["p", "p"], ["a", "b"], step=3)
 
 
 def test_bad_reward_specs_and_weights_are_config_errors(code):
-    with pytest.raises(ConfigError, match=r"objective.reward_funcs\[0\]: cannot import my_rewards:nope"):
-        load_rewards(["my_rewards:nope"], "objective.reward_funcs", code)
+    with pytest.raises(ConfigError, match=r"objective.reward_funcs\[0\]: cannot import user_rewards:nope"):
+        load_rewards(["user_rewards:nope"], "objective.reward_funcs", code)
     with pytest.raises(ConfigError, match=r"\[0\]: 'brevity' is not module:function, e.g. my_rewards:brevity"):
         load_rewards(["brevity"], "objective.reward_funcs", code)
     with pytest.raises(ConfigError, match="name at least one reward"):
@@ -95,18 +95,19 @@ def classifier_run(tmp_path_factory):
 
 
 def test_a_classifier_run_rewards_the_probability_of_its_label(classifier_run):
-    (reward,) = load_rewards([{"run": str(classifier_run), "label": "pos"}], "objective.reward_funcs")
+    (reward,) = load_rewards([{"run": str(classifier_run), "label": "pos"}], "objective.reward_funcs", open_run=open_saved)
     prompts, completions = ["the film was", "the film was"], [" superb and lovely", " dull and awful"]
     total, _ = score([reward], [1.0], prompts, completions, step=1)
     expected = [row["probabilities"]["pos"] for row in predict(classifier_run, [p + c for p, c in
                                                                               zip(prompts, completions, strict=True)])[0]]
     assert torch.allclose(total, torch.tensor(expected)) and total[0] > total[1]
-    (alone,) = load_rewards([{"run": str(classifier_run), "label": "pos", "input": "completion"}], "r")
+    (alone,) = load_rewards([{"run": str(classifier_run), "label": "pos", "input": "completion"}], "r",
+                              open_run=open_saved)
     expected = [row["probabilities"]["pos"] for row in predict(classifier_run, completions)[0]]
     assert torch.allclose(score([alone], [1.0], prompts, completions, step=1)[0], torch.tensor(expected))
     with pytest.raises(ConfigError, match=r"r\[0\].label: 'fresh' is not a class of .* \(its classes: neg, pos\)"):
         load_rewards([{"run": str(classifier_run), "label": "fresh"}], "r")
-    with pytest.raises(ConfigError, match="not a reward model; a classifier run needs `label:`"):
+    with pytest.raises(ConfigError, match="is a classify run, not a reward model; a classifier run needs `label:`"):
         load_rewards([{"run": str(classifier_run)}], "r")
 
 
@@ -120,7 +121,7 @@ def test_a_reward_model_run_scores_each_completion_given_its_prompt(tmp_path):
            "data": {"train": str(write_jsonl(tmp_path / "t.jsonl", rows)), "split": {"validation": 0.2}},
            "train": {"max_steps": 2, "batch_size": 8, "progress": False}}
     run(config_from_dict(cfg), tmp_path / "r")
-    (reward,) = load_rewards([{"run": str(tmp_path / "r")}], "objective.reward_funcs")
+    (reward,) = load_rewards([{"run": str(tmp_path / "r")}], "objective.reward_funcs", open_run=open_saved)
     prompts, completions = ["the film", "a play", "the film"], ["good", "bad", "ok"]
     total, _ = score([reward], [1.0], prompts, completions, step=1)
     by_hand = [run_score(tmp_path / "r", [c], p)[0] for p, c in zip(prompts, completions, strict=True)]

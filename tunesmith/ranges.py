@@ -19,10 +19,12 @@ _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "> 0": (lambda v: v > 0, "must be > 0"),
     ">= 0": (lambda v: v >= 0, "must be >= 0"),
     ">= 1": (lambda v: v >= 1, "must be >= 1"),
+    ">= 2": (lambda v: v >= 2, "must be >= 2"),
     ">= 8": (lambda v: v >= 8, "must be >= 8"),
     "[0, 1)": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "[0, 0.5)": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     "(0, 1)": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "(0, 1]": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
 }
 
 

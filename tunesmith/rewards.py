@@ -8,12 +8,17 @@ A reward is named in a config as one of
 - `{run: RUN_DIR}`: a tunesmith reward-model run, the reward of the completion given its prompt;
 - `{run: RUN_DIR, label: NAME}`: a tunesmith classifier run, the probability of class NAME for the
   prompt followed by the completion (`input: completion` scores the completion alone).
+Conversational prompts reach functions as TRL hands them (the prompt's messages, each completion as
+[{"role": "assistant", "content": ...}]); a run reward reads the last user turn and the answer's text.
 Several are summed with weights (`reward_weights`). Each call is checked: a function that raises,
 returns the wrong count or a value that is not a finite number is an error naming it and the step.
+`check_rewards` checks the specs when the config is read (users' functions import; runs exist, and a
+classifier run has the label), before any model loads.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -35,28 +40,46 @@ class Reward:
     fn: Callable[..., Sequence[Any]]
 
 
-def _from_run(spec: dict, at: str, code_dir: str | Path | None) -> Reward:
-    from tunesmith.infer import open_saved  # a finished run's model, as predict and score open it
-
+def _run_dir(spec: dict, at: str, code_dir: str | Path | None) -> tuple[Path, dict]:
+    """The run a spec names (relative: to the config's folder first) and its summary.json, checked."""
     unknown = set(spec) - {"run", "label", "input"}
     if unknown:
         raise ConfigError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}; a run reward takes run, label, input")
     run_dir = Path(str(spec["run"]))
     if not run_dir.is_absolute() and code_dir is not None and (Path(code_dir) / run_dir).exists():
         run_dir = Path(code_dir) / run_dir
-    if not (run_dir / "summary.json").exists():
-        raise ConfigError(f"{at}: {run_dir} is not a finished tunesmith run (no summary.json)")
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{at}: {run_dir} is not a finished tunesmith run (no summary.json)") from None
     if spec.get("input", INPUTS[0]) not in INPUTS:
         raise ConfigError(f"{at}.input: {spec['input']!r} is not one of {', '.join(INPUTS)}")
-    opened = open_saved(run_dir)
-    text_of = _joined if spec.get("input", INPUTS[0]) == INPUTS[0] else (lambda p, c: c)
+    label, labels = spec.get("label"), summary.get("label_names") or []
+    kind = summary.get("objective")
+    if label is None and kind != "reward":
+        raise ConfigError(f"{at}: {run_dir} is a {kind} run, not a reward model; a classifier run needs `label:` "
+                          f"(the class whose probability is the reward)")
+    if label is not None and str(label) not in labels:
+        raise ConfigError(f"{at}.label: {label!r} is not a class of {run_dir} (its classes: {', '.join(labels)})")
+    return run_dir, summary
+
+
+def _text(value: Any) -> str:
+    """A prompt or completion as text: conversational ones (lists of messages) give their last turn."""
+    if isinstance(value, list):
+        return str(value[-1]["content"]) if value else ""
+    return str(value)
+
+
+def _from_run(spec: dict, at: str, code_dir: str | Path | None, open_run: Callable[[Path], Any]) -> Reward:
+    run_dir, _ = _run_dir(spec, at, code_dir)
+    opened = open_run(run_dir)
+    text_of = _joined if spec.get("input", INPUTS[0]) == INPUTS[0] else (lambda p, c: _text(c))
     label = spec.get("label")
     if label is None:
-        if not hasattr(opened.objective, "score"):
-            raise ConfigError(f"{at}: {run_dir} is a {opened.objective.name} run, not a reward model; a classifier "
-                              f"run needs `label:` (the class whose probability is the reward)")
 
         def reward_model(prompts, completions, **_):
+            prompts, completions = [_text(p) for p in prompts], [_text(c) for c in completions]
             out = [0.0] * len(completions)
             for prompt in dict.fromkeys(prompts):  # a prompt's k completions in one batch
                 where = [i for i, p in enumerate(prompts) if p == prompt]
@@ -66,9 +89,6 @@ def _from_run(spec: dict, at: str, code_dir: str | Path | None) -> Reward:
             return out
 
         return Reward(f"run {run_dir.name}", reward_model)
-    labels = opened.label_names or []
-    if str(label) not in labels:
-        raise ConfigError(f"{at}.label: {label!r} is not a class of {run_dir} (its classes: {', '.join(labels)})")
 
     def class_probability(prompts, completions, **_):
         rows = opened.objective.predict(opened.saved, [text_of(p, c) for p, c in zip(prompts, completions,
@@ -78,26 +98,44 @@ def _from_run(spec: dict, at: str, code_dir: str | Path | None) -> Reward:
     return Reward(f"P({label}) by {run_dir.name}", class_probability)
 
 
-def _joined(prompt: str, completion: str) -> str:
-    return prompt + completion
+def _joined(prompt: Any, completion: Any) -> str:
+    return _text(prompt) + _text(completion)
 
 
-def load_rewards(specs: Sequence[str | dict], at: str, code_dir: str | Path | None = None) -> list[Reward]:
-    """Every reward `specs` names (an error naming `at[i]` for one that cannot be had)."""
+def check_rewards(specs: Sequence[str | dict], at: str, code_dir: str | Path | None = None) -> None:
+    """What can be checked before a model loads: functions import, runs exist and fit."""
     if not specs:
         raise ConfigError(f"{at}: name at least one reward (module:function, or {{run: RUN_DIR}})")
+    for i, spec in enumerate(specs):
+        if isinstance(spec, dict) and "run" in spec:
+            _run_dir(spec, f"{at}[{i}]", code_dir)
+        else:
+            _function(spec, f"{at}[{i}]", code_dir)
+
+
+def _function(spec: Any, at: str, code_dir: str | Path | None) -> Reward:
+    if not isinstance(spec, str):
+        raise ConfigError(f"{at}: {spec!r} is neither module:function nor {{run: RUN_DIR}}")
+    fn = import_object(spec, at, code_dir, "module:function", "my_rewards:brevity")
+    if not callable(fn):
+        raise ConfigError(f"{at}: {spec} is not callable")
+    return Reward(spec.rpartition(":")[2], fn)
+
+
+def load_rewards(specs: Sequence[str | dict], at: str, code_dir: str | Path | None = None,
+                 open_run: Callable[[Path], Any] | None = None) -> list[Reward]:
+    """Every reward `specs` names (an error naming `at[i]` for one that cannot be had); `open_run` opens a
+    finished run for use (tunesmith.infer.open_saved: passed in, since infer sits above the objectives)."""
+    check_rewards(specs, at, code_dir)
     out = []
     for i, spec in enumerate(specs):
         where = f"{at}[{i}]"
         if isinstance(spec, dict) and "run" in spec:
-            out.append(_from_run(spec, where, code_dir))
-        elif isinstance(spec, str):
-            fn = import_object(spec, where, code_dir, "module:function", "my_rewards:brevity")
-            if not callable(fn):
-                raise ConfigError(f"{where}: {spec} is not callable")
-            out.append(Reward(spec.rpartition(":")[2], fn))
+            if open_run is None:
+                raise ConfigError(f"{where}: a run reward needs a way to open the run (open_run)")
+            out.append(_from_run(spec, where, code_dir, open_run))
         else:
-            raise ConfigError(f"{where}: {spec!r} is neither module:function nor {{run: RUN_DIR}}")
+            out.append(_function(spec, where, code_dir))
     return out
 
 

@@ -19,6 +19,7 @@ from tunesmith import artifacts
 from tunesmith.atomic import write_json_atomic
 from tunesmith.errors import ConfigError, Interrupted, TrainingError
 from tunesmith.generate import describe_prompt_format
+from tunesmith.infer import open_saved
 from tunesmith.methods import count_parameters
 from tunesmith.objectives import Objective, build_objective
 from tunesmith.objectives.base import StageStart
@@ -103,7 +104,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, strategy:
         previous = None if not results else {"name": stages[len(results) - 1].name, "steps": results[-1].steps,
                                              "best": results[-1].best}
         objective.begin_stage(StageStart(model, stage.method, stage.name, encoded, pad_id, strategy, run_dir,
-                                         cfg.train.eval_batch_size, say, previous))
+                                         cfg.train.eval_batch_size, say, previous, open_saved))
         items = objective.train_items(stage.name, encoded["train"])
         if len(items) < len(encoded["train"]):
             say(f"{f'stage {stage.name}: ' if len(stages) > 1 else ''}trains on {len(items):,} of the "

@@ -26,6 +26,7 @@ class Starter:
     own_data: str  # what a row of one's own file looks like
     objective: dict[str, Any] = field(default_factory=dict)
     stages: str = ""  # YAML lines, where the objective runs in stages
+    data: dict[str, Any] = field(default_factory=dict)  # data fields besides builtin and max_train_samples
 
 
 _LM_TRAIN = {"epochs": 1, "batch_size": 8, "lr": 2.0e-4, "eval_every": 50}
@@ -46,6 +47,18 @@ STARTERS: dict[str, Starter] = {
     "simpo": Starter("smollm2-135m", "rotten-tomatoes-prefs", {"name": "lora"}, _PREF_TRAIN, _PAIRS),
     "kto": Starter("smollm2-135m", "rotten-tomatoes-prefs", {"name": "lora"}, _PREF_TRAIN,
                    '{"prompt": "...", "completion": "...", "label": true}, or pairs (each split in two)'),
+    "grpo": Starter("smollm2-135m", "rotten-tomatoes-openings", {"name": "lora"},
+                    {"max_steps": 200, "batch_size": 4, "lr": 1.0e-4, "eval_every": 50},
+                    '{"prompt": "..."} or {"prompt": [{"role": "user", "content": "..."}]}; other columns reach '
+                    'the reward functions', objective={"reward_funcs": ["tunesmith.reward_functions:sentiment_words"],
+                                                      "num_generations": 4, "max_completion_length": 24},
+                    data={"max_eval_samples": 64}),
+    "rloo": Starter("smollm2-135m", "rotten-tomatoes-openings", {"name": "lora"},
+                    {"max_steps": 200, "batch_size": 4, "lr": 1.0e-4, "eval_every": 50},
+                    '{"prompt": "..."} or {"prompt": [{"role": "user", "content": "..."}]}; other columns reach '
+                    'the reward functions', objective={"reward_funcs": ["tunesmith.reward_functions:sentiment_words"],
+                                                      "num_generations": 4, "max_completion_length": 24},
+                    data={"max_eval_samples": 64}),
     "weak": Starter("minilm-l6", "rotten-tomatoes-weak", {"name": "full"},
                     {"batch_size": 32, "lr": 5.0e-5, "eval_every": 25},
                     "text only (the labeling functions label it); validation and test need labels",
@@ -93,7 +106,7 @@ def starter_config(objective: str, model: str | None = None) -> str:
     else:
         lines += _lines("method", MethodConfig, s.method)
     lines += ["", *_lines("objective", obj_cls, {"name": objective, **s.objective})]
-    lines += ["", *_lines("data", DataConfig, {"builtin": s.builtin, "max_train_samples": 2000})]
+    lines += ["", *_lines("data", DataConfig, {"builtin": s.builtin, "max_train_samples": 2000, **s.data})]
     lines += [
         "  # your own data instead: drop `builtin` and give files (.csv .jsonl .json .tsv .parquet);",
         f"  # rows: {s.own_data}",

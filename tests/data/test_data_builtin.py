@@ -38,7 +38,8 @@ def test_rotten_tomatoes_load_and_split_fast() -> None:
 def test_registry_entries_are_complete() -> None:
     for name, entry in DATASETS.items():
         assert entry.name == name
-        assert entry.task in ("text-classification", "chat", "preference", "weak-supervision", "image-classification")
+        assert entry.task in ("text-classification", "chat", "preference", "prompts", "weak-supervision",
+                              "image-classification")
         assert (entry.labeling_functions is not None) == (entry.task == "weak-supervision")
         assert entry.install_hint.startswith(("pip install", "apt-get install"))
         assert entry.license and entry.source and entry.description

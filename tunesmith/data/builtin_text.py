@@ -33,6 +33,17 @@ def _rotten_tomatoes_chat() -> list[Row]:
         {"role": "assistant", "content": r.values["category"]}]}) for r in _rotten_tomatoes()]
 
 
+OPENING_WORDS = 5
+
+
+def _rotten_tomatoes_openings() -> list[Row]:
+    """Prompts for online RL: the first words of each snippet, to be continued; the snippet and its
+    verdict stay beside it as columns a reward function may read (`review`, `verdict`)."""
+    return [Row(r.source.replace("rotten-tomatoes", "rotten-tomatoes-openings"), r.line, {
+        "prompt": " ".join(r.values["text"].split()[:OPENING_WORDS]), "review": r.values["text"],
+        "verdict": r.values["category"]}) for r in _rotten_tomatoes() if len(r.values["text"].split()) > OPENING_WORDS]
+
+
 def _rotten_tomatoes_prefs() -> list[Row]:
     """The chat question of rotten-tomatoes-chat as preference pairs: chosen is the review's real verdict,
     rejected the other one. Built from the real labels."""

@@ -11,6 +11,7 @@ from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
 from tunesmith.objectives.causal_lm import CausalLM
 from tunesmith.objectives.classify import Classify
 from tunesmith.objectives.dpo import DPO
+from tunesmith.objectives.grpo import GRPO, RLOO
 from tunesmith.objectives.image_classify import ImageClassify
 from tunesmith.objectives.kto import KTO
 from tunesmith.objectives.orpo import ORPO
@@ -31,6 +32,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "orpo": ORPO,
     "simpo": SimPO,
     "kto": KTO,
+    "grpo": GRPO,
+    "rloo": RLOO,
     "weak": Weak,
 }
 OBJECTIVE_SECTIONS.update({name: cls.Config for name, cls in OBJECTIVES.items()})  # what the config parser reads

@@ -58,6 +58,9 @@ class StageStart:
     # the stage before this one: {"name", "steps", "best"} (best: early stopping's pick, "restored" when
     # its weights were put back); None for the first stage
     previous: dict[str, Any] | None = None
+    # opens a finished run for use (tunesmith.infer.open_saved), for objectives that score with one
+    # (online RL's run rewards); passed in, since infer sits above the objectives
+    open_run: Any = None
 
 
 @dataclass

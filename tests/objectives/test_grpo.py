@@ -1,0 +1,127 @@
+"""Online RL (GRPO, RLOO) on a tiny Llama whose reward is how many of its words are positive ones."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+from helpers import cli, model_weights, write_config
+from tiny import LORA, POSITIVE, make_tiny_llama, sentiment_rows, write_jsonl
+
+from tunesmith.config import config_from_dict
+from tunesmith.errors import ConfigError, TrainingError
+from tunesmith.run import run
+
+REWARDS = f'''
+POSITIVE = {POSITIVE!r}
+
+def positive(prompts, completions, **kwargs):
+    return [sum(w in POSITIVE for w in c.split()) / max(len(c.split()), 1) for c in completions]
+
+def chat_shaped(prompts, completions, topic, **kwargs):
+    # TRL's conversational shapes: the prompt's messages; each completion a one-message list
+    assert all(isinstance(p, list) and p[-1]["role"] == "user" for p in prompts)
+    assert all(isinstance(c, list) and c[0]["role"] == "assistant" for c in completions)
+    assert set(topic) == {{"films"}}
+    return [float("great" in c[0]["content"]) for c in completions]
+
+def raises(prompts, completions, **kwargs):
+    raise ValueError("no score today")
+'''
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grpo")
+    model = make_tiny_llama(tmp / "llama")
+    (tmp / "grpo_rewards.py").write_text(REWARDS)
+    rows = [{"prompt": "review " + " ".join(r["text"].split()[:2])} for r in sentiment_rows(60, 0)]
+    return tmp, model, write_jsonl(tmp / "prompts.jsonl", rows)
+
+
+def config(setup, kind="grpo", **changes):
+    tmp, model, prompts = setup
+    cfg = {"model": {"name": str(model), "max_length": 32}, "method": {"name": "full"},
+           "objective": {"name": kind, "reward_funcs": ["grpo_rewards:positive"], "num_generations": 4,
+                         "max_completion_length": 8, "code_dir": str(tmp)},
+           "data": {"train": str(prompts), "split": {"validation": 0.2}},
+           "train": {"max_steps": 30, "batch_size": 4, "lr": 5e-3, "eval_every": 15, "log_every": 5,
+                     "progress": False}}
+    for key, value in changes.items():
+        cfg[key] = cfg[key] | value
+    return cfg
+
+
+def lines(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective", ["grpo", "rloo"])
+def test_the_policy_learns_what_the_reward_asks_for(setup, tmp_path, objective):
+    summary = run(config_from_dict(config(setup, objective)), tmp_path / "r")
+    rows = lines(tmp_path / "r")
+    train = [r["train_reward"] for r in rows if "train_reward" in r]
+    evals = [r for r in rows if "val_reward" in r]
+    assert evals[0]["step"] == 0  # the starting policy is measured
+    assert train[-1] > train[0] + 0.2, train  # sampled completions: about 0.2 of their words positive at first
+    assert summary["final"]["val_reward"] > evals[0]["val_reward"] + 0.3
+    assert all(0 < r["train_completion_length"] <= 9 for r in rows if "train_completion_length" in r)
+    samples = [json.loads(x) for x in (tmp_path / "r" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and {"prompt", "completion", "reward"} <= set(samples[0])  # the test prompts
+
+
+def test_a_killed_run_resumes_exactly(setup, tmp_path):
+    cfg = config(setup, train={"max_steps": 12, "checkpoint_every": 4, "eval_every": 12})
+    path = write_config(tmp_path / "c.yaml", cfg)
+    whole = cli("train", str(path), "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    killed = cli("train", str(path), "--out", str(tmp_path / "k"), env={"TUNESMITH_KILL_AT_STEP": "7"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = cli("train", "--resume", str(tmp_path / "k"))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = model_weights(tmp_path / "whole"), model_weights(tmp_path / "k")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same completions were sampled after the resume
+
+
+def test_lora_with_a_kl_penalty_logs_the_kl_and_keeps_closer_to_the_start(setup, tmp_path):
+    free = run(config_from_dict(config(setup, method=LORA, train={"max_steps": 20, "lr": 2e-2})), tmp_path / "a")
+    tied = run(config_from_dict(config(setup, method=LORA, objective={"beta": 2.0}, train={"max_steps": 20,
+                                                                                          "lr": 2e-2})), tmp_path / "b")
+    kls = [r["train_kl"] for r in lines(tmp_path / "b") if "train_kl" in r]
+    assert kls and kls[-1] > 0 and all(k >= 0 for k in kls)
+    assert not any("train_kl" in r for r in lines(tmp_path / "a"))
+    assert free["final"]["val_reward"] >= 0 and tied["final"]["val_reward"] >= 0
+
+
+def test_chat_prompts_reach_rewards_in_trls_shapes_with_their_columns(setup, tmp_path):
+    tmp, _, _ = setup
+    rows = [{"prompt": [{"role": "user", "content": "review " + r["text"].split()[0]}], "topic": "films"}
+            for r in sentiment_rows(20, 1)]
+    cfg = config(setup, objective={"reward_funcs": ["grpo_rewards:chat_shaped"]},
+                 data={"train": str(write_jsonl(tmp_path / "chat.jsonl", rows))}, train={"max_steps": 2})
+    summary = run(config_from_dict(cfg), tmp_path / "r")
+    assert summary["prompt_format"] == "chat"
+
+
+def test_bad_rewards_and_settings_are_named(setup, tmp_path):
+    tmp, _, _ = setup
+    # the starting policy is evaluated first (step 0)
+    with pytest.raises(TrainingError, match="reward raises raised at step 0: ValueError: no score today"):
+        run(config_from_dict(config(setup, objective={"reward_funcs": ["grpo_rewards:raises"]})), tmp_path / "r")
+    with pytest.raises(ConfigError, match=r"objective.reward_funcs\[0\]: cannot import grpo_rewards:nope"):
+        config_from_dict(config(setup, objective={"reward_funcs": ["grpo_rewards:nope"]}))
+    with pytest.raises(ConfigError, match="objective.beta.*full changes the base weights.*reference_copy"):
+        config_from_dict(config(setup, objective={"beta": 0.1}))
+    config_from_dict(config(setup, objective={"beta": 0.1, "reference_copy": True}))  # opted in: fine
+    with pytest.raises(ConfigError, match=r"reward_weights.*1 weight\(s\) for 2 reward\(s\)"):
+        config_from_dict(config(setup, objective={"reward_funcs": ["grpo_rewards:positive", "grpo_rewards:positive"],
+                                                  "reward_weights": [1.0]}))
+
+
+def test_prompts_too_long_for_the_completion_are_counted_not_fatal(setup, tmp_path):
+    rows = [{"prompt": "review " + "the " * 30}] * 3 + [{"prompt": "review the film"}] * 17
+    cfg = config(setup, data={"train": str(write_jsonl(tmp_path / "p.jsonl", rows))}, train={"max_steps": 1})
+    summary = run(config_from_dict(cfg), tmp_path / "r")
+    assert sum(s.get("left_out_prompt_too_long", 0) for s in summary["encoding"].values()) == 3

@@ -1,0 +1,368 @@
+"""Online RL with generation in the loop: GRPO (Shao et al., 2024) and RLOO (Ahmadian et al., 2024).
+
+Each optimizer step takes `train.batch_size` prompts, samples `num_generations` completions of each
+with the policy (KV-cached, batched, in inference mode, seeded by the step so a resumed run draws the
+same tokens), scores them with the rewards (tunesmith/rewards.py), turns the scores into advantages
+within each prompt's group (objectives/advantages.py) and takes one update on the clipped surrogate
+(objectives/policy_loss.py). Option names are TRL's. KL to the reference model (`beta` > 0): the model
+with the adapter's changes off (LoRA, DoRA), or, for methods that train the base weights, a frozen copy
+(`reference_copy: true`, since it doubles the model's memory). Dropout is off, as the ratio of new to
+old probabilities assumes one deterministic forward.
+
+Validation generates greedily for the held-out prompts and reports their mean reward (`val_reward`, the
+early-stopping metric) and completion length, from step 0 (the starting policy) on; the last
+evaluation's completions are kept in RUN_DIR/samples.jsonl.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunesmith.errors import ConfigError, TrainingError
+from tunesmith.objectives.advantages import group_relative, leave_one_out
+from tunesmith.objectives.base import Loss, ObjectiveConfig, StageStart
+from tunesmith.objectives.causal_lm import IGNORE, CausalLM, collate, token_losses
+from tunesmith.objectives.policy_loss import LOSS_TYPES, grpo_loss, rloo_loss, sequence_kl
+from tunesmith.ranges import choice, option, ranged
+
+SCALES = ("group", "batch", "none")
+
+
+@dataclass
+class GRPOConfig(ObjectiveConfig):
+    name: str = option("grpo", "the objective")
+    reward_funcs: list[str | dict] = option(
+        help="what scores a completion: module:function (TRL's signature: (prompts, completions, **kwargs) -> "
+             "list of floats), {run: REWARD_RUN}, or {run: CLASSIFIER_RUN, label: NAME} (that class's probability)",
+        default_factory=list)
+    reward_weights: list[float] | None = option(None, "one weight per reward (default: 1 each); the reward is "
+                                                      "their weighted sum")
+    num_generations: int = ranged(4, ">= 2", "completions sampled per prompt (the group its advantages compare)")
+    max_completion_length: int = ranged(32, ">= 1", "new tokens per completion at most")
+    temperature: float = ranged(1.0, "> 0", "sampling temperature of the completions")
+    top_p: float = ranged(1.0, "(0, 1]", "nucleus sampling of the completions")
+    beta: float = ranged(0.0, ">= 0", "weight of the KL penalty to the reference model (0: none, TRL's default)")
+    epsilon: float = ranged(0.2, "> 0", "clip range of the probability ratio")
+    epsilon_high: float | None = ranged(None, "> 0", "upper clip range (DAPO); unset: epsilon")
+    scale_rewards: str = option("group", "grpo: divide advantages by the std of the group | batch | none")
+    loss_type: str = option("grpo", "grpo (mean over each completion's tokens, then completions) | bnpo (over "
+                                    "all tokens) | dr_grpo (sum / (completions x max_completion_length))")
+    reference_copy: bool = option(False, "with beta > 0 and a method that trains the base weights: keep a frozen "
+                                         "copy of the starting model as the reference (twice the memory)")
+    code_dir: str | None = option(None, "where a reward function's module is looked for first; unset: the "
+                                        "folder of the config file, then the working directory and PYTHONPATH")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    input_ids: list[int]
+    example: Any  # data.prompts.PromptExample: its prompt as the rewards see it, and its other columns
+
+
+class GRPO(CausalLM):
+    name = "grpo"
+    description = "online RL: sample completions, score them with rewards, GRPO update (group-relative advantages)"
+    Config = GRPOConfig
+    metric_names = ("reward", "completion_length")
+    default_metric = "val_reward"
+    eval_file = ""
+
+    def __init__(self, run=None) -> None:
+        super().__init__(run)
+        self.rewards: list = []
+        self.weights: list[float] = []
+        self.tokenizer: Any = None
+        self._reference: Any = None  # () -> context manager giving the reference model
+        self.step_seen = 0
+
+    # -- config time -------------------------------------------------------------------------------
+    @classmethod
+    def locate(cls, cfg: GRPOConfig, base_dir) -> None:
+        cfg.code_dir = str((base_dir / (cfg.code_dir or ".")).resolve())
+
+    def check(self, run, where) -> None:
+        from tunesmith.methods import METHODS
+        from tunesmith.rewards import check_rewards, check_weights
+        from tunesmith.schema import stage_methods
+
+        super().check(run, where)
+        cfg = run.objective
+        choice(cfg.loss_type, LOSS_TYPES, where("objective.loss_type"))
+        choice(cfg.scale_rewards, SCALES, where("objective.scale_rewards"))
+        if run.model.max_length <= cfg.max_completion_length:
+            raise ConfigError(f"{where('objective.max_completion_length')}: {cfg.max_completion_length} leaves no room "
+                              f"for the prompt in model.max_length {run.model.max_length}")
+        check_rewards(cfg.reward_funcs, where("objective.reward_funcs"), cfg.code_dir)
+        check_weights(cfg.reward_weights, len(cfg.reward_funcs), where("objective.reward_weights"))
+        if cfg.beta > 0 and not cfg.reference_copy:
+            for at, method in stage_methods(run):
+                if not METHODS[method.name].free_reference:
+                    raise ConfigError(f"{where('objective.beta')}: {cfg.beta:g}, but {at} {method.name} changes the "
+                                      "base weights, so the reference model is gone; set objective.reference_copy: "
+                                      "true (a frozen copy: twice the memory) or use lora")
+        if run.train.grad_accum > run.train.batch_size * cfg.num_generations:
+            raise ConfigError(f"{where('train.grad_accum')}: more micro-batches than completions per step")
+
+    # -- data and model ----------------------------------------------------------------------------
+    def load_data(self, run):
+        from tunesmith.data.prompts import load_prompt_data
+
+        return load_prompt_data(run.data)
+
+    def load_model(self, run, data):
+        loaded = super().load_model(run, data)
+        self.tokenizer = loaded.tokenizer
+        return loaded
+
+    def prepare_model(self, model):
+        from tunesmith.objectives.pairs import turn_off_dropout
+
+        return turn_off_dropout(model, self.name)
+
+    def encode(self, examples, tokenizer, max_length):
+        """Prompt token ids; a prompt that leaves fewer than max_completion_length tokens is left out and
+        counted (the data report says how many)."""
+        from tunesmith.data.chat import chat_prefix
+
+        room = max_length - self.cfg.max_completion_length
+        items, too_long = [], 0
+        for example in examples:
+            if example.kind == "chat":
+                ids = chat_prefix(tokenizer, list(example.messages))
+            else:
+                ids = tokenizer(example.prompt, add_special_tokens=True)["input_ids"]
+            if len(ids) > room:
+                too_long += 1
+                continue
+            items.append(PromptItem(list(ids), example))
+        if examples and not items:
+            raise ConfigError(f"every prompt is longer than model.max_length - objective.max_completion_length "
+                              f"= {room} tokens; raise model.max_length or shorten the prompts")
+        return items, {"left_out_prompt_too_long": too_long}
+
+    def collate(self, items, pad_id, train=False):
+        width = max(len(it.input_ids) for it in items)
+        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+        for i, it in enumerate(items):
+            ids[i, : len(it.input_ids)] = torch.tensor(it.input_ids)
+        return {"input_ids": ids}
+
+    def counts(self, batch):
+        return {"loss": float(batch["input_ids"].shape[0])}
+
+    def loss(self, model, batch) -> Loss:
+        raise TrainingError(f"{self.name} trains with its own step (sampling, rewards, update), not a batch loss")
+
+    def prompt_format(self, data) -> str | None:
+        return "chat" if any(e.kind == "chat" for e in data.train) else "plain"
+
+    # -- a stage -----------------------------------------------------------------------------------
+    def begin_stage(self, start: StageStart) -> None:
+        from tunesmith.rewards import check_weights, load_rewards
+
+        if not self.rewards:
+            self.rewards = load_rewards(self.cfg.reward_funcs, "objective.reward_funcs", self.cfg.code_dir,
+                                        start.open_run)
+            self.weights = check_weights(self.cfg.reward_weights, len(self.rewards), "objective.reward_weights")
+            start.say(f"{self.name}: rewards {', '.join(r.name for r in self.rewards)}"
+                      + (f" (weights {', '.join(f'{w:g}' for w in self.weights)})" if self.cfg.reward_weights else ""))
+        if self.cfg.beta > 0 and self._reference is None:
+            if start.method.free_reference:
+                self._reference = lambda: start.method.reference(start.model)
+                start.say(f"{self.name}: the reference model is the model with {start.method.name}'s changes off")
+            else:
+                frozen = copy.deepcopy(start.model).eval().requires_grad_(False)
+                self._reference = lambda: _Same(frozen)
+                start.say(f"{self.name}: the reference model is a frozen copy of the starting model")
+
+    def training_step(self, stage: str):
+        return PolicyStep(self)
+
+    def evaluates_start(self, stage: str) -> bool:
+        return True  # the starting policy's reward: what training is measured against
+
+    def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad(), self._reference() as reference:
+            return -token_losses(reference, batch)
+
+    def advantages(self, rewards: torch.Tensor, kl: torch.Tensor | None) -> torch.Tensor:
+        return group_relative(rewards, self.cfg.num_generations, self.cfg.scale_rewards)
+
+    def policy_loss(self, logps, advantages, mask, ref_logps, total_completions: int):
+        return grpo_loss(logps, logps.detach(), advantages, mask, ref_logps=ref_logps, beta=self.cfg.beta,
+                         epsilon=self.cfg.epsilon, epsilon_high=self.cfg.epsilon_high, loss_type=self.cfg.loss_type,
+                         max_completion_length=self.cfg.max_completion_length)
+
+    def share(self, mask: torch.Tensor, total_tokens: float, total_completions: int) -> float:
+        """This micro-batch's weight in the step's loss (each term is a mean over its micro-batch)."""
+        if self.cfg.loss_type == "bnpo":
+            return float(mask.sum()) / max(total_tokens, 1.0)
+        return mask.shape[0] / total_completions
+
+    # -- sampling and scoring ----------------------------------------------------------------------
+    def rollout(self, model, items: list[PromptItem], seed: int, device, temperature: float | None = None,
+                generations: int | None = None) -> dict[str, Any]:
+        """Completions of every item's prompt (`generations` each), scored: the token ids, their texts,
+        the total and per-reward scores, and whether each ran into the length limit."""
+        from tunesmith import rewards as scoring
+        from tunesmith.generate import GenerationConfig, eos_ids, evaluating, generate_many
+
+        k = generations or self.cfg.num_generations
+        rows = [it for it in items for _ in range(k)]
+        gen = GenerationConfig(max_new_tokens=self.cfg.max_completion_length,
+                               temperature=self.cfg.temperature if temperature is None else temperature,
+                               top_p=self.cfg.top_p, seed=seed)
+        stops = eos_ids(model, self.tokenizer)
+        with evaluating(model):
+            new = generate_many(model, [it.input_ids for it in rows], stops, gen, device, batch_size=len(rows))
+        cut = [len(t) >= self.cfg.max_completion_length for t in new]
+        eos = self.tokenizer.eos_token_id
+        tokens = [t if c else t + [eos] for t, c in zip(new, cut, strict=True)]  # the stop is learned too
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in new]
+        prompts = [it.example.for_rewards for it in rows]
+        completions = [[{"role": "assistant", "content": t}] if it.example.kind == "chat" else t
+                       for it, t in zip(rows, texts, strict=True)]
+        columns = sorted({key for it in rows for key in it.example.extra})
+        extra = {key: [it.example.extra.get(key) for it in rows] for key in columns if key != "step"}
+        total, per = scoring.score(self.rewards, self.weights, prompts, completions, self.step_seen, **extra)
+        return {"rows": rows, "tokens": tokens, "texts": texts, "total": total, "per": per,
+                "cut": torch.tensor(cut, dtype=torch.float32)}
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def eval_sums(self, model, items, batch_size, pad_id, device, num_labels):
+        sums = {"reward": torch.zeros((), dtype=torch.float64), "n": torch.zeros((), dtype=torch.float64),
+                "length": torch.zeros((), dtype=torch.float64)}
+        if not items:
+            return sums
+        out = self.rollout(model, list(items), seed=0, device=device, temperature=0.0, generations=1)
+        scored = ~out["total"].isnan()
+        lengths = torch.tensor([len(t) for t in out["tokens"]], dtype=torch.float64)
+        sums["reward"] += out["total"][scored].double().sum()
+        sums["n"] += float(scored.sum())
+        sums["length"] += lengths[scored].sum()
+        self.outputs["samples.jsonl"] = [
+            {"where": it.example.where, "prompt": it.example.for_rewards, "completion": text,
+             "reward": None if math.isnan(r) else r}
+            for it, text, r in zip(out["rows"], out["texts"], out["total"].tolist(), strict=True)]
+        return sums
+
+    def metrics(self, sums):
+        n = sums["n"].item()
+        return {"reward": sums["reward"].item() / n, "completion_length": sums["length"].item() / n} if n else {}
+
+    def details(self, sums, label_names):
+        return {"prompts_scored": int(sums["n"].item())}
+
+    def final_metrics(self, model, tokenizer, data, strategy) -> dict[str, float]:
+        return {}
+
+
+class RLOO(GRPO):
+    name = "rloo"
+    description = "online RL: sample completions, score them with rewards, RLOO update (leave-one-out baseline)"
+
+    def advantages(self, rewards: torch.Tensor, kl: torch.Tensor | None) -> torch.Tensor:
+        if kl is not None:  # RLOO's KL is a penalty on the reward, before the baseline
+            rewards = rewards - self.cfg.beta * kl
+        return leave_one_out(rewards, self.cfg.num_generations)
+
+    def policy_loss(self, logps, advantages, mask, ref_logps, total_completions: int):
+        return rloo_loss(logps, logps.detach(), advantages, mask, epsilon=self.cfg.epsilon,
+                         epsilon_high=self.cfg.epsilon_high)
+
+    def share(self, mask, total_tokens, total_completions):
+        return mask.shape[0] / total_completions
+
+
+class _Same:
+    """A context manager yielding a fixed model (the frozen reference copy)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __enter__(self):
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+class PolicyStep:
+    """One step: sample, score, advantages, one clipped update (train/step.py's parts for the update)."""
+
+    def __init__(self, objective: GRPO) -> None:
+        self.objective = objective
+
+    def __call__(self, trainer):
+        from tunesmith.train.step import StepOutput, apply_update, chunks
+
+        obj, strategy = self.objective, trainer.strategy
+        if strategy.world_size > 1:
+            raise TrainingError(f"{obj.name} runs in one process for now (no torchrun)")
+        obj.step_seen = trainer.step + 1
+        items = [trainer.task.items[i] for i in trainer.step_indices(trainer.step)]
+        seed = trainer.cfg.data_seed * 1_000_003 + trainer.step  # a resumed run samples the same tokens
+        out = obj.rollout(trainer.model, items, seed, strategy.device)
+        prompt_ids = [it.input_ids for it in out["rows"]]
+        n = len(prompt_ids)
+        batch = collate([_Sequence(p + t, [IGNORE] * len(p) + t) for p, t in zip(prompt_ids, out["tokens"],
+                                                                                     strict=True)], trainer.task.pad_id)
+        batch = {k: v.to(strategy.device) for k, v in batch.items()}
+        mask = (batch["labels"][:, 1:] != IGNORE).float()
+        ref = obj.reference_logps(batch) if obj.cfg.beta > 0 else None
+        kl = None
+        if ref is not None and isinstance(obj, RLOO):
+            with torch.no_grad():
+                kl = sequence_kl(-token_losses(trainer.wrapped, batch), ref, mask).cpu()
+        rewards = torch.nan_to_num(out["total"], nan=0.0) if out["total"].isnan().any() else out["total"]
+        advantages = obj.advantages(rewards.float(), kl)
+        advantages = torch.where(out["total"].isnan(), torch.zeros_like(advantages), advantages).to(strategy.device)
+        total_tokens = float(mask.sum())
+        parts = [p for p in chunks(list(range(n)), trainer.cfg.grad_accum) if p]
+        loss_value, kl_sum, clip_sum = 0.0, 0.0, 0.0
+        for j, part in enumerate(parts):
+            sub = {k: v[part] for k, v in batch.items()}
+            with strategy.sync_gradients(trainer.wrapped, sync=j == len(parts) - 1):
+                with trainer.precision.autocast():
+                    logps = -token_losses(trainer.wrapped, sub)
+                    result = obj.policy_loss(logps, advantages[part], mask[part], None if ref is None else ref[part], n)
+                    weight = obj.share(mask[part], total_tokens, n)
+                    if not math.isfinite(result.loss.item()):
+                        raise TrainingError(f"the loss became {result.loss.item()} at step {trainer.step + 1}; lower "
+                                            "train.lr or set train.max_grad_norm")
+                trainer.precision.backward(result.loss * weight)
+            loss_value += result.loss.item() * weight
+            kl_sum += result.kl * len(part)
+            clip_sum += result.clip_ratio * len(part)
+        apply_update(trainer)
+        scored = ~out["total"].isnan()
+        reward = out["total"][scored]
+        logs = {"reward": (float(reward.sum()), float(scored.sum())),
+                "reward_std": (float(reward.std()) if reward.numel() > 1 else 0.0, 1.0),
+                "completion_length": (float(sum(len(t) for t in out["tokens"])), float(n)),
+                "clipped_ratio": (float(out["cut"].sum()), float(n)),
+                "clip_ratio": (clip_sum, float(n))}
+        if ref is not None:
+            logs["kl"] = (kl_sum, float(n))
+        for j, r in enumerate(obj.rewards):
+            column = out["per"][:, j]
+            column = column[~column.isnan()]
+            logs[f"rewards/{r.name}/mean"] = (float(column.sum()), float(column.numel()))
+        return StepOutput({"loss": loss_value}, {"loss": 1.0}, logs, samples=n)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # sampling seeds come from the step, the rewards hold no state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class _Sequence:
+    input_ids: list[int]
+    labels: list[int]
