@@ -69,7 +69,14 @@ def test_the_policy_learns_what_the_reward_asks_for(setup, tmp_path, objective):
     assert summary["final"]["val_reward"] > evals[0]["val_reward"] + 0.3
     assert all(0 < r["train_completion_length"] <= 9 for r in rows if "train_completion_length" in r)
     samples = [json.loads(x) for x in (tmp_path / "r" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 6 and {"prompt", "completion", "reward"} <= set(samples[0])  # the test prompts
+    # every evaluation's first completions: steps 0, 15 and 30 on 12 validation prompts, then the final
+    # evaluations (of the restored best weights) on validation and on the 6 test prompts
+    assert [s["step"] for s in samples] == [0] * 8 + [15] * 8 + [30] * 8 + [30] * 8 + [30] * 6
+    assert {"prompt", "completion", "reward"} <= set(samples[0])
+    page = (tmp_path / "r" / "samples.html").read_text()
+    assert page.count("<tr>") == 1 + len(samples) and samples[-1]["completion"].split()[0] in page
+    entropies = [r["train_entropy"] for r in rows if "train_entropy" in r]
+    assert entropies[-1] < entropies[0]  # the policy grows surer as it finds what pays
 
 
 def test_a_killed_run_resumes_exactly(setup, tmp_path):

@@ -26,7 +26,7 @@ import torch
 from tunesmith.errors import ConfigError, TrainingError
 from tunesmith.objectives.advantages import group_relative, leave_one_out
 from tunesmith.objectives.base import Loss, ObjectiveConfig, StageStart
-from tunesmith.objectives.causal_lm import IGNORE, CausalLM, collate, token_losses
+from tunesmith.objectives.causal_lm import IGNORE, CausalLM, collate, target_logits
 from tunesmith.objectives.policy_loss import LOSS_TYPES, grpo_loss, rloo_loss, sequence_kl
 from tunesmith.ranges import choice, option, ranged
 
@@ -56,6 +56,17 @@ class GRPOConfig(ObjectiveConfig):
                                          "copy of the starting model as the reference (twice the memory)")
     code_dir: str | None = option(None, "where a reward function's module is looked for first; unset: the "
                                         "folder of the config file, then the working directory and PYTHONPATH")
+
+
+def completion_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probabilities of the completion tokens, the policy's entropy there (detached)), each (B, L - 1)
+    and 0 off the completion; the output layer runs on completion positions only."""
+    logits, targets, wanted = target_logits(model, batch)
+    logp_all = torch.log_softmax(logits, dim=-1)
+    picked = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.detach().exp() * logp_all.detach()).sum(-1)
+    zeros = torch.zeros(wanted.shape, dtype=picked.dtype, device=wanted.device)
+    return zeros.masked_scatter(wanted, picked), zeros.detach().masked_scatter(wanted, entropy)
 
 
 @dataclass(frozen=True)
@@ -188,7 +199,7 @@ class GRPO(CausalLM):
 
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad(), self._reference() as reference:
-            return -token_losses(reference, batch)
+            return completion_logps(reference, batch)[0]
 
     def advantages(self, rewards: torch.Tensor, kl: torch.Tensor | None) -> torch.Tensor:
         return group_relative(rewards, self.cfg.num_generations, self.cfg.scale_rewards)
@@ -245,10 +256,12 @@ class GRPO(CausalLM):
         sums["reward"] += out["total"][scored].double().sum()
         sums["n"] += float(scored.sum())
         sums["length"] += lengths[scored].sum()
-        self.outputs["samples.jsonl"] = [
-            {"where": it.example.where, "prompt": it.example.for_rewards, "completion": text,
-             "reward": None if math.isnan(r) else r}
-            for it, text, r in zip(out["rows"], out["texts"], out["total"].tolist(), strict=True)]
+        samples = [{"step": self.step_seen, "where": it.example.where, "prompt": it.example.for_rewards,
+                    "completion": text, "reward": None if math.isnan(r) else r}
+                   for it, text, r in zip(out["rows"], out["texts"], out["total"].tolist(), strict=True)]
+        self.outputs["samples.jsonl"] = self.outputs.get("samples.jsonl", []) + samples[:SAMPLES_PER_EVAL]
+        if self.run_dir is not None:
+            write_samples_page(self.run_dir / "samples.html", self.outputs["samples.jsonl"])
         return sums
 
     def metrics(self, sums):
@@ -260,6 +273,31 @@ class GRPO(CausalLM):
 
     def final_metrics(self, model, tokenizer, data, strategy) -> dict[str, float]:
         return {}
+
+
+SAMPLES_PER_EVAL = 8  # completions kept per evaluation, in samples.jsonl and samples.html
+
+
+def write_samples_page(path, samples: list[dict]) -> None:
+    """samples.html: what the policy wrote for the first held-out prompts at each evaluation."""
+    from html import escape
+
+    from tunesmith.atomic import write_text_atomic
+
+    def text(value) -> str:
+        if isinstance(value, list):
+            return "<br>".join(f"<b>{escape(m['role'])}</b>: {escape(m['content'])}" for m in value)
+        return escape(str(value))
+
+    def reward(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    rows = "".join(f"<tr><td>{s['step']}</td><td>{text(s['prompt'])}</td><td>{text(s['completion'])}</td>"
+                   f"<td>{reward(s['reward'])}</td></tr>" for s in samples)
+    write_text_atomic(path, "<!doctype html><meta charset=utf-8><title>samples</title><style>body{font-family:"
+                      "sans-serif}td{vertical-align:top;padding:4px 8px;border-bottom:1px solid #ddd}</style>"
+                      "<h1>What the policy wrote at each evaluation</h1><table><tr><th>step</th><th>prompt</th>"
+                      f"<th>completion</th><th>reward</th></tr>{rows}</table>\n")
 
 
 class RLOO(GRPO):
@@ -318,18 +356,18 @@ class PolicyStep:
         kl = None
         if ref is not None and isinstance(obj, RLOO):
             with torch.no_grad():
-                kl = sequence_kl(-token_losses(trainer.wrapped, batch), ref, mask).cpu()
+                kl = sequence_kl(completion_logps(trainer.wrapped, batch)[0], ref, mask).cpu()
         rewards = torch.nan_to_num(out["total"], nan=0.0) if out["total"].isnan().any() else out["total"]
         advantages = obj.advantages(rewards.float(), kl)
         advantages = torch.where(out["total"].isnan(), torch.zeros_like(advantages), advantages).to(strategy.device)
         total_tokens = float(mask.sum())
         parts = [p for p in chunks(list(range(n)), trainer.cfg.grad_accum) if p]
-        loss_value, kl_sum, clip_sum = 0.0, 0.0, 0.0
+        loss_value, kl_sum, clip_sum, entropy_sum = 0.0, 0.0, 0.0, 0.0
         for j, part in enumerate(parts):
             sub = {k: v[part] for k, v in batch.items()}
             with strategy.sync_gradients(trainer.wrapped, sync=j == len(parts) - 1):
                 with trainer.precision.autocast():
-                    logps = -token_losses(trainer.wrapped, sub)
+                    logps, entropy = completion_logps(trainer.wrapped, sub)
                     result = obj.policy_loss(logps, advantages[part], mask[part], None if ref is None else ref[part], n)
                     weight = obj.share(mask[part], total_tokens, n)
                     if not math.isfinite(result.loss.item()):
@@ -339,6 +377,7 @@ class PolicyStep:
             loss_value += result.loss.item() * weight
             kl_sum += result.kl * len(part)
             clip_sum += result.clip_ratio * len(part)
+            entropy_sum += float((entropy * mask[part]).sum())
         apply_update(trainer)
         scored = ~out["total"].isnan()
         reward = out["total"][scored]
@@ -346,7 +385,8 @@ class PolicyStep:
                 "reward_std": (float(reward.std()) if reward.numel() > 1 else 0.0, 1.0),
                 "completion_length": (float(sum(len(t) for t in out["tokens"])), float(n)),
                 "clipped_ratio": (float(out["cut"].sum()), float(n)),
-                "clip_ratio": (clip_sum, float(n))}
+                "clip_ratio": (clip_sum, float(n)),
+                "entropy": (entropy_sum, max(total_tokens, 1.0))}
         if ref is not None:
             logs["kl"] = (kl_sum, float(n))
         for j, r in enumerate(obj.rewards):
