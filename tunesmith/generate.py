@@ -145,9 +145,11 @@ def generate_ids(model: nn.Module, ids: Sequence[int], eos_ids: set[int], cfg: G
 
 def generate_many(model: nn.Module, prompts: Sequence[Sequence[int]], eos_ids: set[int], cfg: GenerationConfig,
                   device: torch.device | str = "cpu", batch_size: int = 16, progress: bool = False,
-                  desc: str = "generate", strategy: Any = None) -> list[list[int]]:
+                  desc: str = "generate", strategy: Any = None, first_index: int = 0) -> list[list[int]]:
     """New tokens for each prompt, in order; prompts of equal length share a batch (no padding needed).
-    Sampled, the i-th prompt draws with seed sample_seed(cfg.seed, i). With a `strategy` whose
+    Sampled, the i-th prompt draws with seed sample_seed(cfg.seed, first_index + i) (a process generating
+    its share of a larger list passes where its share starts, so the draws do not depend on how the list
+    was shared out). With a `strategy` whose
     forwards are collectives (fsdp), every process runs as many batches as the busiest one (extra ones
     repeat a prompt, or EOS where it has none, and are discarded)."""
     from tqdm.auto import tqdm
@@ -162,7 +164,7 @@ def generate_many(model: nn.Module, prompts: Sequence[Sequence[int]], eos_ids: s
         extra = strategy.agree_max(len(chunks)) - len(chunks)
     with tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False, disable=not progress) as bar:
         for chunk in chunks:
-            seeds = [sample_seed(cfg.seed, i) for i in chunk]
+            seeds = [sample_seed(cfg.seed, first_index + i) for i in chunk]
             for i, new in zip(chunk, generate_batch(model, [prompts[i] for i in chunk], eos_ids, cfg, device, seeds,
                                                     strategy), strict=True):
                 results[i] = new

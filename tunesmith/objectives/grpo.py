@@ -90,6 +90,7 @@ class GRPO(CausalLM):
         self.tokenizer: Any = None
         self._reference: Any = None  # () -> context manager giving the reference model
         self.step_seen = 0
+        self.strategy: Any = None  # the run's processes (generation in lockstep where forwards are collective)
 
     # -- config time -------------------------------------------------------------------------------
     @classmethod
@@ -116,6 +117,9 @@ class GRPO(CausalLM):
                     raise ConfigError(f"{where('objective.beta')}: {cfg.beta:g}, but {at} {method.name} changes the "
                                       "base weights, so the reference model is gone; set objective.reference_copy: "
                                       "true (a frozen copy: twice the memory) or use lora")
+        if run.train.parallelism == "fsdp":
+            raise ConfigError(f"{where('train.parallelism')}: fsdp is not supported by {cfg.name} yet (sampling from "
+                              "sharded weights is untested); use ddp (the default under torchrun)")
         if run.train.grad_accum > run.train.batch_size * cfg.num_generations:
             raise ConfigError(f"{where('train.grad_accum')}: more micro-batches than completions per step")
 
@@ -176,6 +180,7 @@ class GRPO(CausalLM):
     def begin_stage(self, start: StageStart) -> None:
         from tunesmith.rewards import check_weights, load_rewards
 
+        self.strategy = start.strategy
         if not self.rewards:
             self.rewards = load_rewards(self.cfg.reward_funcs, "objective.reward_funcs", self.cfg.code_dir,
                                         start.open_run)
@@ -201,7 +206,12 @@ class GRPO(CausalLM):
         with torch.no_grad(), self._reference() as reference:
             return completion_logps(reference, batch)[0]
 
-    def advantages(self, rewards: torch.Tensor, kl: torch.Tensor | None) -> torch.Tensor:
+    def advantages(self, rewards: torch.Tensor, kl: torch.Tensor | None, batch_std: float | None = None
+                   ) -> torch.Tensor:
+        """`batch_std`: the std of the whole step's rewards (all processes), for scale_rewards: batch."""
+        if self.cfg.scale_rewards == "batch" and batch_std is not None:
+            centred = group_relative(rewards, self.cfg.num_generations, "none")
+            return centred / (batch_std + 1e-4)
         return group_relative(rewards, self.cfg.num_generations, self.cfg.scale_rewards)
 
     def policy_loss(self, logps, advantages, mask, ref_logps, total_completions: int):
@@ -209,15 +219,16 @@ class GRPO(CausalLM):
                          epsilon=self.cfg.epsilon, epsilon_high=self.cfg.epsilon_high, loss_type=self.cfg.loss_type,
                          max_completion_length=self.cfg.max_completion_length)
 
-    def share(self, mask: torch.Tensor, total_tokens: float, total_completions: int) -> float:
-        """This micro-batch's weight in the step's loss (each term is a mean over its micro-batch)."""
+    def share(self, mask: torch.Tensor, total_tokens: float, total_completions: float) -> float:
+        """This micro-batch's weight in the step's loss (each term is a mean over its micro-batch), the
+        totals being the whole step's, over all processes."""
         if self.cfg.loss_type == "bnpo":
             return float(mask.sum()) / max(total_tokens, 1.0)
         return mask.shape[0] / total_completions
 
     # -- sampling and scoring ----------------------------------------------------------------------
     def rollout(self, model, items: list[PromptItem], seed: int, device, temperature: float | None = None,
-                generations: int | None = None) -> dict[str, Any]:
+                generations: int | None = None, first_index: int = 0, strategy: Any = None) -> dict[str, Any]:
         """Completions of every item's prompt (`generations` each), scored: the token ids, their texts,
         the total and per-reward scores, and whether each ran into the length limit."""
         from tunesmith import rewards as scoring
@@ -230,7 +241,8 @@ class GRPO(CausalLM):
                                top_p=self.cfg.top_p, seed=seed)
         stops = eos_ids(model, self.tokenizer)
         with evaluating(model):
-            new = generate_many(model, [it.input_ids for it in rows], stops, gen, device, batch_size=len(rows))
+            new = generate_many(model, [it.input_ids for it in rows], stops, gen, device, batch_size=max(len(rows), 1),
+                                strategy=strategy, first_index=first_index * k)
         cut = [len(t) >= self.cfg.max_completion_length for t in new]
         eos = self.tokenizer.eos_token_id
         tokens = [t if c else t + [eos] for t, c in zip(new, cut, strict=True)]  # the stop is learned too
@@ -250,7 +262,8 @@ class GRPO(CausalLM):
                 "length": torch.zeros((), dtype=torch.float64)}
         if not items:
             return sums
-        out = self.rollout(model, list(items), seed=0, device=device, temperature=0.0, generations=1)
+        out = self.rollout(model, list(items), seed=0, device=device, temperature=0.0, generations=1,
+                           strategy=self.strategy)
         scored = ~out["total"].isnan()
         lengths = torch.tensor([len(t) for t in out["tokens"]], dtype=torch.float64)
         sums["reward"] += out["total"][scored].double().sum()
@@ -260,7 +273,7 @@ class GRPO(CausalLM):
                     "completion": text, "reward": None if math.isnan(r) else r}
                    for it, text, r in zip(out["rows"], out["texts"], out["total"].tolist(), strict=True)]
         self.outputs["samples.jsonl"] = self.outputs.get("samples.jsonl", []) + samples[:SAMPLES_PER_EVAL]
-        if self.run_dir is not None:
+        if self.run_dir is not None and (self.strategy is None or self.strategy.is_main):  # main: its share
             write_samples_page(self.run_dir / "samples.html", self.outputs["samples.jsonl"])
         return sums
 
@@ -304,7 +317,8 @@ class RLOO(GRPO):
     name = "rloo"
     description = "online RL: sample completions, score them with rewards, RLOO update (leave-one-out baseline)"
 
-    def advantages(self, rewards: torch.Tensor, kl: torch.Tensor | None) -> torch.Tensor:
+    def advantages(self, rewards: torch.Tensor, kl: torch.Tensor | None, batch_std: float | None = None
+                   ) -> torch.Tensor:
         if kl is not None:  # RLOO's KL is a penalty on the reward, before the baseline
             rewards = rewards - self.cfg.beta * kl
         return leave_one_out(rewards, self.cfg.num_generations)
@@ -331,7 +345,12 @@ class _Same:
 
 
 class PolicyStep:
-    """One step: sample, score, advantages, one clipped update (train/step.py's parts for the update)."""
+    """One step: sample, score, advantages, one clipped update (train/step.py's parts for the update).
+
+    Under torchrun each process samples for its share of the step's prompts (seeds by the global row, so
+    the draws do not depend on the number of processes) and every process runs train.grad_accum
+    micro-batches (an empty one with weight 0), so DDP's gradient averaging meets in lockstep; each
+    micro-batch's weight uses the whole step's totals, so the update equals one process's."""
 
     def __init__(self, objective: GRPO) -> None:
         self.objective = objective
@@ -340,12 +359,16 @@ class PolicyStep:
         from tunesmith.train.step import StepOutput, apply_update, chunks
 
         obj, strategy = self.objective, trainer.strategy
-        if strategy.world_size > 1:
-            raise TrainingError(f"{obj.name} runs in one process for now (no torchrun)")
         obj.step_seen = trainer.step + 1
-        items = [trainer.task.items[i] for i in trainer.step_indices(trainer.step)]
+        indices = trainer.step_indices(trainer.step)
+        shares = chunks(list(range(len(indices))), strategy.world_size)
+        if any(not share for share in shares):
+            raise TrainingError(f"step {trainer.step + 1}: {len(indices)} prompts for {strategy.world_size} "
+                                "processes; raise train.batch_size to at least the number of processes")
+        mine = shares[strategy.rank]
+        items = [trainer.task.items[indices[i]] for i in mine]
         seed = trainer.cfg.data_seed * 1_000_003 + trainer.step  # a resumed run samples the same tokens
-        out = obj.rollout(trainer.model, items, seed, strategy.device)
+        out = obj.rollout(trainer.model, items, seed, strategy.device, first_index=mine[0], strategy=strategy)
         prompt_ids = [it.input_ids for it in out["rows"]]
         n = len(prompt_ids)
         batch = collate([_Sequence(p + t, [IGNORE] * len(p) + t) for p, t in zip(prompt_ids, out["tokens"],
@@ -357,43 +380,58 @@ class PolicyStep:
         if ref is not None and isinstance(obj, RLOO):
             with torch.no_grad():
                 kl = sequence_kl(completion_logps(trainer.wrapped, batch)[0], ref, mask).cpu()
-        rewards = torch.nan_to_num(out["total"], nan=0.0) if out["total"].isnan().any() else out["total"]
-        advantages = obj.advantages(rewards.float(), kl)
-        advantages = torch.where(out["total"].isnan(), torch.zeros_like(advantages), advantages).to(strategy.device)
-        total_tokens = float(mask.sum())
-        parts = [p for p in chunks(list(range(n)), trainer.cfg.grad_accum) if p]
+        unscored = out["total"].isnan()
+        rewards = torch.where(unscored, torch.zeros_like(out["total"]), out["total"]).float()
+        scored = rewards[~unscored].double()
+        # the whole step's totals: completions, completion tokens, and the rewards' count / sum / sum of squares
+        totals = strategy.all_reduce_sum(torch.tensor(
+            [float(n), float(mask.sum()), float(scored.numel()), float(scored.sum()), float((scored ** 2).sum())],
+            dtype=torch.float64, device=strategy.device)).cpu().tolist()
+        completions, tokens, count, total, squares = totals
+        std = math.sqrt(max(squares - total * total / count, 0.0) / (count - 1)) if count > 1 else 0.0
+        advantages = obj.advantages(rewards, kl, std)
+        advantages = torch.where(unscored, torch.zeros_like(advantages), advantages).to(strategy.device)
+        # DDP averages the processes' gradients: a micro-batch's weight is its share of the whole step, times
+        # the number of processes
+        world = float(strategy.world_size)
+        parts = chunks(list(range(n)), trainer.cfg.grad_accum)
         loss_value, kl_sum, clip_sum, entropy_sum = 0.0, 0.0, 0.0, 0.0
         for j, part in enumerate(parts):
+            weight = 0.0 if not part else obj.share(mask[part], tokens, completions) * world
+            part = part or [0]  # a process with nothing left still takes part in the synchronised backward
             sub = {k: v[part] for k, v in batch.items()}
             with strategy.sync_gradients(trainer.wrapped, sync=j == len(parts) - 1):
                 with trainer.precision.autocast():
                     logps, entropy = completion_logps(trainer.wrapped, sub)
-                    result = obj.policy_loss(logps, advantages[part], mask[part], None if ref is None else ref[part], n)
-                    weight = obj.share(mask[part], total_tokens, n)
+                    result = obj.policy_loss(logps, advantages[part], mask[part], None if ref is None else ref[part],
+                                             n)
                     if not math.isfinite(result.loss.item()):
                         raise TrainingError(f"the loss became {result.loss.item()} at step {trainer.step + 1}; lower "
                                             "train.lr or set train.max_grad_norm")
                 trainer.precision.backward(result.loss * weight)
-            loss_value += result.loss.item() * weight
-            kl_sum += result.kl * len(part)
-            clip_sum += result.clip_ratio * len(part)
-            entropy_sum += float((entropy * mask[part]).sum())
+            if weight:
+                loss_value += result.loss.item() * weight / world
+                # KL and clipping are means over the micro-batch's tokens (RLOO's clipping: its completions)
+                part_tokens = float(mask[part].sum())
+                kl_sum += result.kl * part_tokens
+                clip_sum += result.clip_ratio * (len(part) if isinstance(obj, RLOO) else part_tokens)
+                entropy_sum += float((entropy * mask[part]).sum())
         apply_update(trainer)
-        scored = ~out["total"].isnan()
-        reward = out["total"][scored]
-        logs = {"reward": (float(reward.sum()), float(scored.sum())),
-                "reward_std": (float(reward.std()) if reward.numel() > 1 else 0.0, 1.0),
-                "completion_length": (float(sum(len(t) for t in out["tokens"])), float(n)),
-                "clipped_ratio": (float(out["cut"].sum()), float(n)),
-                "clip_ratio": (clip_sum, float(n)),
-                "entropy": (entropy_sum, max(total_tokens, 1.0))}
-        if ref is not None:
-            logs["kl"] = (kl_sum, float(n))
+        logs = {"reward": (total / world, count),  # the loop sums every process's share of a log's sum
+                "reward_std": (std / world, 1.0),
+                "completion_length": (float(sum(len(t) for t in out["tokens"])), completions),
+                "clipped_ratio": (float(out["cut"].sum()), completions),
+                "clip_ratio": (clip_sum, completions if isinstance(obj, RLOO) else max(tokens, 1.0)),
+                "entropy": (entropy_sum, max(tokens, 1.0))}
+        if ref is not None:  # RLOO's went into the reward: its per-token mean, as TRL logs it
+            logs["kl"] = (float(kl.sum()) if kl is not None else kl_sum, max(tokens, 1.0))
+        per = out["per"]
+        seen = strategy.all_reduce_sum(torch.tensor([float((~per[:, j].isnan()).sum()) for j in range(per.shape[1])],
+                                                    dtype=torch.float64, device=strategy.device)).cpu().tolist()
         for j, r in enumerate(obj.rewards):
-            column = out["per"][:, j]
-            column = column[~column.isnan()]
-            logs[f"rewards/{r.name}/mean"] = (float(column.sum()), float(column.numel()))
-        return StepOutput({"loss": loss_value}, {"loss": 1.0}, logs, samples=n)
+            column = per[:, j][~per[:, j].isnan()]
+            logs[f"rewards/{r.name}/mean"] = (float(column.sum()), seen[j])
+        return StepOutput({"loss": loss_value}, {"loss": 1.0}, logs, samples=int(completions))
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # sampling seeds come from the step, the rewards hold no state
