@@ -122,8 +122,11 @@ def test_bad_rewards_and_settings_are_named(setup, tmp_path):
     with pytest.raises(ConfigError, match="objective.beta.*full changes the base weights.*reference_copy"):
         config_from_dict(config(setup, objective={"beta": 0.1}))
     config_from_dict(config(setup, objective={"beta": 0.1, "reference_copy": True}))  # opted in: fine
-    with pytest.raises(ConfigError, match="train.parallelism: fsdp is not supported by grpo yet"):
-        config_from_dict(config(setup, train={"parallelism": "fsdp"}))
+    with pytest.MonkeyPatch.context() as env:  # as torchrun would launch it
+        env.setenv("RANK", "0")
+        env.setenv("WORLD_SIZE", "2")
+        with pytest.raises(ConfigError, match="train.parallelism: fsdp is not supported by grpo yet"):
+            config_from_dict(config(setup, train={"parallelism": "fsdp"}))
     with pytest.raises(ConfigError, match=r"reward_weights.*1 weight\(s\) for 2 reward\(s\)"):
         config_from_dict(config(setup, objective={"reward_funcs": ["grpo_rewards:positive", "grpo_rewards:positive"],
                                                   "reward_weights": [1.0]}))
