@@ -22,8 +22,8 @@ unselected texts at the first and the last relabeling, the fraction selected, an
     .venv/bin/python -m benchmarks.cosine_protocol [--seeds 0,1,2] [--arms cosine,no-contrastive,select-all]
 
 Runs already finished under --out are read rather than retrained, so invocations with different --seeds
-or --arms can share the work (and run side by side once each seed's (b) exists); the table covers
-whatever is finished.
+or --arms can share the work (and run side by side once each seed's (b) exists); the table covers the
+--seeds given, with whatever of them is finished.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def read(run_dir: Path) -> dict | None:
 
 
 def report(args: argparse.Namespace, out: Path, started: float) -> int:
-    seeds = sorted(int(d.name[4:]) for d in out.glob("seed*") if read(d / "weak"))
+    wanted = {int(x) for x in args.seeds.split(",") if x}
+    seeds = sorted(int(d.name[4:]) for d in out.glob("seed*") if read(d / "weak") and int(d.name[4:]) in wanted)
     weak = {s: read(out / f"seed{s}" / "weak") for s in seeds}
     runs = {arm: {s: read(out / f"seed{s}" / arm) for s in seeds} for arm in ARMS}
     acc = lambda summary: summary["final"]["test_accuracy"]  # noqa: E731

@@ -8,12 +8,15 @@ features the head reads (its input: the pooled vector), for each text of the run
 of each extra eval set (OOD), before (the pretrained checkpoint) and after fine-tuning; per set, the
 mean over texts of ||after - before|| / ||before||.
 
-    .venv/bin/python -m benchmarks.feature_distortion runs/compare-20ng-mean [--out runs/compare-20ng-mean]
+    .venv/bin/python -m benchmarks.feature_distortion runs/compare-20ng-mean [--out DIR]
+
+Each run's figures are kept in its directory (feature_distortion.json) and read back next time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -59,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     before_cache: dict[tuple, dict[str, torch.Tensor]] = {}
     rows = []
     for run_dir in runs:
+        cached = run_dir / "feature_distortion.json"  # a run measured by an earlier invocation is read back
+        if cached.exists():
+            rows.append(json.loads(cached.read_text()))
+            continue
         opened = open_saved(run_dir)
         cfg, label_names = opened.cfg, opened.label_names
         data = opened.objective.load_data(cfg)
@@ -75,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             after = features(opened.model, opened.tokenizer, texts, cfg.model.max_length, len(label_names))
             row[name] = relative_change(after, before[name])
         rows.append(row)
+        cached.write_text(json.dumps(row))
         print(f"   {row}", file=sys.stderr, flush=True)
     names = [k for k in rows[0] if k not in ("strategy", "seed")]
     lines = [f"feature change ||after - before|| / ||before|| of the head's input, mean over texts; {len(runs)} runs "
