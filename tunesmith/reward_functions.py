@@ -13,6 +13,8 @@ import re
 from functools import cache
 from typing import Any
 
+from tunesmith.rewards import text_of
+
 
 @cache
 def _lexicon() -> tuple[re.Pattern, re.Pattern]:
@@ -29,10 +31,6 @@ def _lexicon() -> tuple[re.Pattern, re.Pattern]:
     return pattern("fresh"), pattern("rotten")
 
 
-def _text(completion: Any) -> str:
-    return completion[-1]["content"] if isinstance(completion, list) else str(completion)
-
-
 def sentiment_words(prompts: list, completions: list, **kwargs: Any) -> list[float]:
     praise, pan = _lexicon()
-    return [float(len(praise.findall(_text(c))) - len(pan.findall(_text(c)))) for c in completions]
+    return [float(len(praise.findall(text_of(c))) - len(pan.findall(text_of(c)))) for c in completions]

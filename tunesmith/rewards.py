@@ -64,7 +64,7 @@ def _run_dir(spec: dict, at: str, code_dir: str | Path | None) -> tuple[Path, di
     return run_dir, summary
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
     """A prompt or completion as text: conversational ones (lists of messages) give their last turn."""
     if isinstance(value, list):
         return str(value[-1]["content"]) if value else ""
@@ -74,12 +74,12 @@ def _text(value: Any) -> str:
 def _from_run(spec: dict, at: str, code_dir: str | Path | None, open_run: Callable[[Path], Any]) -> Reward:
     run_dir, _ = _run_dir(spec, at, code_dir)
     opened = open_run(run_dir)
-    text_of = _joined if spec.get("input", INPUTS[0]) == INPUTS[0] else (lambda p, c: _text(c))
+    input_text = _joined if spec.get("input", INPUTS[0]) == INPUTS[0] else (lambda p, c: text_of(c))
     label = spec.get("label")
     if label is None:
 
         def reward_model(prompts, completions, **_):
-            prompts, completions = [_text(p) for p in prompts], [_text(c) for c in completions]
+            prompts, completions = [text_of(p) for p in prompts], [text_of(c) for c in completions]
             out = [0.0] * len(completions)
             for prompt in dict.fromkeys(prompts):  # a prompt's k completions in one batch
                 where = [i for i, p in enumerate(prompts) if p == prompt]
@@ -91,7 +91,7 @@ def _from_run(spec: dict, at: str, code_dir: str | Path | None, open_run: Callab
         return Reward(f"run {run_dir.name}", reward_model)
 
     def class_probability(prompts, completions, **_):
-        rows = opened.objective.predict(opened.saved, [text_of(p, c) for p, c in zip(prompts, completions,
+        rows = opened.objective.predict(opened.saved, [input_text(p, c) for p, c in zip(prompts, completions,
                                                                                       strict=True)], opened.cfg)
         return [row["probabilities"][str(label)] for row in rows]
 
@@ -99,7 +99,7 @@ def _from_run(spec: dict, at: str, code_dir: str | Path | None, open_run: Callab
 
 
 def _joined(prompt: Any, completion: Any) -> str:
-    return _text(prompt) + _text(completion)
+    return text_of(prompt) + text_of(completion)
 
 
 def check_rewards(specs: Sequence[str | dict], at: str, code_dir: str | Path | None = None) -> None:

@@ -32,6 +32,13 @@ class Starter:
 _LM_TRAIN = {"epochs": 1, "batch_size": 8, "lr": 2.0e-4, "eval_every": 50}
 _PREF_TRAIN = {"epochs": 1, "batch_size": 8, "lr": 5.0e-5, "eval_every": 50}
 _PAIRS = '{"prompt": "...", "chosen": "a better answer", "rejected": "a worse one"}'
+# grpo and rloo differ only in the advantages: the same starter serves both
+_ONLINE_RL = Starter("smollm2-135m", "rotten-tomatoes-openings", {"name": "lora"},
+                     {"max_steps": 200, "batch_size": 4, "lr": 1.0e-4, "eval_every": 50},
+                     '{"prompt": "..."} or {"prompt": [{"role": "user", "content": "..."}]}; other columns reach '
+                     'the reward functions', objective={"reward_funcs": ["tunesmith.reward_functions:sentiment_words"],
+                                                       "num_generations": 4, "max_completion_length": 24},
+                     data={"max_eval_samples": 64})
 STARTERS: dict[str, Starter] = {
     "classify": Starter("minilm-l6", "rotten-tomatoes", {"name": "full"},
                         {"epochs": 2, "batch_size": 32, "lr": 5.0e-5}, "CSV columns text,label"),
@@ -47,18 +54,8 @@ STARTERS: dict[str, Starter] = {
     "simpo": Starter("smollm2-135m", "rotten-tomatoes-prefs", {"name": "lora"}, _PREF_TRAIN, _PAIRS),
     "kto": Starter("smollm2-135m", "rotten-tomatoes-prefs", {"name": "lora"}, _PREF_TRAIN,
                    '{"prompt": "...", "completion": "...", "label": true}, or pairs (each split in two)'),
-    "grpo": Starter("smollm2-135m", "rotten-tomatoes-openings", {"name": "lora"},
-                    {"max_steps": 200, "batch_size": 4, "lr": 1.0e-4, "eval_every": 50},
-                    '{"prompt": "..."} or {"prompt": [{"role": "user", "content": "..."}]}; other columns reach '
-                    'the reward functions', objective={"reward_funcs": ["tunesmith.reward_functions:sentiment_words"],
-                                                      "num_generations": 4, "max_completion_length": 24},
-                    data={"max_eval_samples": 64}),
-    "rloo": Starter("smollm2-135m", "rotten-tomatoes-openings", {"name": "lora"},
-                    {"max_steps": 200, "batch_size": 4, "lr": 1.0e-4, "eval_every": 50},
-                    '{"prompt": "..."} or {"prompt": [{"role": "user", "content": "..."}]}; other columns reach '
-                    'the reward functions', objective={"reward_funcs": ["tunesmith.reward_functions:sentiment_words"],
-                                                      "num_generations": 4, "max_completion_length": 24},
-                    data={"max_eval_samples": 64}),
+    "grpo": _ONLINE_RL,
+    "rloo": _ONLINE_RL,
     "weak": Starter("minilm-l6", "rotten-tomatoes-weak", {"name": "full"},
                     {"batch_size": 32, "lr": 5.0e-5, "eval_every": 25},
                     "text only (the labeling functions label it); validation and test need labels",

@@ -58,6 +58,12 @@ def locate(specs: list[str], base_dir: Path) -> list[str]:
     return out
 
 
+def resolve_code_dir(code_dir: str | None, base_dir: Path) -> str:
+    """An objective's `code_dir` made absolute against the config's folder (unset: that folder), so the
+    run's recorded config finds users' code again from any working directory."""
+    return str((base_dir / (code_dir or ".")).resolve())
+
+
 def _on_path(folder: Path | str) -> None:
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))

@@ -24,11 +24,12 @@ from typing import Any
 import torch
 
 from tunesmith.errors import ConfigError, TrainingError
-from tunesmith.objectives.advantages import group_relative, leave_one_out
+from tunesmith.objectives.advantages import EPS, group_relative, leave_one_out
 from tunesmith.objectives.base import Loss, ObjectiveConfig, StageStart
 from tunesmith.objectives.causal_lm import IGNORE, CausalLM, collate, target_logits
 from tunesmith.objectives.policy_loss import LOSS_TYPES, grpo_loss, rloo_loss, sequence_kl
 from tunesmith.ranges import choice, option, ranged
+from tunesmith.user_code import resolve_code_dir
 
 SCALES = ("group", "batch", "none")
 
@@ -95,7 +96,7 @@ class GRPO(CausalLM):
     # -- config time -------------------------------------------------------------------------------
     @classmethod
     def locate(cls, cfg: GRPOConfig, base_dir) -> None:
-        cfg.code_dir = str((base_dir / (cfg.code_dir or ".")).resolve())
+        cfg.code_dir = resolve_code_dir(cfg.code_dir, base_dir)
 
     def check(self, run, where) -> None:
         from tunesmith.methods import METHODS
@@ -211,10 +212,10 @@ class GRPO(CausalLM):
         """`batch_std`: the std of the whole step's rewards (all processes), for scale_rewards: batch."""
         if self.cfg.scale_rewards == "batch" and batch_std is not None:
             centred = group_relative(rewards, self.cfg.num_generations, "none")
-            return centred / (batch_std + 1e-4)
+            return centred / (batch_std + EPS)
         return group_relative(rewards, self.cfg.num_generations, self.cfg.scale_rewards)
 
-    def policy_loss(self, logps, advantages, mask, ref_logps, total_completions: int):
+    def policy_loss(self, logps, advantages, mask, ref_logps):
         return grpo_loss(logps, logps.detach(), advantages, mask, ref_logps=ref_logps, beta=self.cfg.beta,
                          epsilon=self.cfg.epsilon, epsilon_high=self.cfg.epsilon_high, loss_type=self.cfg.loss_type,
                          max_completion_length=self.cfg.max_completion_length)
@@ -323,7 +324,7 @@ class RLOO(GRPO):
             rewards = rewards - self.cfg.beta * kl
         return leave_one_out(rewards, self.cfg.num_generations)
 
-    def policy_loss(self, logps, advantages, mask, ref_logps, total_completions: int):
+    def policy_loss(self, logps, advantages, mask, ref_logps):
         return rloo_loss(logps, logps.detach(), advantages, mask, epsilon=self.cfg.epsilon,
                          epsilon_high=self.cfg.epsilon_high)
 
@@ -403,8 +404,7 @@ class PolicyStep:
             with strategy.sync_gradients(trainer.wrapped, sync=j == len(parts) - 1):
                 with trainer.precision.autocast():
                     logps, entropy = completion_logps(trainer.wrapped, sub)
-                    result = obj.policy_loss(logps, advantages[part], mask[part], None if ref is None else ref[part],
-                                             n)
+                    result = obj.policy_loss(logps, advantages[part], mask[part], None if ref is None else ref[part])
                     if not math.isfinite(result.loss.item()):
                         raise TrainingError(f"the loss became {result.loss.item()} at step {trainer.step + 1}; lower "
                                             "train.lr or set train.max_grad_norm")

@@ -44,6 +44,7 @@ from tunesmith.objectives.cosine import (
     self_training_sum,
 )
 from tunesmith.ranges import choice, option, ranged
+from tunesmith.user_code import resolve_code_dir
 
 LABEL_MODEL_NAMES = ("auto", "dawid_skene", "majority", "gold")
 TERMS = ("self_training", "confidence", "contrastive")  # COSINE's loss terms, in Weak.loss's order
@@ -130,7 +131,7 @@ class Weak(Classify):
     # -- config time -------------------------------------------------------------------------------
     @classmethod
     def locate(cls, cfg: WeakConfig, base_dir: Path) -> None:
-        cfg.code_dir = str((base_dir / (cfg.code_dir or ".")).resolve())
+        cfg.code_dir = resolve_code_dir(cfg.code_dir, base_dir)
 
     def check(self, run, where) -> None:
         super().check(run, where)
