@@ -58,6 +58,17 @@ def test_whiten_keeps_padding_and_standardises_the_rest():
     assert torch.allclose(out[0, :3], torch.tensor([-1.0, 0.0, 1.0]), atol=1e-4) and out[0, 3] == 100.0
 
 
+def test_whiten_across_processes_uses_everyones_moments():
+    """Two processes' halves, each summing the other's moments in: the whole batch's standardisation."""
+    x, mask = torch.tensor([[1.0, 2.0], [3.0, 7.0]]), torch.tensor([[1, 1], [1, 0]])
+    whole = whiten(x, mask)
+    halves = [(x[:1], mask[:1]), (x[1:], mask[1:])]
+    moments = [torch.stack([m.sum(), (v * m).sum(), (v * v * m).sum()]).double() for v, m in halves]
+    for i, (v, m) in enumerate(halves):
+        out = whiten(v, m, reduce=lambda own, i=i: own + moments[1 - i])
+        assert torch.allclose(out, whole[i : i + 1])
+
+
 def test_kl_estimates_and_value_loss_by_hand():
     logps, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
     assert torch.allclose(token_kl(logps, ref), torch.exp(ref - logps) - (ref - logps) - 1)

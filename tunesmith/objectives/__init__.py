@@ -15,6 +15,7 @@ from tunesmith.objectives.grpo import GRPO, RLOO
 from tunesmith.objectives.image_classify import ImageClassify
 from tunesmith.objectives.kto import KTO
 from tunesmith.objectives.orpo import ORPO
+from tunesmith.objectives.ppo import PPO
 from tunesmith.objectives.reward import Reward
 from tunesmith.objectives.simpo import SimPO
 from tunesmith.objectives.weak import Weak
@@ -34,6 +35,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "kto": KTO,
     "grpo": GRPO,
     "rloo": RLOO,
+    "ppo": PPO,
     "weak": Weak,
 }
 OBJECTIVE_SECTIONS.update({name: cls.Config for name, cls in OBJECTIVES.items()})  # what the config parser reads

@@ -13,6 +13,8 @@ at advantage 0, as TRL does (its `nanstd`, its `+ 1e-4`), so the same rewards gi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 SCALES = ("group", "batch", "none")
@@ -58,13 +60,17 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+           reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """x standardised over the positions `mask` keeps (Bessel-corrected variance); positions outside
-    the mask come out as they went in."""
-    mean = masked_mean(x, mask)
-    n = mask.sum().clamp_min(2)
-    var = ((x - mean) ** 2 * mask).sum() / (n - 1)
-    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    the mask come out as they went in. `reduce` sums the (count, sum, sum of squares) over processes
+    (a strategy's all_reduce_sum), so every process standardises by the same moments."""
+    mask = mask.to(x.dtype)
+    moments = torch.stack([mask.sum(), (x * mask).sum(), (x * x * mask).sum()]).double()
+    n, total, squares = (reduce(moments) if reduce else moments).tolist()
+    mean = total / max(n, 1.0)
+    var = max(squares - n * mean * mean, 0.0) / max(n - 1, 1.0)
+    out = (x - mean) * (var + 1e-8) ** -0.5
     if not shift_mean:
         out = out + mean
     return torch.where(mask.bool(), out, x)

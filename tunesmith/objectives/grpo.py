@@ -35,7 +35,9 @@ SCALES = ("group", "batch", "none")
 
 
 @dataclass
-class GRPOConfig(ObjectiveConfig):
+class OnlineRLConfig(ObjectiveConfig):
+    """What every objective that samples during training (grpo, rloo, ppo) is configured by."""
+
     name: str = option("grpo", "the objective")
     reward_funcs: list[str | dict] = option(
         help="what scores a completion: module:function (TRL's signature: (prompts, completions, **kwargs) -> "
@@ -50,13 +52,19 @@ class GRPOConfig(ObjectiveConfig):
     beta: float = ranged(0.0, ">= 0", "weight of the KL penalty to the reference model (0: none, TRL's default)")
     epsilon: float = ranged(0.2, "> 0", "clip range of the probability ratio")
     epsilon_high: float | None = ranged(None, "> 0", "upper clip range (DAPO); unset: epsilon")
-    scale_rewards: str = option("group", "grpo: divide advantages by the std of the group | batch | none")
-    loss_type: str = option("grpo", "grpo (mean over each completion's tokens, then completions) | bnpo (over "
-                                    "all tokens) | dr_grpo (sum / (completions x max_completion_length))")
     reference_copy: bool = option(False, "with beta > 0 and a method that trains the base weights: keep a frozen "
                                          "copy of the starting model as the reference (twice the memory)")
     code_dir: str | None = option(None, "where a reward function's module is looked for first; unset: the "
                                         "folder of the config file, then the working directory and PYTHONPATH")
+
+
+@dataclass
+class GRPOConfig(OnlineRLConfig):
+    """grpo's and rloo's: the shared options, how advantages are scaled and how the loss averages."""
+
+    scale_rewards: str = option("group", "grpo: divide advantages by the std of the group | batch | none")
+    loss_type: str = option("grpo", "grpo (mean over each completion's tokens, then completions) | bnpo (over "
+                                    "all tokens) | dr_grpo (sum / (completions x max_completion_length))")
 
 
 def completion_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,14 +107,18 @@ class GRPO(CausalLM):
         cfg.code_dir = resolve_code_dir(cfg.code_dir, base_dir)
 
     def check(self, run, where) -> None:
+        super().check(run, where)
+        self.check_sampling(run, where)
+        choice(run.objective.loss_type, LOSS_TYPES, where("objective.loss_type"))
+        choice(run.objective.scale_rewards, SCALES, where("objective.scale_rewards"))
+
+    def check_sampling(self, run, where) -> None:
+        """The checks every online RL objective shares: lengths, rewards, the reference, parallelism."""
         from tunesmith.methods import METHODS
         from tunesmith.rewards import check_rewards, check_weights
         from tunesmith.schema import stage_methods
 
-        super().check(run, where)
         cfg = run.objective
-        choice(cfg.loss_type, LOSS_TYPES, where("objective.loss_type"))
-        choice(cfg.scale_rewards, SCALES, where("objective.scale_rewards"))
         if run.model.max_length <= cfg.max_completion_length:
             raise ConfigError(f"{where('objective.max_completion_length')}: {cfg.max_completion_length} leaves no room "
                               f"for the prompt in model.max_length {run.model.max_length}")
@@ -345,13 +357,79 @@ class _Same:
         return None
 
 
+@dataclass
+class Rollout:
+    """One step's sampled completions on this process, scored, with the whole step's totals."""
+
+    out: dict[str, Any]  # GRPO.rollout's
+    batch: dict[str, torch.Tensor]  # prompt + completion, labels on the completion, on the device
+    mask: torch.Tensor  # (B, L - 1): 1 on completion tokens
+    rewards: torch.Tensor  # (B,), 0 where no reward scored it
+    unscored: torch.Tensor  # (B,) bool
+    completions: float  # over all processes: completions, completion tokens, scored ones, their reward sum
+    tokens: float
+    count: float
+    total: float
+    std: float  # the std of all processes' rewards
+    offset: int  # the global index of this process's first completion
+
+
+def sample(trainer, obj: GRPO) -> Rollout:
+    """This process's share of the step's prompts, `num_generations` completions each, scored (seeds by the
+    global row, so the draws do not depend on the number of processes), as a training batch."""
+    from tunesmith.train.step import chunks
+
+    strategy = trainer.strategy
+    obj.step_seen = trainer.step + 1
+    indices = trainer.step_indices(trainer.step)
+    shares = chunks(list(range(len(indices))), strategy.world_size)
+    if any(not share for share in shares):
+        raise TrainingError(f"step {trainer.step + 1}: {len(indices)} prompts for {strategy.world_size} "
+                            "processes; raise train.batch_size to at least the number of processes")
+    mine = shares[strategy.rank]
+    items = [trainer.task.items[indices[i]] for i in mine]
+    seed = trainer.cfg.data_seed * 1_000_003 + trainer.step  # a resumed run samples the same tokens
+    out = obj.rollout(trainer.model, items, seed, strategy.device, first_index=mine[0], strategy=strategy)
+    prompt_ids = [it.input_ids for it in out["rows"]]
+    batch = collate([_Sequence(p + t, [IGNORE] * len(p) + t) for p, t in zip(prompt_ids, out["tokens"], strict=True)],
+                    trainer.task.pad_id)
+    batch = {k: v.to(strategy.device) for k, v in batch.items()}
+    mask = (batch["labels"][:, 1:] != IGNORE).float()
+    unscored = out["total"].isnan()
+    rewards = torch.where(unscored, torch.zeros_like(out["total"]), out["total"]).float()
+    scored = rewards[~unscored].double()
+    totals = strategy.all_reduce_sum(torch.tensor(
+        [float(len(prompt_ids)), float(mask.sum()), float(scored.numel()), float(scored.sum()),
+         float((scored ** 2).sum())], dtype=torch.float64, device=strategy.device)).cpu().tolist()
+    completions, tokens, count, total, squares = totals
+    std = math.sqrt(max(squares - total * total / count, 0.0) / (count - 1)) if count > 1 else 0.0
+    return Rollout(out, batch, mask, rewards, unscored, completions, tokens, count, total, std,
+                   mine[0] * obj.cfg.num_generations)
+
+
+def rollout_logs(obj: GRPO, strategy, r: Rollout) -> dict[str, tuple[float, float]]:
+    """What every online RL step logs of its samples (TRL's names): reward mean and std, per reward too,
+    completion length and the fraction cut at the limit. Sums are this process's share."""
+    world = float(strategy.world_size)
+    logs = {"reward": (r.total / world, r.count),  # the loop sums every process's share of a log's sum
+            "reward_std": (r.std / world, 1.0),
+            "completion_length": (float(sum(len(t) for t in r.out["tokens"])), r.completions),
+            "clipped_ratio": (float(r.out["cut"].sum()), r.completions)}
+    per = r.out["per"]
+    seen = strategy.all_reduce_sum(torch.tensor([float((~per[:, j].isnan()).sum()) for j in range(per.shape[1])],
+                                                dtype=torch.float64, device=strategy.device)).cpu().tolist()
+    for j, reward in enumerate(obj.rewards):
+        column = per[:, j][~per[:, j].isnan()]
+        logs[f"rewards/{reward.name}/mean"] = (float(column.sum()), seen[j])
+    return logs
+
+
 class PolicyStep:
     """One step: sample, score, advantages, one clipped update (train/step.py's parts for the update).
 
-    Under torchrun each process samples for its share of the step's prompts (seeds by the global row, so
-    the draws do not depend on the number of processes) and every process runs train.grad_accum
-    micro-batches (an empty one with weight 0), so DDP's gradient averaging meets in lockstep; each
-    micro-batch's weight uses the whole step's totals, so the update equals one process's."""
+    Under torchrun each process samples for its share of the step's prompts and every process runs
+    train.grad_accum micro-batches (an empty one with weight 0), so DDP's gradient averaging meets in
+    lockstep; each micro-batch's weight uses the whole step's totals, so the update equals one process's."""
 
     def __init__(self, objective: GRPO) -> None:
         self.objective = objective
@@ -360,54 +438,29 @@ class PolicyStep:
         from tunesmith.train.step import StepOutput, apply_update, chunks
 
         obj, strategy = self.objective, trainer.strategy
-        obj.step_seen = trainer.step + 1
-        indices = trainer.step_indices(trainer.step)
-        shares = chunks(list(range(len(indices))), strategy.world_size)
-        if any(not share for share in shares):
-            raise TrainingError(f"step {trainer.step + 1}: {len(indices)} prompts for {strategy.world_size} "
-                                "processes; raise train.batch_size to at least the number of processes")
-        mine = shares[strategy.rank]
-        items = [trainer.task.items[indices[i]] for i in mine]
-        seed = trainer.cfg.data_seed * 1_000_003 + trainer.step  # a resumed run samples the same tokens
-        out = obj.rollout(trainer.model, items, seed, strategy.device, first_index=mine[0], strategy=strategy)
-        prompt_ids = [it.input_ids for it in out["rows"]]
-        n = len(prompt_ids)
-        batch = collate([_Sequence(p + t, [IGNORE] * len(p) + t) for p, t in zip(prompt_ids, out["tokens"],
-                                                                                     strict=True)], trainer.task.pad_id)
-        batch = {k: v.to(strategy.device) for k, v in batch.items()}
-        mask = (batch["labels"][:, 1:] != IGNORE).float()
+        r = sample(trainer, obj)
+        batch, mask, n = r.batch, r.mask, r.mask.shape[0]
         ref = obj.reference_logps(batch) if obj.cfg.beta > 0 else None
         kl = None
         if ref is not None and isinstance(obj, RLOO):
             with torch.no_grad():
                 kl = sequence_kl(completion_logps(trainer.wrapped, batch)[0], ref, mask).cpu()
-        unscored = out["total"].isnan()
-        rewards = torch.where(unscored, torch.zeros_like(out["total"]), out["total"]).float()
-        scored = rewards[~unscored].double()
-        # the whole step's totals: completions, completion tokens, and the rewards' count / sum / sum of squares
-        totals = strategy.all_reduce_sum(torch.tensor(
-            [float(n), float(mask.sum()), float(scored.numel()), float(scored.sum()), float((scored ** 2).sum())],
-            dtype=torch.float64, device=strategy.device)).cpu().tolist()
-        completions, tokens, count, total, squares = totals
-        std = math.sqrt(max(squares - total * total / count, 0.0) / (count - 1)) if count > 1 else 0.0
-        advantages = obj.advantages(rewards, kl, std)
-        advantages = torch.where(unscored, torch.zeros_like(advantages), advantages).to(strategy.device)
+        advantages = obj.advantages(r.rewards, kl, r.std)
+        advantages = torch.where(r.unscored, torch.zeros_like(advantages), advantages).to(strategy.device)
         # DDP averages the processes' gradients: a micro-batch's weight is its share of the whole step, times
         # the number of processes
         world = float(strategy.world_size)
         parts = chunks(list(range(n)), trainer.cfg.grad_accum)
         loss_value, kl_sum, clip_sum, entropy_sum = 0.0, 0.0, 0.0, 0.0
         for j, part in enumerate(parts):
-            weight = 0.0 if not part else obj.share(mask[part], tokens, completions) * world
+            weight = 0.0 if not part else obj.share(mask[part], r.tokens, r.completions) * world
             part = part or [0]  # a process with nothing left still takes part in the synchronised backward
             sub = {k: v[part] for k, v in batch.items()}
             with strategy.sync_gradients(trainer.wrapped, sync=j == len(parts) - 1):
                 with trainer.precision.autocast():
                     logps, entropy = completion_logps(trainer.wrapped, sub)
                     result = obj.policy_loss(logps, advantages[part], mask[part], None if ref is None else ref[part])
-                    if not math.isfinite(result.loss.item()):
-                        raise TrainingError(f"the loss became {result.loss.item()} at step {trainer.step + 1}; lower "
-                                            "train.lr or set train.max_grad_norm")
+                    check_finite(result.loss, trainer)
                 trainer.precision.backward(result.loss * weight)
             if weight:
                 loss_value += result.loss.item() * weight / world
@@ -417,27 +470,25 @@ class PolicyStep:
                 clip_sum += result.clip_ratio * (len(part) if isinstance(obj, RLOO) else part_tokens)
                 entropy_sum += float((entropy * mask[part]).sum())
         apply_update(trainer)
-        logs = {"reward": (total / world, count),  # the loop sums every process's share of a log's sum
-                "reward_std": (std / world, 1.0),
-                "completion_length": (float(sum(len(t) for t in out["tokens"])), completions),
-                "clipped_ratio": (float(out["cut"].sum()), completions),
-                "clip_ratio": (clip_sum, completions if isinstance(obj, RLOO) else max(tokens, 1.0)),
-                "entropy": (entropy_sum, max(tokens, 1.0))}
+        tokens = max(r.tokens, 1.0)
+        logs = rollout_logs(obj, strategy, r) | {
+            "clip_ratio": (clip_sum, r.completions if isinstance(obj, RLOO) else tokens),
+            "entropy": (entropy_sum, tokens)}
         if ref is not None:  # RLOO's went into the reward: its per-token mean, as TRL logs it
-            logs["kl"] = (float(kl.sum()) if kl is not None else kl_sum, max(tokens, 1.0))
-        per = out["per"]
-        seen = strategy.all_reduce_sum(torch.tensor([float((~per[:, j].isnan()).sum()) for j in range(per.shape[1])],
-                                                    dtype=torch.float64, device=strategy.device)).cpu().tolist()
-        for j, r in enumerate(obj.rewards):
-            column = per[:, j][~per[:, j].isnan()]
-            logs[f"rewards/{r.name}/mean"] = (float(column.sum()), seen[j])
-        return StepOutput({"loss": loss_value}, {"loss": 1.0}, logs, samples=int(completions))
+            logs["kl"] = (float(kl.sum()) if kl is not None else kl_sum, tokens)
+        return StepOutput({"loss": loss_value}, {"loss": 1.0}, logs, samples=int(r.completions))
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # sampling seeds come from the step, the rewards hold no state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
+
+
+def check_finite(loss: torch.Tensor, trainer) -> None:
+    if not math.isfinite(loss.item()):
+        raise TrainingError(f"the loss became {loss.item()} at step {trainer.step + 1}; lower train.lr or set "
+                            "train.max_grad_norm")
 
 
 @dataclass(frozen=True)
