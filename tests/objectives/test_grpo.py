@@ -103,6 +103,10 @@ def test_lora_with_a_kl_penalty_logs_the_kl_and_keeps_closer_to_the_start(setup,
     kls = [r["train_kl"] for r in lines(tmp_path / "b") if "train_kl" in r]  # k3: never negative
     assert kls and kls[-1] > 0 and all(k >= 0 for k in kls)
     assert not any("train_kl" in r for r in lines(tmp_path / "a"))
+    # the guards against reward hacking: perplexity under the reference (the adapters off) and distinct-n
+    evals = [r for r in lines(tmp_path / "a") if "val_reward" in r]
+    assert all(r["val_ref_perplexity"] > 1 and 0 < r["val_distinct_2"] <= 1 for r in evals)
+    assert evals[-1]["val_ref_perplexity"] > evals[0]["val_ref_perplexity"]  # it left what the start would write
     assert free["final"]["val_reward"] >= 0 and tied["final"]["val_reward"] >= 0
 
 
@@ -129,6 +133,13 @@ def test_ppo_keeps_its_value_head_out_of_the_adapter_and_steps_the_schedule_once
     state = read_torch(Path(sorted(glob.glob(str(tmp_path / "ppo" / "checkpoints" / "step-*" / "rank-*.pt")))[-1]))
     head = state["states"]["step"]["value_head"]
     assert head["weight"].shape == (1, 32) and head["weight"].abs().sum() > 0  # trained from its zero start
+
+
+def test_distinct_n_by_hand():
+    from tunesmith.objectives.grpo import distinct
+
+    assert distinct([5, 5, 5, 5], 1) == 0.25 and distinct([5, 5, 5, 5], 2) == 1 / 3
+    assert distinct([1, 2, 3], 2) == 1.0 and distinct([7], 2) == 1.0
 
 
 def test_ppo_rewards_and_advantages_by_hand():

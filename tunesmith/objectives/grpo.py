@@ -10,8 +10,10 @@ with the adapter's changes off (LoRA, DoRA), or, for methods that train the base
 old probabilities assumes one deterministic forward.
 
 Validation generates greedily for the held-out prompts and reports their mean reward (`val_reward`, the
-early-stopping metric) and completion length, from step 0 (the starting policy) on; the last
-evaluation's completions are kept in RUN_DIR/samples.jsonl.
+early-stopping metric) and completion length, from step 0 (the starting policy) on, beside two guards
+against reward hacking: distinct-1/2 (repetition) and, where a reference model is at hand (LoRA's
+adapters off, or `reference_copy`), the completions' perplexity under it. Each evaluation's first
+completions are kept in RUN_DIR/samples.jsonl and samples.html.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class GRPO(CausalLM):
     name = "grpo"
     description = "online RL: sample completions, score them with rewards, GRPO update (group-relative advantages)"
     Config = GRPOConfig
-    metric_names = ("reward", "completion_length")
+    metric_names = ("reward", "completion_length", "distinct_1", "distinct_2")
     default_metric = "val_reward"
     eval_file = ""
 
@@ -200,7 +202,9 @@ class GRPO(CausalLM):
             self.weights = check_weights(self.cfg.reward_weights, len(self.rewards), "objective.reward_weights")
             start.say(f"{self.name}: rewards {', '.join(r.name for r in self.rewards)}"
                       + (f" (weights {', '.join(f'{w:g}' for w in self.weights)})" if self.cfg.reward_weights else ""))
-        if self.cfg.beta > 0 and self._reference is None:
+        # the reference also scores held-out completions (their perplexity under it), where it costs nothing
+        # (adapters off) or the run asked for a copy
+        if self._reference is None and (start.method.free_reference or self.cfg.reference_copy):
             if start.method.free_reference:
                 self._reference = lambda: start.method.reference(start.model)
                 start.say(f"{self.name}: the reference model is the model with {start.method.name}'s changes off")
@@ -271,8 +275,8 @@ class GRPO(CausalLM):
 
     # -- evaluation --------------------------------------------------------------------------------
     def eval_sums(self, model, items, batch_size, pad_id, device, num_labels):
-        sums = {"reward": torch.zeros((), dtype=torch.float64), "n": torch.zeros((), dtype=torch.float64),
-                "length": torch.zeros((), dtype=torch.float64)}
+        sums = {name: torch.zeros((), dtype=torch.float64)
+                for name in ("reward", "n", "length", "completions", "distinct_1", "distinct_2", "ref_nll", "ref_tokens")}
         if not items:
             return sums
         out = self.rollout(model, list(items), seed=0, device=device, temperature=0.0, generations=1,
@@ -282,6 +286,18 @@ class GRPO(CausalLM):
         sums["reward"] += out["total"][scored].double().sum()
         sums["n"] += float(scored.sum())
         sums["length"] += lengths[scored].sum()
+        # what reward hacking looks like: repeated words (distinct-n) and text the starting model finds unlikely
+        sums["completions"] += float(len(out["tokens"]))
+        generated = [t if cut else t[:-1] for t, cut in zip(out["tokens"], out["cut"].bool().tolist(), strict=True)]
+        for k in (1, 2):
+            sums[f"distinct_{k}"] += sum(distinct(t, k) for t in generated)
+        if self._reference is not None:
+            batch = collate([_Sequence(it.input_ids + t, [IGNORE] * len(it.input_ids) + t)
+                             for it, t in zip(out["rows"], out["tokens"], strict=True)], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            mask = batch["labels"][:, 1:] != IGNORE
+            sums["ref_nll"] -= float(self.reference_logps(batch)[mask].double().sum())
+            sums["ref_tokens"] += float(mask.sum())
         samples = [{"step": self.step_seen, "where": it.example.where, "prompt": it.example.for_rewards,
                     "completion": text, "reward": None if math.isnan(r) else r}
                    for it, text, r in zip(out["rows"], out["texts"], out["total"].tolist(), strict=True)]
@@ -291,8 +307,13 @@ class GRPO(CausalLM):
         return sums
 
     def metrics(self, sums):
-        n = sums["n"].item()
-        return {"reward": sums["reward"].item() / n, "completion_length": sums["length"].item() / n} if n else {}
+        n, completions, tokens = sums["n"].item(), sums["completions"].item(), sums["ref_tokens"].item()
+        out = {"reward": sums["reward"].item() / n, "completion_length": sums["length"].item() / n} if n else {}
+        if completions:
+            out |= {f"distinct_{k}": sums[f"distinct_{k}"].item() / completions for k in (1, 2)}
+        if tokens:
+            out["ref_perplexity"] = math.exp(sums["ref_nll"].item() / tokens)
+        return out
 
     def details(self, sums, label_names):
         return {"prompts_scored": int(sums["n"].item())}
@@ -302,6 +323,13 @@ class GRPO(CausalLM):
 
 
 SAMPLES_PER_EVAL = 8  # completions kept per evaluation, in samples.jsonl and samples.html
+
+
+def distinct(tokens: list[int], n: int) -> float:
+    """distinct-n of one completion (Li et al., 2016): its different n-grams over its n-grams (1.0 when it
+    is too short to have any); a policy that learned to repeat a rewarded word drives it down."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
 
 
 def write_samples_page(path, samples: list[dict]) -> None:

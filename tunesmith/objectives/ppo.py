@@ -55,7 +55,6 @@ class PPO(GRPO):
     name = "ppo"
     description = "online RL: sample completions, score them, PPO updates with a value head (GAE advantages)"
     Config = PPOConfig
-    metric_names = ("reward", "completion_length")
 
     def check(self, run, where) -> None:
         super(GRPO, self).check(run, where)
