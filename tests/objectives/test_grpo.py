@@ -175,8 +175,9 @@ def test_bad_rewards_and_settings_are_named(setup, tmp_path):
     with pytest.MonkeyPatch.context() as env:  # as torchrun would launch it
         env.setenv("RANK", "0")
         env.setenv("WORLD_SIZE", "2")
-        with pytest.raises(ConfigError, match="train.parallelism: fsdp is not supported by grpo yet"):
-            config_from_dict(config(setup, train={"parallelism": "fsdp"}))
+        with pytest.raises(ConfigError, match="objective.reference_copy: a frozen copy of a sharded model"):
+            config_from_dict(config(setup, objective={"beta": 0.1, "reference_copy": True},
+                                    train={"parallelism": "fsdp"}))
     with pytest.raises(ConfigError, match=r"reward_weights.*1 weight\(s\) for 2 reward\(s\)"):
         config_from_dict(config(setup, objective={"reward_funcs": ["grpo_rewards:positive", "grpo_rewards:positive"],
                                                   "reward_weights": [1.0]}))
@@ -190,8 +191,9 @@ def test_prompts_too_long_for_the_completion_are_counted_not_fatal(setup, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["grpo", "rloo", "ppo"])
-def test_two_processes_match_one(setup, tmp_path, objective):
+@pytest.mark.parametrize("objective, parallelism", [("grpo", "ddp"), ("rloo", "ddp"), ("ppo", "ddp"),
+                                                    ("grpo", "fsdp"), ("ppo", "fsdp")])
+def test_two_processes_match_one(setup, tmp_path, objective, parallelism):
     """torchrun with 2 CPU processes: each samples its share of the prompts (seeded by the global row), the
     micro-batches weigh by the whole step's totals, so the update is one process's (bnpo: by tokens; the
     batch-wide reward std; a KL penalty through LoRA's reference; ppo: minibatches of the whole step's
@@ -204,11 +206,14 @@ def test_two_processes_match_one(setup, tmp_path, objective):
                  train={"max_steps": 6, "batch_size": 6, "grad_accum": 2, "eval_every": 3, "log_every": 1,
                         "lr": 2e-2})
     path = write_config(tmp_path / "c.yaml", cfg)
+    cfg["train"]["parallelism"] = parallelism  # one process runs without (fsdp needs a process group)
+    sharded_or_not = write_config(tmp_path / "two.yaml", cfg)
     single = cli("train", str(path), "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
-    ddp = cli("--standalone", "--nproc_per_node=2", "-m", "tunesmith", "train", str(path), "--out",
+    ddp = cli("--standalone", "--nproc_per_node=2", "-m", "tunesmith", "train", str(sharded_or_not), "--out",
               str(tmp_path / "two"), module="torch.distributed.run", env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["parallelism"] == parallelism
     from safetensors.torch import load_file
 
     a, b = (load_file(str(tmp_path / r / "adapter" / "adapter_model.safetensors")) for r in ("one", "two"))

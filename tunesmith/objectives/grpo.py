@@ -132,9 +132,9 @@ class GRPO(CausalLM):
                     raise ConfigError(f"{where('objective.beta')}: {cfg.beta:g}, but {at} {method.name} changes the "
                                       "base weights, so the reference model is gone; set objective.reference_copy: "
                                       "true (a frozen copy: twice the memory) or use lora")
-        if run.train.parallelism == "fsdp":
-            raise ConfigError(f"{where('train.parallelism')}: fsdp is not supported by {cfg.name} yet (sampling from "
-                              "sharded weights is untested); use ddp (the default under torchrun)")
+        if run.train.parallelism == "fsdp" and cfg.reference_copy:
+            raise ConfigError(f"{where('objective.reference_copy')}: a frozen copy of a sharded model is not supported "
+                              "under fsdp; use lora (its reference is the base model, free) or ddp")
         if run.train.grad_accum > run.train.batch_size * cfg.num_generations:
             raise ConfigError(f"{where('train.grad_accum')}: more micro-batches than completions per step")
 
