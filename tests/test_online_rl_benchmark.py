@@ -1,0 +1,37 @@
+"""The online RL benchmark runs every side end to end (tiny models, two steps): tunesmith's grpo and ppo
+and TRL's GRPOTrainer, each in its own process, judged by one held-out yardstick, with its table, figure
+and samples written."""
+
+import json
+
+import pytest
+from helpers import ROOT, cli
+
+from tunesmith.config import config_from_dict
+from tunesmith.run import run
+
+pytestmark = pytest.mark.slow
+
+
+def test_online_rl_benchmark_runs_every_side(tiny_bert, tiny_llama, tmp_path):
+    classifier = tmp_path / "classifier"  # a classify run whose labels include `fresh`
+    run(config_from_dict({"model": {"name": str(tiny_bert), "max_length": 32}, "method": {"name": "full"},
+                          "objective": "classify",
+                          "data": {"builtin": "rotten-tomatoes", "max_train_samples": 32, "max_eval_samples": 16},
+                          "train": {"max_steps": 2, "batch_size": 16, "progress": False}}), classifier)
+    out = tmp_path / "bench"
+    result = cli("--model", str(tiny_llama), "--classifier", str(classifier), "--steps", "2", "--prompts", "2",
+                 "--k", "2", "--tokens", "4", "--test", "4", "--out", str(out), module="benchmarks.online_rl", cwd=ROOT,
+                 timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in record["rows"]] == ["tunesmith-grpo", "tunesmith-ppo", "trl-grpo"]
+    for r in [record["before"]] + [r["held_out"] for r in record["rows"]]:
+        assert 0 <= r["reward"] <= 1 and 0 <= r["fresh"] <= 1 and r["ref_perplexity"] > 1 and r["prompts"] == 4
+    for r in record["rows"]:
+        assert r["train_seconds"] > 0 and r["peak_rss_mb"] > 100 and r["completions"] == 2 * 2 * 2
+        assert [c["step"] for c in r["curve"]] == [1, 2]  # every side logged each step's reward
+    table = (out / "results.md").read_text()
+    assert "| before (the base model) |" in table and "tunesmith-grpo vs trl-grpo" in table
+    assert (out / "reward_kl.png").stat().st_size > 0
+    assert (out / "samples.md").read_text().count("- before:") == 4
