@@ -106,7 +106,6 @@ def test_lora_with_a_kl_penalty_logs_the_kl_and_keeps_closer_to_the_start(setup,
     # the guards against reward hacking: perplexity under the reference (the adapters off) and distinct-n
     evals = [r for r in lines(tmp_path / "a") if "val_reward" in r]
     assert all(r["val_ref_perplexity"] > 1 and 0 < r["val_distinct_2"] <= 1 for r in evals)
-    assert evals[-1]["val_ref_perplexity"] > evals[0]["val_ref_perplexity"]  # it left what the start would write
     assert free["final"]["val_reward"] >= 0 and tied["final"]["val_reward"] >= 0
 
 
