@@ -20,7 +20,9 @@
   excluded; TRL: the `train()` call, no evaluation), peak RSS of the process.
 
 Writes OUT/results.md and .json (the table), OUT/reward_kl.png (reward and KL over the steps of each
-variant) and OUT/samples.md (held-out completions before and after).
+variant) and OUT/samples.md (held-out completions before and after). Each variant's outcome is kept in
+OUT/results/, and a later invocation with the same settings reads it instead of training again (so the
+variants can run in separate sittings; `--rerun` trains them all again).
 """
 
 from __future__ import annotations
@@ -189,6 +191,14 @@ def spawn(args: argparse.Namespace, variant: str, out: Path, argv: list[str]) ->
     return json.loads(result.read_text()) | {"variant": variant, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
+SETTINGS = ("steps", "prompts", "k", "tokens", "test", "lr", "beta", "seed", "model")
+
+
+def reusable(path: Path, settings: dict, rerun: bool) -> bool:
+    """A result from an earlier invocation with the same settings."""
+    return not rerun and path.exists() and json.loads(path.read_text()).get("settings") == settings
+
+
 # -- the classifier, the table, the figure ------------------------------------------------------------
 def classifier_run(out: Path) -> Path:
     """tunesmith's rt-minilm-full recipe, trained once."""
@@ -278,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--classifier", default=None, help="a classify run with a 'fresh' label (default: trained)")
     p.add_argument("--out", default="runs/bench-online-rl")
+    p.add_argument("--rerun", action="store_true", help="train every variant again (default: results of an earlier "
+                                                        "invocation with the same settings are read)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -295,16 +307,29 @@ def main(argv: list[str] | None = None) -> int:
 
     from tunesmith.models.registry import resolve_model_dir
 
-    print("== the base model on the held-out prompts", file=sys.stderr, flush=True)
-    base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(args.model), dtype=torch.float32)
-    before = held_out(base, args, args.classifier)
-    del base
-    child_argv = [f"--{name}={getattr(args, name)}" for name in
-                  ("steps", "prompts", "k", "tokens", "test", "lr", "beta", "seed", "model", "out")]
+    settings = {name: getattr(args, name) for name in SETTINGS} | {"classifier": str(args.classifier)}
+    before_file = out / "results" / "before.json"
+    if reusable(before_file, settings, args.rerun):
+        before = json.loads(before_file.read_text())
+    else:
+        print("== the base model on the held-out prompts", file=sys.stderr, flush=True)
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(args.model), dtype=torch.float32)
+        before = held_out(base, args, args.classifier) | {"settings": settings}
+        del base
+        before_file.parent.mkdir(parents=True, exist_ok=True)
+        before_file.write_text(json.dumps(before))
+    child_argv = [f"--{name}={getattr(args, name)}" for name in SETTINGS + ("out",)]
     rows = []
     for variant in variants:
+        result = out / "results" / f"{variant}.json"
+        if reusable(result, settings, args.rerun):  # a later invocation can add variants or finish a killed one
+            print(f"== {variant}: read from {result}", file=sys.stderr, flush=True)
+            rows.append(json.loads(result.read_text()))
+            continue
         print(f"== {variant}", file=sys.stderr, flush=True)
-        rows.append(spawn(args, variant, out, child_argv))
+        row = spawn(args, variant, out, child_argv) | {"settings": settings}
+        result.write_text(json.dumps(row))
+        rows.append(row)
     text = table(args, before, rows, args.classifier, machine)
     figure(rows, out / "reward_kl.png")
     (out / "samples.md").write_text(samples_page(before, rows))
