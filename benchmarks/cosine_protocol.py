@@ -12,8 +12,9 @@ Per seed (init and data order), on the same 10,246 training texts, dev set (300 
   (c') contrastive off: lambda = 0;
   (c'') select all: eps = 0, every text trains on its pseudo-label (what the official code's order of
       operations amounts to with the paper's threshold);
-  (c*) for the seeds with all three arms, the arm whose restored weights score best on the dev texts:
-      lambda (1 or 0) and eps (the default or 0) chosen on dev, never on test;
+  (c*) for the seeds with all three arms, the arm whose restored weights score best on the dev texts
+      (the arms are the choice: COSINE as the paper sets it, lambda = 0, or eps = 0), chosen on dev,
+      never on test;
   and, for --control-seeds, a self-distillation control: (d) fully supervised on the same texts, then
   the COSINE arm started from (d). If the objective is sound, it keeps (d)'s accuracy within a point.
 
@@ -163,8 +164,8 @@ def report(args: argparse.Namespace, out: Path, started: float) -> int:
             spread = f" ({', '.join(f'{g:+.1f}' for g in gain)})" if len(gain) > 1 else ""
             lines.append(f"| {label} | {cell([acc(runs[arm][s]) for s in done])} | "
                          f"{statistics.fmean(gain):+.1f} points{spread} | {len(done)} |")
-    # lambda (1 or 0) and eps (the default or 0) chosen on dev: per seed, the arm whose restored weights
-    # score best on the dev texts (ties: the paper's settings); the test set plays no part in the choice
+    # one of the three arms chosen on dev: per seed, the arm whose restored weights score best on the dev
+    # texts (ties: the paper's settings); the test set plays no part in the choice
     dev = lambda summary: summary["final"]["val_accuracy"]  # noqa: E731
     complete = [s for s in seeds if all(runs[arm][s] for arm in ARMS)]
     if complete:

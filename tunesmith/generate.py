@@ -77,6 +77,9 @@ def _pick(logits: torch.Tensor, cfg: GenerationConfig, generators: Sequence[torc
     # inverse-CDF sampling: one uniform in (0, 1] per row from its own generator (a multinomial per row
     # draws a number per vocabulary entry: a tenth of a small model's decoding time)
     cdf = probs.double().cumsum(-1)
+    if not bool(torch.isfinite(cdf[:, -1]).all()):
+        raise TunesmithError("the model's next-token probabilities are not finite numbers (NaN or inf logits); "
+                             "the weights may have diverged")
     u = 1.0 - torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
     picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).squeeze(1)
     return picked.clamp_max(probs.shape[-1] - 1)
@@ -84,7 +87,8 @@ def _pick(logits: torch.Tensor, cfg: GenerationConfig, generators: Sequence[torc
 
 def sample_seed(seed: int, index: int) -> int:
     """The seed of the index-th prompt of a call: every prompt (and every copy of one prompt) draws its
-    own tokens, and which other prompts share its batch changes nothing."""
+    own tokens, and which other prompts share its batch changes nothing (up to float rounding: a padded
+    batch computes the same logits in another order)."""
     return seed * 1_000_003 + index
 
 
@@ -115,6 +119,9 @@ def pads_left(model: nn.Module) -> bool:
     mask and position ids (a prompt-tuned model, whose virtual tokens come first, cannot)."""
     if hasattr(model, "prompt_embeddings"):
         return False
+    config = getattr(model, "config", None)
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False  # the window would count the pads: a padded row would see fewer of its own tokens
     names = inspect.signature(model.forward).parameters
     return "attention_mask" in names and "position_ids" in names
 

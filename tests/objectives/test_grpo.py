@@ -141,6 +141,16 @@ def test_distinct_n_by_hand():
     assert distinct([1, 2, 3], 2) == 1.0 and distinct([7], 2) == 1.0
 
 
+def test_ppo_in_bf16_with_lora_and_its_reference(setup, tmp_path):
+    """bf16 autocast: the value head runs in float32 outside it, the reference under it as the policy, so
+    the KL of LoRA's first step (the policy is the reference) is exactly 0."""
+    summary = run(config_from_dict(config(setup, "ppo", method=LORA, objective={"beta": 0.2},
+                                          train={"max_steps": 3, "precision": "bf16", "eval_every": 3,
+                                                 "log_every": 1})), tmp_path / "r")
+    trained = [r for r in lines(tmp_path / "r") if "train_value_loss" in r]
+    assert len(trained) == 3 and trained[0]["train_kl"] == 0 and summary["final"]["val_reward"] >= 0
+
+
 def test_ppo_rewards_and_advantages_by_hand():
     from tunesmith.objectives.ppo import token_rewards
 
@@ -171,6 +181,10 @@ def test_bad_rewards_and_settings_are_named(setup, tmp_path):
     with pytest.raises(ConfigError, match="objective.beta.*full changes the base weights.*reference_copy"):
         config_from_dict(config(setup, objective={"beta": 0.1}))
     config_from_dict(config(setup, objective={"beta": 0.1, "reference_copy": True}))  # opted in: fine
+    with pytest.raises(ConfigError, match="method: ppo's value head reads the hidden states"):
+        config_from_dict(config(setup, "ppo", method={"name": "prompt"}))
+    with pytest.raises(ConfigError, match="train.precision: fp16's loss scaling"):
+        config_from_dict(config(setup, "ppo", train={"precision": "fp16"}))
     with pytest.MonkeyPatch.context() as env:  # as torchrun would launch it
         env.setenv("RANK", "0")
         env.setenv("WORLD_SIZE", "2")

@@ -66,7 +66,8 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     the mask come out as they went in. `reduce` sums the (count, sum, sum of squares) over processes
     (a strategy's all_reduce_sum), so every process standardises by the same moments."""
     mask = mask.to(x.dtype)
-    moments = torch.stack([mask.sum(), (x * mask).sum(), (x * x * mask).sum()]).double()
+    wide, weights = x.double(), mask.double()  # squares - n mean^2 needs the precision
+    moments = torch.stack([weights.sum(), (wide * weights).sum(), (wide * wide * weights).sum()])
     n, total, squares = (reduce(moments) if reduce else moments).tolist()
     mean = total / max(n, 1.0)
     var = max(squares - n * mean * mean, 0.0) / max(n - 1, 1.0)

@@ -69,11 +69,14 @@ class GRPOConfig(OnlineRLConfig):
                                     "all tokens) | dr_grpo (sum / (completions x max_completion_length))")
 
 
-def completion_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps(model, batch: dict[str, torch.Tensor], temperature: float = 1.0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probabilities of the completion tokens, the policy's entropy there (detached)), each (B, L - 1)
-    and 0 off the completion; the output layer runs on completion positions only."""
+    and 0 off the completion; the output layer runs on completion positions only. The logits are divided
+    by the sampling temperature (as TRL does), so the probabilities are those the completions were drawn
+    from."""
     logits, targets, wanted = target_logits(model, batch)
-    logp_all = torch.log_softmax(logits, dim=-1)
+    logp_all = torch.log_softmax(logits / temperature, dim=-1)
     picked = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.detach().exp() * logp_all.detach()).sum(-1)
     zeros = torch.zeros(wanted.shape, dtype=picked.dtype, device=wanted.device)
@@ -220,8 +223,10 @@ class GRPO(CausalLM):
         return True  # the starting policy's reward: what training is measured against
 
     def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The reference model's log-probabilities of the completion tokens (at the sampling temperature);
+        a training step calls it under the run's precision, as the policy's own forward."""
         with torch.no_grad(), self._reference() as reference:
-            return completion_logps(reference, batch)[0]
+            return completion_logps(reference, batch, self.cfg.temperature)[0]
 
     def advantages(self, rewards: torch.Tensor, kl: torch.Tensor | None, batch_std: float | None = None
                    ) -> torch.Tensor:
@@ -404,7 +409,8 @@ class Rollout:
 
 def sample(trainer, obj: GRPO) -> Rollout:
     """This process's share of the step's prompts, `num_generations` completions each, scored (seeds by the
-    global row, so the draws do not depend on the number of processes), as a training batch."""
+    global row, so the draws do not depend on the number of processes, up to float rounding), as a
+    training batch."""
     from tunesmith.train.step import chunks
 
     strategy = trainer.strategy
@@ -468,11 +474,14 @@ class PolicyStep:
         obj, strategy = self.objective, trainer.strategy
         r = sample(trainer, obj)
         batch, mask, n = r.batch, r.mask, r.mask.shape[0]
-        ref = obj.reference_logps(batch) if obj.cfg.beta > 0 else None
+        ref = None
+        if obj.cfg.beta > 0:
+            with trainer.precision.autocast():
+                ref = obj.reference_logps(batch)
         kl = None
         if ref is not None and isinstance(obj, RLOO):
-            with torch.no_grad():
-                kl = sequence_kl(completion_logps(trainer.wrapped, batch)[0], ref, mask).cpu()
+            with torch.no_grad(), trainer.precision.autocast():
+                kl = sequence_kl(completion_logps(trainer.wrapped, batch, obj.cfg.temperature)[0], ref, mask).cpu()
         advantages = obj.advantages(r.rewards, kl, r.std)
         advantages = torch.where(r.unscored, torch.zeros_like(advantages), advantages).to(strategy.device)
         # DDP averages the processes' gradients: a micro-batch's weight is its share of the whole step, times
@@ -486,7 +495,7 @@ class PolicyStep:
             sub = {k: v[part] for k, v in batch.items()}
             with strategy.sync_gradients(trainer.wrapped, sync=j == len(parts) - 1):
                 with trainer.precision.autocast():
-                    logps, entropy = completion_logps(trainer.wrapped, sub)
+                    logps, entropy = completion_logps(trainer.wrapped, sub, obj.cfg.temperature)
                     result = obj.policy_loss(logps, advantages[part], mask[part], None if ref is None else ref[part])
                     check_finite(result.loss, trainer)
                 trainer.precision.backward(result.loss * weight)

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, TrainingError
+from tunesmith.objectives import causal_lm
 from tunesmith.objectives.advantages import gae, whiten
-from tunesmith.objectives.causal_lm import IGNORE, TARGET_ONLY_LOGITS, _body_and_head
+from tunesmith.objectives.causal_lm import IGNORE, _body_and_head, _keeps_masked_logits
 from tunesmith.objectives.grpo import GRPO, OnlineRLConfig, check_finite, rollout_logs, sample
 from tunesmith.objectives.policy_loss import grpo_loss, value_loss
 from tunesmith.ranges import option, ranged
@@ -57,6 +58,8 @@ class PPO(GRPO):
     Config = PPOConfig
 
     def check(self, run, where) -> None:
+        from tunesmith.schema import stage_methods
+
         super(GRPO, self).check(run, where)
         self.check_sampling(run, where)
         cfg = run.objective
@@ -67,31 +70,43 @@ class PPO(GRPO):
         if run.train.precision == "fp16":
             raise ConfigError(f"{where('train.precision')}: fp16's loss scaling would scale the value head's "
                               "gradients too; use bf16")
+        for at, method in stage_methods(run):
+            if method.name == "prompt":
+                raise ConfigError(f"{at}: ppo's value head reads the hidden states of the completion tokens, "
+                                  "which prompt tuning's virtual tokens shift; use lora")
 
     def training_step(self, stage: str):
         return PPOStep(self)
 
 
-def policy_and_values(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]
+def policy_and_values(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log-probabilities of the completion tokens, the entropy there (detached), the value head's values),
-    each (B, L - 1) and 0 off the completion, from one forward; logits on completion positions only."""
+    """(log-probabilities of the completion tokens at the sampling temperature, the entropy there
+    (detached), the value head's values), each (B, L - 1) and 0 off the completion, from one forward;
+    logits on completion positions only. The head runs in float32 outside any autocast."""
     targets = batch["labels"][:, 1:]
     wanted = targets != IGNORE
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    split = _body_and_head(model) if TARGET_ONLY_LOGITS else None
+    split = _body_and_head(model) if causal_lm.TARGET_ONLY_LOGITS else None
     if split is not None:
         body, lm_head = split
         hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1][wanted]
         logits = lm_head(hidden).float()
-    else:  # a wrapper (DDP) runs its own forward
+    elif causal_lm.TARGET_ONLY_LOGITS and _keeps_masked_logits(model):  # a wrapper (DDP, FSDP) runs its forward
+        keep = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+        keep[:, :-1] = wanted
+        out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=keep)
+        hidden = out.hidden_states[-1][:, :-1][wanted]
+        logits = out.logits.float()
+    else:
         out = model(**inputs, use_cache=False, output_hidden_states=True)
         hidden = out.hidden_states[-1][:, :-1][wanted]
         logits = out.logits[:, :-1][wanted].float()
-    logp_all = torch.log_softmax(logits, dim=-1)
+    logp_all = torch.log_softmax(logits / temperature, dim=-1)
     picked = logp_all.gather(-1, targets[wanted].unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.detach().exp() * logp_all.detach()).sum(-1)
-    values = head(hidden.float()).squeeze(-1)
+    with torch.autocast(hidden.device.type, enabled=False):
+        values = head(hidden.float()).squeeze(-1)
     zeros = torch.zeros(wanted.shape, dtype=torch.float32, device=wanted.device)
     return (zeros.masked_scatter(wanted, picked), zeros.detach().masked_scatter(wanted, entropy),
             zeros.masked_scatter(wanted, values))
@@ -146,9 +161,12 @@ class PPOStep:
         head = self.head
         batch = r.batch
         mask = r.mask * (~r.unscored).float().to(r.mask.device).unsqueeze(1)  # nothing learned from the unscored
-        with torch.no_grad(), trainer.precision.autocast():
-            old_logps, entropy, old_values = policy_and_values(trainer.wrapped, head, batch)
-        ref = obj.reference_logps(batch) if cfg.beta > 0 else None
+        with torch.no_grad(), trainer.precision.autocast():  # in train.grad_accum pieces, as the updates
+            pieces = [policy_and_values(trainer.wrapped, head, {k: v[part or [0]] for k, v in batch.items()},
+                                        cfg.temperature)[: (3 if part else 0)]
+                      for part in chunks(list(range(mask.shape[0])), trainer.cfg.grad_accum)]
+            old_logps, entropy, old_values = (torch.cat(parts) for parts in zip(*[p for p in pieces if p], strict=True))
+            ref = obj.reference_logps(batch) if cfg.beta > 0 else None
         kl = None if ref is None else (old_logps - ref) * mask
         rewards = token_rewards(r.rewards.to(mask.device), mask, kl, cfg.beta)
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
@@ -180,7 +198,7 @@ class PPOStep:
                     tokens = float(part_mask.sum())
                     with strategy.sync_gradients(trainer.wrapped, sync=j == len(parts) - 1):
                         with trainer.precision.autocast():
-                            logps, _, values = policy_and_values(trainer.wrapped, head, sub)
+                            logps, _, values = policy_and_values(trainer.wrapped, head, sub, cfg.temperature)
                             policy = grpo_loss(logps, old_logps[part], advantages[part], part_mask,
                                                epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, loss_type="bnpo")
                             critic, value_clipped = value_loss(values, old_values[part], returns[part], part_mask,
@@ -194,22 +212,24 @@ class PPOStep:
                         sums["value_loss"] += critic.item() * share
                         sums["clip_ratio"] += policy.clip_ratio * share
                         sums["value_clip_ratio"] += value_clipped * share
-                self._update_head(strategy)
+                self._update_head(strategy, trainer)
                 last = e == len(passes) - 1 and m == len(minibatches) - 1
                 apply_update(trainer, schedule=last)
                 updates += 1
+        scored_tokens = max(float(strategy.all_reduce_sum(mask.sum().double().reshape(1)).item()), 1.0)
         logs = rollout_logs(obj, strategy, r) | {
-            "entropy": (float((entropy * mask).sum()), max(r.tokens, 1.0)),
+            "entropy": (float((entropy * mask).sum()), scored_tokens),
             "value_loss": (sums["value_loss"], float(updates)),
             "clip_ratio": (sums["clip_ratio"], float(updates)),
             "value_clip_ratio": (sums["value_clip_ratio"], float(updates))}
         if kl is not None:
-            logs["kl"] = (float(kl.sum()), max(r.tokens, 1.0))
+            logs["kl"] = (float(kl.sum()), scored_tokens)
         return StepOutput({"loss": sums["loss"] / updates}, {"loss": 1.0}, logs, samples=int(r.completions))
 
-    def _update_head(self, strategy) -> None:
-        """The value head's gradients summed over the processes (each process's loss is already its share
-        of the minibatch), then its own AdamW step."""
+    def _update_head(self, strategy, trainer) -> None:
+        """The value head's gradients averaged over the processes as DDP averages the policy's (each
+        process's loss is already its share of the minibatch, times the number of processes), clipped to
+        train.max_grad_norm and refused when not finite, as the policy's; then its own AdamW step."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.head.parameters()]
         flat = strategy.all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]).double())
         flat = flat / strategy.world_size
@@ -217,6 +237,11 @@ class PPOStep:
         for p in self.head.parameters():
             p.grad = flat[offset: offset + p.numel()].view_as(p).to(p.dtype)
             offset += p.numel()
+        limit = trainer.cfg.max_grad_norm
+        norm = float(nn.utils.clip_grad_norm_(self.head.parameters(), limit if limit is not None else float("inf")))
+        if not torch.isfinite(torch.tensor(norm)):
+            raise TrainingError(f"the value head's gradients became {norm} at step {trainer.step + 1}; lower "
+                                "train.lr or objective.value_lr")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
