@@ -1,6 +1,6 @@
-"""The online RL benchmark runs every side end to end (tiny models, two steps): tunesmith's grpo and ppo
-and TRL's GRPOTrainer, each in its own process, judged by one held-out yardstick, with its table, figure
-and samples written."""
+"""The online RL benchmarks run end to end on tiny models: tunesmith's grpo and ppo against TRL's
+GRPOTrainer (each in its own process, one held-out yardstick, table, figure and samples), and the
+sampling-speed comparison of padded with equal-length batches."""
 
 import json
 
@@ -38,3 +38,14 @@ def test_online_rl_benchmark_runs_every_side(tiny_bert, tiny_llama, tmp_path):
     assert "| before (the base model) |" in table and "tunesmith-grpo vs trl-grpo" in table
     assert (out / "reward_kl.png").stat().st_size > 0
     assert (out / "samples.md").read_text().count("- before:") == 4
+
+
+def test_sampling_speed_benchmark_compares_padded_with_equal_length_batches(tiny_llama, tmp_path):
+    out = tmp_path / "sampling"
+    result = cli("--model", str(tiny_llama), "--repeats", "2", "--tokens", "4", "--copies", "2", "--out", str(out),
+                 module="benchmarks.sampling_speed", cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["variant"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert set(rows) == {"padded", "by length"} and rows["by length"]["speed_vs_by_length"] == 1.0
+    assert all(len(r["seconds"]) == 2 and min(r["seconds"]) > 0 for r in rows.values())
+    assert "| padded |" in (out / "results.md").read_text()
