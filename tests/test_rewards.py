@@ -126,3 +126,20 @@ def test_a_reward_model_run_scores_each_completion_given_its_prompt(tmp_path):
     total, _ = score([reward], [1.0], prompts, completions, step=1)
     by_hand = [run_score(tmp_path / "r", [c], p)[0] for p, c in zip(prompts, completions, strict=True)]
     assert torch.allclose(total, torch.tensor(by_hand), atol=1e-5)
+
+
+def test_the_shipped_online_rl_config_checks_once_its_classifier_run_exists(tmp_path, monkeypatch):
+    import json
+
+    from tunesmith.config import load_config
+    from tunesmith.shipped import resolve_config_path
+
+    monkeypatch.chdir(tmp_path)
+    path = resolve_config_path("rt-smollm2-grpo")
+    with pytest.raises(ConfigError, match=r"runs/rt-minilm-full is not a finished tunesmith run .*train it first"):
+        load_config(path)
+    run_dir = tmp_path / "runs" / "rt-minilm-full"  # relative to the working directory, as the config says
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"objective": "classify", "label_names": ["fresh", "rotten"]}))
+    cfg = load_config(path)
+    assert cfg.objective.name == "grpo" and cfg.method.name == "lora" and cfg.objective.beta > 0

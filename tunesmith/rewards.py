@@ -51,7 +51,8 @@ def _run_dir(spec: dict, at: str, code_dir: str | Path | None) -> tuple[Path, di
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        raise ConfigError(f"{at}: {run_dir} is not a finished tunesmith run (no summary.json)") from None
+        raise ConfigError(f"{at}: {run_dir} is not a finished tunesmith run (no summary.json); train it first (a "
+                          "relative path is read from the config's folder, then the working directory)") from None
     if spec.get("input", INPUTS[0]) not in INPUTS:
         raise ConfigError(f"{at}.input: {spec['input']!r} is not one of {', '.join(INPUTS)}")
     label, labels = spec.get("label"), summary.get("label_names") or []
