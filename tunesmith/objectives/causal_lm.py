@@ -141,32 +141,44 @@ def count(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
-def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    return model(**inputs, use_cache=False).logits
-
-
 def target_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits at the target positions (n, vocab), their targets (n,), where they are (batch, length - 1))."""
+    logits, targets, wanted, _ = _target_outputs(model, batch, with_hidden=False)
+    return logits, targets, wanted
+
+
+def target_logits_and_hidden(model: nn.Module, batch: dict[str, torch.Tensor]
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """target_logits, plus the final hidden states at the target positions (n, hidden) from the same
+    forward (what a value head reads)."""
+    logits, targets, wanted, hidden = _target_outputs(model, batch, with_hidden=True)
+    return logits, targets, wanted, hidden
+
+
+def _target_outputs(model: nn.Module, batch: dict[str, torch.Tensor], with_hidden: bool):
     targets = batch["labels"][:, 1:]
     wanted = targets != IGNORE
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     split = _body_and_head(model) if TARGET_ONLY_LOGITS else None
     if split is not None:
         # the output layer runs on target positions only: with short answers after long prompts
         # (chat SFT) that skips most of a vocabulary-sized matmul, its softmax and their memory
         body, head = split
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1]
-        return head(hidden[wanted]).float(), targets[wanted], wanted
+        hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1][wanted]
+        return head(hidden).float(), targets[wanted], wanted, hidden
+    extra = {"output_hidden_states": True} if with_hidden else {}
     if TARGET_ONLY_LOGITS and _keeps_masked_logits(model):
         # a wrapper (DDP) must run its own forward, so the model slices: transformers' logits_to_keep
         # with a boolean mask gives the logits of the True positions only, flattened
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         keep = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
         keep[:, :-1] = wanted
-        return model(**inputs, use_cache=False, logits_to_keep=keep).logits.float(), targets[wanted], wanted
-    logits = _forward(model, batch)[:, :-1]
-    return logits[wanted].float(), targets[wanted], wanted
+        out = model(**inputs, use_cache=False, logits_to_keep=keep, **extra)
+        logits = out.logits.float()
+    else:
+        out = model(**inputs, use_cache=False, **extra)
+        logits = out.logits[:, :-1][wanted].float()
+    hidden = out.hidden_states[-1][:, :-1][wanted] if with_hidden else None
+    return logits, targets[wanted], wanted, hidden
 
 
 def token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

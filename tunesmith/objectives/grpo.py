@@ -72,10 +72,15 @@ class GRPOConfig(OnlineRLConfig):
 def completion_logps(model, batch: dict[str, torch.Tensor], temperature: float = 1.0
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probabilities of the completion tokens, the policy's entropy there (detached)), each (B, L - 1)
-    and 0 off the completion; the output layer runs on completion positions only. The logits are divided
-    by the sampling temperature (as TRL does), so the probabilities are those the completions were drawn
-    from."""
-    logits, targets, wanted = target_logits(model, batch)
+    and 0 off the completion; the output layer runs on completion positions only."""
+    return token_logps(*target_logits(model, batch), temperature)
+
+
+def token_logps(logits: torch.Tensor, targets: torch.Tensor, wanted: torch.Tensor, temperature: float = 1.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """target_logits' output as (log-probabilities of the targets, entropy (detached)), each scattered to
+    (B, L - 1) with 0 elsewhere. The logits are divided by the sampling temperature (as TRL does), so the
+    probabilities are those the completions were drawn from."""
     logp_all = torch.log_softmax(logits / temperature, dim=-1)
     picked = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.detach().exp() * logp_all.detach()).sum(-1)

@@ -27,10 +27,9 @@ import torch
 from torch import nn
 
 from tunesmith.errors import ConfigError, TrainingError
-from tunesmith.objectives import causal_lm
 from tunesmith.objectives.advantages import gae, whiten
-from tunesmith.objectives.causal_lm import IGNORE, _body_and_head, _keeps_masked_logits
-from tunesmith.objectives.grpo import GRPO, OnlineRLConfig, check_finite, rollout_logs, sample
+from tunesmith.objectives.causal_lm import target_logits_and_hidden
+from tunesmith.objectives.grpo import GRPO, OnlineRLConfig, check_finite, rollout_logs, sample, token_logps
 from tunesmith.objectives.policy_loss import grpo_loss, value_loss
 from tunesmith.ranges import option, ranged
 
@@ -84,32 +83,12 @@ def policy_and_values(model: nn.Module, head: nn.Module, batch: dict[str, torch.
     """(log-probabilities of the completion tokens at the sampling temperature, the entropy there
     (detached), the value head's values), each (B, L - 1) and 0 off the completion, from one forward;
     logits on completion positions only. The head runs in float32 outside any autocast."""
-    targets = batch["labels"][:, 1:]
-    wanted = targets != IGNORE
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    split = _body_and_head(model) if causal_lm.TARGET_ONLY_LOGITS else None
-    if split is not None:
-        body, lm_head = split
-        hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1][wanted]
-        logits = lm_head(hidden).float()
-    elif causal_lm.TARGET_ONLY_LOGITS and _keeps_masked_logits(model):  # a wrapper (DDP, FSDP) runs its forward
-        keep = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
-        keep[:, :-1] = wanted
-        out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=keep)
-        hidden = out.hidden_states[-1][:, :-1][wanted]
-        logits = out.logits.float()
-    else:
-        out = model(**inputs, use_cache=False, output_hidden_states=True)
-        hidden = out.hidden_states[-1][:, :-1][wanted]
-        logits = out.logits[:, :-1][wanted].float()
-    logp_all = torch.log_softmax(logits / temperature, dim=-1)
-    picked = logp_all.gather(-1, targets[wanted].unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.detach().exp() * logp_all.detach()).sum(-1)
+    logits, targets, wanted, hidden = target_logits_and_hidden(model, batch)
+    logps, entropy = token_logps(logits, targets, wanted, temperature)
     with torch.autocast(hidden.device.type, enabled=False):
         values = head(hidden.float()).squeeze(-1)
     zeros = torch.zeros(wanted.shape, dtype=torch.float32, device=wanted.device)
-    return (zeros.masked_scatter(wanted, picked), zeros.detach().masked_scatter(wanted, entropy),
-            zeros.masked_scatter(wanted, values))
+    return logps, entropy, zeros.masked_scatter(wanted, values)
 
 
 def token_rewards(rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None, beta: float) -> torch.Tensor:
