@@ -5,16 +5,17 @@ Per seed (init and data order), on the same 10,246 training texts, dev set (300 
   (b) fine-tune on the weak labels: minilm-l6 (mean pooling, as the checkpoint declares), full
       fine-tuning on the texts some LF covers, soft targets from the label model, best dev accuracy
       restored;
-  then three self-training arms, each started from (b)'s model, for --cosine-steps steps with a
+  then four self-training arms, each started from (b)'s model, for --cosine-steps steps with a
   relabeling every T = --update-period steps, weight decay 1e-4 (the official code's), best dev accuracy
   restored (step 0 included, so an arm never ends below its start on dev):
   (c) COSINE: every term (sharpened, selected pseudo-labels; contrastive and confidence regularisers);
   (c') contrastive off: lambda = 0;
   (c'') select all: eps = 0, every text trains on its pseudo-label (what the official code's order of
       operations amounts to with the paper's threshold);
-  (c*) for the seeds with all three arms, the arm whose restored weights score best on the dev texts
-      (the arms are the choice: COSINE as the paper sets it, lambda = 0, or eps = 0), chosen on dev,
-      never on test;
+  (c3) COSINE at 3x --cosine-lr;
+  (c*) for the seeds with every arm, the arm whose restored weights score best on the dev texts (the
+      arms are the choice: COSINE as the paper sets it, lambda = 0, eps = 0, or the higher learning
+      rate), chosen on dev, never on test;
   and, for --control-seeds, a self-distillation control: (d) fully supervised on the same texts, then
   the COSINE arm started from (d). If the objective is sound, it keeps (d)'s accuracy within a point.
 
@@ -22,7 +23,7 @@ The diagnostics beside each arm come from its relabelings (the training texts' g
 for them only, never trained on): the pseudo-labels' accuracy on covered / uncovered x selected /
 unselected texts at the first and the last relabeling, the fraction selected, and each loss term's sum.
 
-    .venv/bin/python -m benchmarks.cosine_protocol [--seeds 0,1,2] [--arms cosine,no-contrastive,select-all]
+    .venv/bin/python -m benchmarks.cosine_protocol [--seeds 0,1,2] [--arms cosine,no-contrastive,select-all,cosine-lr-x3]
 
 Runs already finished under --out are read rather than retrained, so invocations with different --seeds
 or --arms can share the work (and run side by side once each seed's (b) exists); the table covers the
@@ -42,9 +43,11 @@ from benchmarks.results import machine_line, save_results
 from benchmarks.weak_supervision import run_config
 
 TASK = "rotten-tomatoes-weak"
-ARMS = {"cosine": ("(c) COSINE", {}),
-        "no-contrastive": ("(c') contrastive off", {"contrastive_weight": 0.0}),
-        "select-all": ("(c'') select all", {"eps": 0.0})}
+# arm -> (label, objective settings, learning rate as a multiple of --cosine-lr)
+ARMS = {"cosine": ("(c) COSINE", {}, 1.0),
+        "no-contrastive": ("(c') contrastive off", {"contrastive_weight": 0.0}, 1.0),
+        "select-all": ("(c'') select all", {"eps": 0.0}, 1.0),
+        "cosine-lr-x3": ("(c3) COSINE, 3x the learning rate", {}, 3.0)}
 GROUPS = ("covered_selected", "covered_unselected", "uncovered_selected", "uncovered_unselected")
 
 
@@ -59,11 +62,11 @@ def config(seed: int, args: argparse.Namespace, epochs: float, **objective) -> d
                       "checkpoint_minutes": None, "early_stopping": {"patience": None, "restore_best": True}}}
 
 
-def self_training(start: Path, seed: int, args: argparse.Namespace, **objective) -> dict:
+def self_training(start: Path, seed: int, args: argparse.Namespace, lr_factor: float = 1.0, **objective) -> dict:
     cfg = config(seed, args, 1, self_training_stage="cosine", **objective)
     cfg["model"]["name"] = str(start)
     cfg["stages"] = [{"name": "cosine", "method": {"name": "full"}, "max_steps": args.cosine_steps,
-                      "lr": args.cosine_lr, "weight_decay": 1e-4}]
+                      "lr": args.cosine_lr * lr_factor, "weight_decay": 1e-4}]
     return cfg
 
 
@@ -124,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         for arm in arms:
             say(f"seed {seed}: {ARMS[arm][0]} from (b)")
-            run_config(self_training(out / f"seed{seed}" / "weak" / "model", seed, args, **ARMS[arm][1]),
+            _, objective, lr_factor = ARMS[arm]
+            run_config(self_training(out / f"seed{seed}" / "weak" / "model", seed, args, lr_factor, **objective),
                        out / f"seed{seed}" / arm)
     for seed in controls:
         say(f"seed {seed}: (d) fully supervised, then COSINE from it")
@@ -150,21 +154,21 @@ def report(args: argparse.Namespace, out: Path, started: float) -> int:
     lines = [f"{TASK}, whole training set ({weak[seeds[0]]['final'].get('train_lf_coverage', 0):.1%} covered by "
              f"an LF); minilm-l6 with mean pooling, full fine-tuning, batch 32, max_length 64; (b), (d): "
              f"{args.epochs:g} / {args.supervised_epochs:g} epochs at lr {args.lr:g}; arms: {args.cosine_steps} steps "
-             f"at lr {args.cosine_lr:g}, weight decay 1e-4, T = {args.update_period}, other COSINE settings at their "
-             f"defaults; best dev accuracy (300 texts, every {args.eval_every} steps, step 0 included) restored; "
+             f"at lr {args.cosine_lr:g} ((c3): {ARMS['cosine-lr-x3'][2] * args.cosine_lr:g}), weight decay 1e-4, "
+             f"T = {args.update_period}, other COSINE settings at their defaults; best dev accuracy (300 texts, every {args.eval_every} steps, step 0 included) restored; "
              f"seeds {', '.join(map(str, seeds))}; test accuracy mean ± std (per seed); machine: {machine_line()}",
              "", "| | test accuracy | minus (b), paired | seeds |", "|---|---|---|---|",
              f"| (a) label model alone | {cell([weak[s]['final']['test_label_model_accuracy'] for s in seeds])} | | "
              f"{len(seeds)} |",
              f"| (b) fine-tune on weak labels | {cell([acc(weak[s]) for s in seeds])} | | {len(seeds)} |"]
-    for arm, (label, _) in ARMS.items():
+    for arm, (label, _, _) in ARMS.items():
         done = [s for s in seeds if runs[arm][s]]
         if done:
             gain = [100 * (acc(runs[arm][s]) - acc(weak[s])) for s in done]
             spread = f" ({', '.join(f'{g:+.1f}' for g in gain)})" if len(gain) > 1 else ""
             lines.append(f"| {label} | {cell([acc(runs[arm][s]) for s in done])} | "
                          f"{statistics.fmean(gain):+.1f} points{spread} | {len(done)} |")
-    # one of the three arms chosen on dev: per seed, the arm whose restored weights score best on the dev
+    # one of the arms chosen on dev: per seed, the arm whose restored weights score best on the dev
     # texts (ties: the paper's settings); the test set plays no part in the choice
     dev = lambda summary: summary["final"]["val_accuracy"]  # noqa: E731
     complete = [s for s in seeds if all(runs[arm][s] for arm in ARMS)]

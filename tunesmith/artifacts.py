@@ -41,6 +41,8 @@ def save_trained(model: nn.Module, loaded: LoadedModel, methods: list[Method], r
         adapter.save(model, out, base=hub_id(str(meta.get("model", ""))) or loaded.source,
                      extra_files={"tunesmith.json": meta | {"base_source": loaded.source}})
         loaded.tokenizer.save_pretrained(out)
+        for export in loaded.adapter_exports:
+            export(out)
         return out
     for method in methods:
         model = method.merged(model)  # adapters trained alongside base weights: folded in

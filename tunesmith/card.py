@@ -50,7 +50,7 @@ def write_model_card(out_dir: Path, cfg: RunConfig, objective: Any, summary: dic
     base = public_base(cfg.model.name)
     local = kept.get("base_source") or (None if base else cfg.model.name)
     kind = objective.model_kind
-    front = _front_matter(cfg, kind, base, adapter is not None, merged_from is not None)
+    front = _front_matter(cfg, kind, base, adapter is not None, merged_from is not None, objective.library)
     sections = [
         f"# {(run_dir or out_dir).resolve().name}\n\n{_summary_line(cfg, objective, base, adapter, merged_from)}",
         _model_section(cfg, objective, summary, base, local, adapter),
@@ -72,11 +72,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _front_matter(cfg: RunConfig, kind: str, base: str | None, is_adapter: bool, merged: bool) -> dict[str, Any]:
+def _front_matter(cfg: RunConfig, kind: str, base: str | None, is_adapter: bool, merged: bool,
+                  own_library: str | None = None) -> dict[str, Any]:
     front: dict[str, Any] = {}
     if base:
         front["base_model"] = base
-    library = "peft" if is_adapter else "transformers" if kind in AUTO_CLASSES else None
+    library = own_library or ("peft" if is_adapter else "transformers" if kind in AUTO_CLASSES else None)
     if library:
         front["library_name"] = library
     if kind in PIPELINE_TAGS:
@@ -88,7 +89,9 @@ def _front_matter(cfg: RunConfig, kind: str, base: str | None, is_adapter: bool,
     tags = ["tunesmith", *dict.fromkeys(methods), cfg.objective.name]
     if base:
         tags.insert(0, f"base_model:{'adapter' if is_adapter else 'finetune'}:{base}")
-    if is_adapter or merged:
+    if own_library:
+        tags.append(own_library)
+    elif is_adapter or merged:
         tags.append("transformers")
     front["tags"] = list(dict.fromkeys(tags))
     return front
@@ -223,13 +226,17 @@ def _usage_section(out_dir: Path, run_dir: Path | None, objective: Any, summary:
     if run_dir is not None:
         command = {"predict": f'tunesmith predict {run_dir} "{EXAMPLE_TEXT}"',
                    "generate": f'tunesmith generate {run_dir} "Is this review fresh or rotten? {EXAMPLE_TEXT}"',
-                   "score": f'tunesmith score {run_dir} "{EXAMPLE_TEXT}"'}.get(objective.command)
+                   "score": f'tunesmith score {run_dir} "{EXAMPLE_TEXT}"',
+                   "sample": f"tunesmith sample {run_dir} --num 8 --out samples"}.get(objective.command)
         if command:
             parts += ["With tunesmith:", f"```bash\n{command}\n```"]
     elif objective.model_kind == "causal-lm":
         parts += ["With tunesmith:", f'```bash\ntunesmith generate {out_dir} "{EXAMPLE_TEXT}"\n```']
-    code = _python(out_dir, objective, summary, base, local, adapter, pooling)
-    if code:
+    own = objective.usage_code(out_dir, base or local, adapter is not None)
+    code = own[1] if own else _python(out_dir, objective, summary, base, local, adapter, pooling)
+    if own:
+        parts += [f"With {own[0]}:", f"```python\n{code}```"]
+    elif code:
         parts += ["With " + ("transformers and peft" if adapter else "transformers") + ":", f"```python\n{code}```"]
         if adapter and base and local:
             parts.append(f"The adapter was trained on tunesmith's local copy of `{base}` (`{local}`); to reproduce "

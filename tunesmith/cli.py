@@ -111,6 +111,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="prompt the model through its chat template (default: as its run was trained)")
     pchat.add_argument("--no-chat", dest="chat", action="store_false", help="plain prompts, no chat template")
 
+    sa = sub.add_parser("sample", help="images from a diffusion run, a built-in diffusion model or a diffusers folder",
+                        parents=[common], **_example("tunesmith sample runs/digits-lora --class 3 --num 8 --out samples"))
+    sa.add_argument("run_dir", help="a diffusion run directory, a built-in diffusion model or a local diffusers folder")
+    sa.add_argument("--class", dest="classes", action="append", help="a class to draw (repeat it; default: every class)")
+    sa.add_argument("--prompt", help="a caption (caption-conditioned models)")
+    sa.add_argument("--num", type=int, default=8, help="images per class")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--steps", type=int, default=50, help="denoising steps")
+    sa.add_argument("--sampler", choices=("ddim", "model"), default="ddim",
+                    help="ddim, or the model's own scheduler (e.g. DDPM)")
+    sa.add_argument("--out", required=True, help="the folder for the PNGs and grid.png")
+
     mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: a plain HF model", parents=[common],
                         **_example("tunesmith merge runs/lora merged-model"))
     mg.add_argument("run_dir")
@@ -411,6 +423,17 @@ COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "merge": _merge
             "weak-stats": _weak_stats, "configs": _configs, "init": _init, "check": _check, "export": _export}
 
 
+def _sample(args: argparse.Namespace) -> int:
+    from tunesmith.sampling import sample_to_folder
+
+    if args.num < 1 or args.steps < 1:
+        raise TunesmithError("sample: --num and --steps must be >= 1")
+    written = sample_to_folder(args.run_dir, args.out, args.classes, args.prompt, args.num, args.seed, args.steps,
+                               args.sampler)
+    print(f"{len(written) - 1} images and {written[-1]} written", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -423,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("models", "datasets", "methods", "objectives"):
             return _listing(args.command)
-        handler = COMMANDS.get(args.command) or {"predict": _predict, "generate": _generate}[args.command]
+        handler = COMMANDS.get(args.command) or {"predict": _predict, "generate": _generate, "sample": _sample}[args.command]
         return handler(args)
     except Interrupted as e:  # asked for (Ctrl-C, a scheduler's SIGTERM): not an error, so no "error:"
         print(str(e), file=sys.stderr)

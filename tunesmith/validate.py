@@ -145,7 +145,7 @@ def _check_model(cfg: RunConfig, objective, w: Where) -> None:
     """What can be known about the model without loading it: safe weights, its longest input."""
     from tunesmith.models.registry import max_positions, weights_problem
 
-    if objective.model_kind == "image-classifier":
+    if not objective.checks_text_model:
         return
     problem = weights_problem(cfg.model.name)
     if problem:

@@ -53,11 +53,18 @@ def adapter_state(model: nn.Module, adapter: str, modules_to_save: list[str], bi
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
+def _suffix(path: str) -> str:
+    """The name PEFT matches a module by: its last part, or its last two when the last is an index
+    (diffusers' `to_out.0`: a bare "0" would match every first child)."""
+    parts = path.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
+
+
 def peft_config(settings: LoraConfig, targets: list[str], modules_to_save: list[str], base: str,
                 task_type: str | None, fan_in_fan_out: bool) -> dict[str, Any]:
     target_modules: str | list[str] | None = settings.target_modules
     if target_modules is None or target_modules == "all-linear":  # store what was resolved, as PEFT does
-        target_modules = sorted({t.rsplit(".", 1)[-1] for t in targets})
+        target_modules = sorted({_suffix(t) for t in targets})
     return {
         "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base,
         "r": settings.r, "lora_alpha": settings.alpha, "lora_dropout": settings.dropout,

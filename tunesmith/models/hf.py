@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +34,9 @@ class LoadedModel:
     source: str
     lora_targets: list[str] | None = None  # what method lora wraps when target_modules is not given
     save: Callable[[nn.Module, Path], None] | None = None  # writes RUN_DIR/model; None: Hugging Face format
+    # formats the model family writes beside a saved PEFT adapter folder (e.g. diffusers' LoRA file),
+    # each given that folder
+    adapter_exports: list[Callable[[Path], Path]] = field(default_factory=list)
 
 
 def untrained_pooler(path: Path) -> bool:

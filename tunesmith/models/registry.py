@@ -15,7 +15,7 @@ from tunesmith.models.vision_specs import EFFICIENTNET_LITE0, VisionSpec
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    kind: str  # text-encoder | causal-lm | vision
+    kind: str  # text-encoder | causal-lm | vision | diffusion
     description: str
     params: str
     license: str
@@ -69,7 +69,23 @@ MODELS: dict[str, ModelEntry] = {
         locate=EFFICIENTNET_LITE0.weights,
         vision=EFFICIENTNET_LITE0,
     ),
+    "unet-fmnist": ModelEntry(
+        name="unet-fmnist",
+        kind="diffusion",
+        description="class-conditioned diffusers UNet2DConditionModel, 32x32 grey, 10 classes, self-attention at "
+                    "8x8 and in the middle; pretrained here on Fashion-MNIST by a tunesmith recipe on first use, then cached",
+        params="1.01M",
+        license="Apache-2.0 (recipe); Fashion-MNIST is MIT",
+        install_hint="pip install diffusers && apt-get install dataset-fashion-mnist",
+        locate=lambda: _diffusion_base(),
+    ),
 }
+
+
+def _diffusion_base() -> Path:
+    from tunesmith.models.diffusion_base import locate_base
+
+    return locate_base()
 
 
 _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -110,8 +126,10 @@ def weights_problem(name_or_path: str) -> str | None:
 def resolve_model_dir(name_or_path: str) -> Path:
     """A built-in name or a local Hugging Face-format directory (config.json + weights)."""
     if name_or_path in MODELS:
-        if MODELS[name_or_path].vision is not None:
-            raise ConfigError(f"model.name: {name_or_path} is an image model; use it with objective image_classify")
+        kind = MODELS[name_or_path].kind
+        if kind not in ("text-encoder", "causal-lm"):
+            used_by = {"vision": "image_classify", "diffusion": "diffusion"}[kind]
+            raise ConfigError(f"model.name: {name_or_path} is an image model ({kind}); use it with objective {used_by}")
         return MODELS[name_or_path].locate()
     path = Path(name_or_path).expanduser()
     if path.is_dir():

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from tunesmith.objectives.base import Loss, Objective, ObjectiveConfig, SavedRun
 from tunesmith.objectives.causal_lm import CausalLM
 from tunesmith.objectives.classify import Classify
+from tunesmith.objectives.diffusion import Diffusion
 from tunesmith.objectives.dpo import DPO
 from tunesmith.objectives.grpo import GRPO, RLOO
 from tunesmith.objectives.image_classify import ImageClassify
@@ -37,6 +38,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "rloo": RLOO,
     "ppo": PPO,
     "weak": Weak,
+    "diffusion": Diffusion,
 }
 OBJECTIVE_SECTIONS.update({name: cls.Config for name, cls in OBJECTIVES.items()})  # what the config parser reads
 

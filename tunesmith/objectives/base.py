@@ -83,10 +83,11 @@ class Objective:
     # what `evaluate` reports, before the split's prefix (val_, test_, an eval set's name + _)
     metric_names: ClassVar[tuple[str, ...]] = ("loss",)
     default_metric: ClassVar[str] = "val_loss"  # train.early_stopping.metric when none is given
-    model_kind: ClassVar[str] = ""  # text-classifier | causal-lm | image-classifier: which methods apply
+    model_kind: ClassVar[str] = ""  # text-classifier | causal-lm | image-classifier | diffusion-unet: which methods apply
+    checks_text_model: ClassVar[bool] = True  # model.name is a text model (its length limit, pickled weights)
     has_labels: ClassVar[bool] = False  # its runs answer `predict` and `eval`
     generates: ClassVar[bool] = False  # its runs answer `generate`
-    command: ClassVar[str] = "predict"  # the command that uses its finished runs (predict | generate | score)
+    command: ClassVar[str] = "predict"  # the command that uses its finished runs (predict | generate | score | sample)
     eval_file: ClassVar[str] = ""  # what `tunesmith eval --data FILE` reads for its runs ("": eval does not apply)
 
     def __init__(self, run: RunConfig | None = None) -> None:
@@ -227,6 +228,14 @@ class Objective:
 
     def describe_prediction(self, row: dict) -> str:
         return str(row)
+
+    # the library its saved models are loaded with outside tunesmith, where not transformers / peft
+    library: ClassVar[str | None] = None
+
+    def usage_code(self, saved_dir: Path, base: str | None, adapter: bool) -> tuple[str, str] | None:
+        """(the libraries, Python code) that loads a saved model (or adapter on `base`) outside tunesmith,
+        for its model card; None: the card's transformers / peft code for the model kind."""
+        return None
 
     # -- state that checkpoints carry ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -169,6 +169,7 @@ class ImageClassify(Classify):
     description = "cross-entropy on an image classifier's new head; accuracy, per-class accuracy, confusion matrix"
     Config = ImageClassifyConfig
     model_kind = "image-classifier"
+    checks_text_model = False
 
     def check(self, run, where) -> None:
         from tunesmith.models.vision import is_vision_model

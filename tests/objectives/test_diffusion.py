@@ -1,0 +1,165 @@
+"""Diffusion runs on tiny random-init diffusers UNets over image folders of our own making: the loss is
+the scheduler's noise-prediction MSE (hand-computed), a LoRA run's adapter loads into plain diffusers and
+PEFT with equal outputs, merging keeps them, sampling is seeded, a paused run resumes to the same end,
+and bad input is one clear line before training."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import cli
+from PIL import Image
+
+from tunesmith import api
+from tunesmith.config import config_from_dict
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.methods.diffusers_lora import LORA_WEIGHTS
+from tunesmith.models.diffusion import load_unet
+from tunesmith.models.diffusion_base import init_unet
+from tunesmith.objectives.diffusion import per_image_loss, snr_weights
+from tunesmith.run import run
+
+diffusers = pytest.importorskip("diffusers")
+pytestmark = pytest.mark.slow
+TINY = {"sample_size": 16, "block_out_channels": [16, 32, 32], "num_class_embeds": 3, "norm_num_groups": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny_unet(tmp_path_factory):
+    return init_unet(tmp_path_factory.mktemp("unet") / "tiny", seed=0, **TINY)
+
+
+def shapes_folder(root, per_class=12, size=16, seed=0):
+    """Three classes of grey 16x16 images: a bright square, a bright bar, a dark frame."""
+    rng = np.random.default_rng(seed)
+    for name in ("square", "bar", "frame"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            x = rng.normal(40, 10, (size, size))
+            o = rng.integers(0, 4)
+            if name == "square":
+                x[4 + o : 10 + o, 4:10] = 220
+            elif name == "bar":
+                x[:, 6 + o : 9 + o] = 220
+            else:
+                x[:2], x[-2:], x[:, :2], x[:, -2:] = 200, 200, 200, 200
+            Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).convert("RGB").save(root / name / f"{i}.png")
+    return root
+
+
+def config(model, data, method="lora", steps=6, **train):
+    return {"model": {"name": str(model)}, "method": {"name": method, "lora": {"r": 4, "alpha": 8}},
+            "objective": {"name": "diffusion", "samples_per_class": 2, "sample_steps": 4},
+            "data": {"train": str(data), "split": {"seed": 0, "validation": 0.2, "test": 0.2}},
+            "train": {"batch_size": 8, "lr": 1e-3, "max_steps": steps, "eval_every": 3, "threads": 1,
+                      "progress": False} | train}
+
+
+def test_loss_is_the_schedulers_noise_prediction_error(tiny_unet):
+    unet, scheduler, _ = load_unet(tiny_unet)
+    torch.manual_seed(0)
+    x0, noise = torch.rand(4, 1, 16, 16) * 2 - 1, torch.randn(4, 1, 16, 16)
+    labels, t = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 10, 500, 999])
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise  # DDPM's forward process, by hand
+    with torch.no_grad():
+        pred = unet(noisy, t, encoder_hidden_states=None, class_labels=labels).sample
+        got = per_image_loss(unet, scheduler, x0, labels, noise, t)
+    torch.testing.assert_close(got, ((pred - noise) ** 2).mean(dim=(1, 2, 3)))
+    snr = (a / (1 - a)).flatten()
+    torch.testing.assert_close(snr_weights(scheduler, t, 5.0), torch.minimum(snr, torch.tensor(5.0)) / snr)
+    v = type(scheduler).from_config(scheduler.config, prediction_type="v_prediction")
+    with torch.no_grad():
+        got_v = per_image_loss(unet, v, x0, labels, noise, t)
+    target = a.sqrt() * noise - (1 - a).sqrt() * x0  # velocity (Salimans & Ho 2022)
+    torch.testing.assert_close(got_v, ((pred - target) ** 2).mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(snr_weights(v, t, 5.0), torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_unet, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    run(config_from_dict(config(tiny_unet, shapes_folder(root / "data"))), root / "run")
+    return root / "run"
+
+
+def test_lora_run_loads_in_diffusers_and_peft_with_equal_outputs(tiny_unet, lora_run, tmp_path):
+    from peft import PeftModel
+
+    from tunesmith.infer import open_saved
+
+    adapter = lora_run / "adapter"
+    assert (adapter / LORA_WEIGHTS).exists() and (lora_run / "plots" / "samples.png").exists()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["conv1", "conv2", "to_k", "to_out.0", "to_q", "to_v"]
+    ours = open_saved(lora_run).model
+    plain = diffusers.UNet2DConditionModel.from_pretrained(tiny_unet / "unet")
+    plain.load_lora_adapter(str(adapter), prefix="unet", weight_name=LORA_WEIGHTS)
+    peft = PeftModel.from_pretrained(diffusers.UNet2DConditionModel.from_pretrained(tiny_unet / "unet"), str(adapter))
+    base = diffusers.UNet2DConditionModel.from_pretrained(tiny_unet / "unet")
+    assert cli("merge", str(lora_run), str(tmp_path / "merged")).returncode == 0
+    merged = diffusers.UNet2DConditionModel.from_pretrained(tmp_path / "merged" / "unet")
+    x, t, c = torch.randn(3, 1, 16, 16), torch.tensor([5, 300, 900]), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        out = {name: m.eval()(x, t, encoder_hidden_states=None, class_labels=c).sample
+               for name, m in {"ours": ours, "diffusers": plain, "peft": peft, "merged": merged, "base": base}.items()}
+    torch.testing.assert_close(out["diffusers"], out["ours"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out["peft"], out["ours"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out["merged"], out["ours"], rtol=1e-4, atol=1e-5)
+    assert (out["base"] - out["ours"]).abs().max() > 1e-3  # the adapter did train
+
+
+def test_sample_command_is_seeded_and_names_classes(lora_run, tmp_path):
+    for out in ("a", "b"):
+        done = cli("sample", str(lora_run), "--class", "bar", "--num", "2", "--steps", "3", "--out", str(tmp_path / out))
+        assert done.returncode == 0, done.stderr
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == ["bar_000.png", "bar_001.png", "grid.png"]
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert Image.open(tmp_path / "a" / "bar_000.png").size == (16, 16)
+    bad = cli("sample", str(lora_run), "--class", "circle", "--out", str(tmp_path / "c"))
+    assert bad.returncode == 2 and "'circle' is not a class of this model (bar, frame, square)" in bad.stderr
+
+
+def test_paused_full_run_resumes_to_the_same_end(tiny_unet, tmp_path):
+    data = shapes_folder(tmp_path / "data")
+    whole = run(config_from_dict(config(tiny_unet, data, method="full")), tmp_path / "whole")
+    cfg = config(tiny_unet, data, method="full", pause_at_fraction=0.5)
+    assert run(config_from_dict(cfg), tmp_path / "p")["paused"]
+    done = run(None, tmp_path / "p", resume=True)
+    assert done["final"] == whole["final"]
+    assert (tmp_path / "p" / "plots" / "samples.png").read_bytes() == (tmp_path / "whole" / "plots" / "samples.png").read_bytes()
+
+
+def test_bad_input_is_one_line_before_training(tiny_unet, tmp_path):
+    data = shapes_folder(tmp_path / "data")
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "config.json").write_text(json.dumps({"_class_name": "BertModel"}))
+    with pytest.raises(ConfigError, match="describes a 'BertModel', not a diffusers UNet"):
+        api.check(config(tmp_path / "not-a-model", data))
+    crossing = init_unet(tmp_path / "text", **TINY | {"down_block_types": ["DownBlock2D", "DownBlock2D",
+                                                                           "CrossAttnDownBlock2D"]})
+    with pytest.raises(ConfigError, match="reads text through cross-attention"):
+        api.check(config(crossing, data))
+    two_classes = init_unet(tmp_path / "two", **TINY | {"num_class_embeds": 2})
+    with pytest.raises(ConfigError, match="embeds 2 classes; the data has 3"):
+        run(config_from_dict(config(two_classes, data)), tmp_path / "r2")
+    Image.new("RGB", (20, 16)).save(data / "bar" / "wide.png")
+    with pytest.raises(DataError, match=r"wide.png: 20x16 pixels, but .* is 16x16"):
+        run(config_from_dict(config(tiny_unet, data)), tmp_path / "r3")
+    assert not any((tmp_path / "r3").glob("checkpoints/*"))
+
+
+def test_model_card_code_loads_the_lora_with_diffusers(lora_run, tmp_path):
+    import subprocess
+    import sys
+
+    card = (lora_run / "adapter" / "README.md").read_text()
+    assert "library_name: diffusers" in card and f"tunesmith sample {lora_run}" in card
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "load_lora_adapter" in code
+    (tmp_path / "use.py").write_text(code + "assert images.shape == (4, 1, 16, 16)\n")
+    done = subprocess.run([sys.executable, str(tmp_path / "use.py")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,155 @@
+"""Diffusion UNets from a local `diffusers` directory: load, save, and the LoRA format diffusers reads.
+
+A model is either a pipeline folder (model_index.json, unet/, scheduler/, maybe vae/ and text_encoder/)
+or a bare UNet folder (config.json naming a UNet2DConditionModel or UNet2DModel, with its
+scheduler_config.json beside it or in scheduler/). Weights are read with safetensors only.
+
+Its LoRA file, in the format diffusers reads, is written by tunesmith.methods.diffusers_lora.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunesmith.atomic import atomic_dir
+from tunesmith.errors import ConfigError
+
+UNET_CLASSES = ("UNet2DConditionModel", "UNet2DModel")
+# attention projections and the ResNet blocks' 3x3 convolutions, as diffusers' LoRA scripts target
+UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
+PREP_FILE = "tunesmith_diffusion.json"
+
+
+@dataclass(frozen=True)
+class DiffusionPrep:
+    """What the UNet takes and was trained on: `channels` x `size` x `size` images scaled to [-1, 1],
+    `class_names` for a class-conditioned model (None: unconditioned)."""
+
+    size: int
+    channels: int
+    class_names: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    pad_token_id = None  # not a tokenizer: nothing to pad
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / PREP_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+@dataclass
+class DiffusionParts:
+    """What a UNet runs with, kept where a text model keeps its tokenizer: its noise scheduler and
+    what it takes; saved beside the weights or the adapter."""
+
+    scheduler: Any
+    prep: DiffusionPrep
+    pad_token_id = None
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        self.prep.save_pretrained(out_dir)
+        self.scheduler.save_pretrained(Path(out_dir) / "scheduler")
+
+
+def model_dir(name_or_path: str) -> Path:
+    """A built-in diffusion model's folder (made once, then cached) or a local diffusers folder."""
+    from tunesmith.models.registry import MODELS
+
+    entry = MODELS.get(name_or_path)
+    if entry is not None:
+        if entry.kind != "diffusion":
+            raise ConfigError(f"model.name: {name_or_path} is a {entry.kind} model, not a diffusion UNet "
+                              f"(built-in diffusion models: {', '.join(n for n, e in MODELS.items() if e.kind == 'diffusion')})")
+        return entry.locate()
+    layout(name_or_path)  # an error naming what is missing when it is not a diffusers folder
+    return Path(name_or_path).expanduser()
+
+
+def cross_attention_config(path: str | Path) -> str | None:
+    """The config entry by which a UNet reads text through cross-attention (None: it does not)."""
+    config = unet_config(path)
+    blocks = [*config.get("down_block_types", ()), config.get("mid_block_type") or ""]
+    crossing = [b for b in blocks if "CrossAttn" in b]
+    return f"{crossing[0]} in {config.get('_class_name')}" if crossing else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def layout(path: str | Path) -> tuple[Path, Path | None]:
+    """(the UNet's folder, the scheduler's folder or None) of a diffusers directory; ConfigError naming
+    what is missing when it is not one."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"model.name: {root} is not a directory (a diffusion model is a local diffusers folder)")
+    unet_dir = root / "unet" if (root / "unet" / "config.json").exists() else root
+    config = _read_json(unet_dir / "config.json")
+    if config is None:
+        raise ConfigError(f"model.name: {root} is not a diffusers model: no unet/config.json or config.json")
+    if config.get("_class_name") not in UNET_CLASSES:
+        raise ConfigError(f"model.name: {unet_dir / 'config.json'} describes a {config.get('_class_name')!r}, not a "
+                          f"diffusers UNet ({' or '.join(UNET_CLASSES)})")
+    if not any(unet_dir.glob("*.safetensors")):
+        pickles = sorted(p.name for p in unet_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        hint = (f" (only {pickles[0]}, a pickle that can run code when read; convert it once where you trust it: "
+                f"UNet.from_pretrained(...).save_pretrained(..., safe_serialization=True))") if pickles else ""
+        raise ConfigError(f"model.name: {unet_dir} has no .safetensors weights{hint}")
+    for candidate in (root / "scheduler", unet_dir):
+        if (candidate / "scheduler_config.json").exists():
+            return unet_dir, candidate
+    return unet_dir, None
+
+
+def unet_config(path: str | Path) -> dict[str, Any]:
+    """The UNet's config.json (class, sample size, channels, class embeddings) without loading weights."""
+    unet_dir, _ = layout(path)
+    return json.loads((unet_dir / "config.json").read_text())
+
+
+def load_unet(path: str | Path) -> tuple[nn.Module, Any, DiffusionPrep]:
+    """(UNet in float32, its noise scheduler, what it takes). A folder without a scheduler gets
+    diffusers' DDPM defaults (1,000 steps, linear betas, epsilon prediction) and says so in `extra`."""
+    import diffusers
+
+    from tunesmith.models.hf import _quiet_transformers
+
+    _quiet_transformers()
+    unet_dir, scheduler_dir = layout(path)
+    config = json.loads((unet_dir / "config.json").read_text())
+    unet = getattr(diffusers, config["_class_name"]).from_pretrained(unet_dir, use_safetensors=True,
+                                                                     torch_dtype=torch.float32)
+    if scheduler_dir is not None:
+        scheduler_config = json.loads((scheduler_dir / "scheduler_config.json").read_text())
+        cls = getattr(diffusers, scheduler_config.get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
+        scheduler = cls.from_config(scheduler_config)
+    else:
+        scheduler = diffusers.DDPMScheduler()
+    saved = _read_json(Path(path).expanduser() / PREP_FILE) or _read_json(unet_dir / PREP_FILE) or {}
+    size = config.get("sample_size") or 32
+    prep = DiffusionPrep(size=int(size if isinstance(size, int) else size[0]), channels=int(config["in_channels"]),
+                         class_names=saved.get("class_names"),
+                         extra={"scheduler": "default DDPM" if scheduler_dir is None else str(scheduler_dir)})
+    return unet, scheduler, prep
+
+
+def num_classes(unet: nn.Module) -> int:
+    """How many class labels the UNet embeds (0: not class-conditioned)."""
+    return int(getattr(unet.config, "num_class_embeds", None) or 0)
+
+
+def save_diffusion(unet: nn.Module, parts: DiffusionParts, out_dir: Path, meta: dict[str, Any]) -> Path:
+    """A diffusers folder (unet/, scheduler/) that diffusers loads as it is, written atomically."""
+    with atomic_dir(out_dir) as tmp:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        parts.save_pretrained(tmp)
+        (tmp / "tunesmith.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir

@@ -1,0 +1,326 @@
+"""Diffusion: teach a UNet to predict the noise (or velocity) its own scheduler added at a random step.
+
+The loss is the mean squared error per image, at timesteps drawn uniformly from the scheduler's
+schedule, against what the scheduler's `prediction_type` names (epsilon, v_prediction, sample);
+`min_snr_gamma` weights each image by min(SNR, gamma) / SNR (Hang et al. 2023; / (SNR + 1) for
+v-prediction). Noise and timesteps come from the objective's own generator, seeded by train.data_seed
+(and the process's rank) and kept in checkpoints, so a run is repeatable and a resumed run draws the
+same ones. Validation is the same loss at noise and timesteps fixed per image
+(seeded by its position), so evaluations compare across steps and runs.
+
+Rows are images with a class (a folder per class, a file listing images, or a built-in image set): a
+class-conditioned UNet gets the class as its label, an unconditioned one ignores it. The run ends by
+sampling a grid per class with a DDIM (or the model's own) sampler, seeded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.errors import ConfigError, DataError, TunesmithError
+from tunesmith.fastpath import no_autograd
+from tunesmith.methods.diffusers_lora import LORA_WEIGHTS, write_diffusers_lora
+from tunesmith.objectives.base import Loss, Objective, SavedRun
+from tunesmith.ranges import choice, option, ranged
+from tunesmith.schema import ObjectiveConfig
+
+_EVAL_SEED = 20_231_204  # fixed noise for validation: the same images see the same noise at every evaluation
+
+
+@dataclass
+class DiffusionConfig(ObjectiveConfig):
+    name: str = option("diffusion", "the objective")
+    min_snr_gamma: float | None = ranged(None, "> 0", "weight each image's loss by min(SNR, gamma) / SNR (5 is "
+                                         "the paper's choice); null: unweighted")
+    sampler: str = option("ddim", "how samples are drawn: ddim (fast, deterministic) | model (the model's own "
+                          "scheduler, e.g. DDPM)")
+    sample_steps: int = ranged(50, ">= 1", "denoising steps per sample")
+    samples_per_class: int = ranged(8, ">= 0", "images per class in the run's final grid (0: none)")
+    sample_seed: int = ranged(0, ">= 0", "seed of the final grid's starting noise")
+
+
+@dataclass(frozen=True, slots=True)
+class DiffusionItem:
+    pixels: torch.Tensor  # uint8 (3, s, s), s <= the model's size
+    label: int
+
+
+def is_builtin(name: str) -> bool:
+    from tunesmith.models.registry import MODELS
+
+    if name in MODELS and MODELS[name].kind != "diffusion":
+        raise ConfigError(f"model.name: {name} is a {MODELS[name].kind} model, not a diffusion UNet")
+    return name in MODELS
+
+
+def _where(example) -> str:
+    return str(getattr(example, "where", "an image"))
+
+
+def _class_kwargs(unet: nn.Module, labels: torch.Tensor) -> dict:
+    from tunesmith.models.diffusion import num_classes
+
+    kwargs: dict = {"class_labels": labels} if num_classes(unet) else {}
+    if type(unet).__name__ == "UNet2DConditionModel":
+        kwargs["encoder_hidden_states"] = None  # no cross-attention blocks: nothing to attend to
+    return kwargs
+
+
+def denoise(unet: nn.Module, noisy: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return unet(noisy, t, **_class_kwargs(unet, labels)).sample.float()
+
+
+def to_model_input(pixels: Sequence[torch.Tensor], size: int, channels: int) -> torch.Tensor:
+    """uint8 (3, s, s) images -> float (n, channels, size, size) in [-1, 1]."""
+    x = torch.stack(list(pixels)).float().div_(255)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+    if channels == 1:
+        x = x.mean(1, keepdim=True)
+    return x.mul_(2).sub_(1)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model-space images in [-1, 1] -> uint8 (n, h, w, c)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def noise_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    if kind == "sample":
+        return x0
+    raise TunesmithError(f"scheduler prediction_type {kind!r} is not one tunesmith trains (epsilon, "
+                         "v_prediction, sample)")
+
+
+def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    alphas = scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = alphas / (1 - alphas)
+    clipped = torch.minimum(snr, torch.full_like(snr, gamma))
+    kind = scheduler.config.prediction_type
+    return clipped / (snr + 1) if kind == "v_prediction" else (clipped / snr if kind == "epsilon" else clipped)
+
+
+def per_image_loss(unet: nn.Module, scheduler, x0: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
+                   t: torch.Tensor) -> torch.Tensor:
+    noisy = scheduler.add_noise(x0, noise, t)
+    pred = denoise(unet, noisy, t, labels)
+    return (pred - noise_target(scheduler, x0, noise, t).float()).pow(2).mean(dim=(1, 2, 3))
+
+
+@no_autograd
+def sample(unet: nn.Module, scheduler, labels: torch.Tensor, size: int, channels: int, steps: int, seed: int,
+           sampler: str = "ddim", batch_size: int = 64) -> torch.Tensor:
+    """Images (n, channels, size, size) in [-1, 1], one per label, from seeded noise."""
+    from diffusers import DDIMScheduler
+
+    runner = DDIMScheduler.from_config(scheduler.config) if sampler == "ddim" else type(scheduler).from_config(
+        scheduler.config)
+    runner.set_timesteps(steps)
+    device = next(unet.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(labels), channels, size, size), generator=generator) * runner.init_noise_sigma
+    out = []
+    for start in range(0, len(labels), batch_size):
+        xb, lb = x[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
+        for t in runner.timesteps:
+            model_in = runner.scale_model_input(xb, t)
+            pred = denoise(unet, model_in, t.expand(len(xb)).to(device), lb)
+            xb = runner.step(pred, t, xb, generator=generator).prev_sample
+        out.append(xb.cpu())
+    return torch.cat(out)
+
+
+def save_grid(images: torch.Tensor, rows: int, path: Path) -> Path:
+    """uint8 (n, h, w, c) images as one PNG, `rows` rows."""
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    cols = -(-n // rows)
+    grid = torch.zeros((rows * h, cols * w, c), dtype=torch.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, cols)
+        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = img
+    array = grid.numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array[..., 0] if c == 1 else array).save(path)
+    return path
+
+
+class Diffusion(Objective):
+    """Noise-prediction training of a diffusers UNet; held-out denoising loss; a sample grid per class."""
+
+    name = "diffusion"
+    description = "noise-prediction MSE of a diffusers UNet at random timesteps; samples a grid per class"
+    Config = DiffusionConfig
+    model_kind = "diffusion-unet"
+    command = "sample"
+    checks_text_model = False
+    parts = None  # the model's scheduler and input description (DiffusionParts), once it is loaded
+
+    def check(self, run, where) -> None:
+        from tunesmith.models.diffusion import cross_attention_config, model_dir
+
+        # a built-in base is not made here (its first use trains it); a local folder is read, not loaded
+        config = None if is_builtin(run.model.name) else cross_attention_config(model_dir(run.model.name))
+        if config:
+            raise ConfigError(f"{where('model.name')}: {run.model.name} reads text through cross-attention "
+                              f"({config}); caption-conditioned training is not supported yet: use a class-"
+                              "conditioned or unconditioned UNet")
+        if run.model.dtype != "float32":
+            raise ConfigError(f"{where('model.dtype')}: {run.model.dtype}: diffusion models keep float32 weights; "
+                              "compute in lower precision with train.precision: bf16")
+        if run.model.pooling != "cls" or run.model.train_pooler is not None:
+            raise ConfigError(f"{where('model.pooling')}: is for text classifiers, not {self.name}")
+        choice(self.cfg.sampler, ("ddim", "model"), where("objective.sampler"))
+
+    def load_data(self, run):
+        from tunesmith.data.images import load_image_classification
+
+        return load_image_classification(run.data)
+
+    def load_model(self, run, data):
+        from tunesmith.models.diffusion import (
+            UNET_LORA_TARGETS,
+            DiffusionParts,
+            load_unet,
+            model_dir,
+            num_classes,
+            save_diffusion,
+        )
+        from tunesmith.models.hf import LoadedModel
+
+        source = model_dir(run.model.name)
+        unet, scheduler, prep = load_unet(source)
+        names = list(data.label_names or [])
+        embeds = num_classes(unet)
+        if embeds and len(names) > embeds:
+            raise ConfigError(f"model.name: {source} embeds {embeds} classes; the data has {len(names)} "
+                              f"({', '.join(names[:12])})")
+        prep = replace(prep, class_names=names if embeds else None)
+        self.parts = parts = DiffusionParts(scheduler, prep)
+        meta = {"model": run.model.name, "objective": self.name, "label_names": names}
+        return LoadedModel(model=unet, tokenizer=parts, head_params=[], source=str(source),
+                           lora_targets=list(UNET_LORA_TARGETS),
+                           save=lambda m, out_dir: save_diffusion(m, parts, out_dir, meta),
+                           adapter_exports=[write_diffusers_lora])
+
+    def encode(self, examples, tokenizer, max_length):
+        from tunesmith.data.images import read_image
+        from tunesmith.objectives.image_classify import to_pixels
+
+        size, items, first = tokenizer.prep.size, [], None
+        for e in examples:
+            image = read_image(e)
+            if first is None:
+                first = (e, image.shape[:2])
+            elif image.shape[:2] != first[1]:  # resizing them alike would train on distorted images
+                raise DataError(f"{_where(e)}: {image.shape[1]}x{image.shape[0]} pixels, but {_where(first[0])} "
+                                f"is {first[1][1]}x{first[1][0]}; a diffusion model learns one image size: resize "
+                                "them alike first")
+            items.append(DiffusionItem(to_pixels(image, size), e.label))
+        return items, {}
+
+    def item_length(self, item) -> int | None:
+        return None
+
+    def collate(self, items, pad_id, train=False):
+        prep = self.parts.prep
+        return {"pixel_values": to_model_input([it.pixels for it in items], prep.size, prep.channels),
+                "labels": torch.tensor([it.label for it in items], dtype=torch.long)}
+
+    noise_rng: torch.Generator | None = None
+
+    def begin_stage(self, start) -> None:
+        if self.noise_rng is None:
+            seed = self.run.train.data_seed * 1_000_003 + 104_729 + start.strategy.rank
+            self.noise_rng = torch.Generator().manual_seed(seed)
+
+    def state_dict(self):
+        return {} if self.noise_rng is None else {"noise_rng": self.noise_rng.get_state()}
+
+    def load_state_dict(self, state) -> None:
+        if "noise_rng" in state:
+            self.noise_rng = torch.Generator()
+            self.noise_rng.set_state(state["noise_rng"])
+
+    def counts(self, batch):
+        return {"loss": float(batch["labels"].numel())}
+
+    def loss(self, model, batch):
+        scheduler = self.parts.scheduler
+        x0, labels = batch["pixel_values"], batch["labels"]
+        noise = torch.randn(x0.shape, generator=self.noise_rng).to(x0.device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=self.noise_rng).to(x0.device)
+        per_image = per_image_loss(model, scheduler, x0, labels, noise, t)
+        if self.cfg.min_snr_gamma is not None:
+            per_image = per_image * snr_weights(scheduler, t, self.cfg.min_snr_gamma)
+        return Loss({"loss": per_image.sum()})
+
+    @no_autograd
+    def eval_sums(self, model, items, batch_size, pad_id, device, num_labels):
+        scheduler = self.parts.scheduler
+        total = torch.zeros((), dtype=torch.float64)
+        for start in range(0, len(items), batch_size):
+            batch = self.collate(items[start : start + batch_size], pad_id)
+            x0 = batch["pixel_values"]
+            generator = torch.Generator().manual_seed(_EVAL_SEED + start)
+            noise = torch.randn(x0.shape, generator=generator)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+            loss = per_image_loss(model, scheduler, x0.to(device), batch["labels"].to(device), noise.to(device),
+                                  t.to(device))
+            total += loss.sum().double().cpu()
+        return {"loss": total, "count": torch.tensor(float(len(items)), dtype=torch.float64)}
+
+    def metrics(self, sums):
+        return {"loss": float(sums["loss"] / sums["count"].clamp(min=1))}
+
+    def final_metrics(self, model, tokenizer, data, strategy) -> dict[str, float]:
+        if not self.cfg.samples_per_class or self.run_dir is None or not strategy.is_main:
+            return {}
+        names = tokenizer.prep.class_names or ["samples"]
+        labels = torch.arange(len(names)).repeat_interleave(self.cfg.samples_per_class)
+        images = sample(model, tokenizer.scheduler, labels, tokenizer.prep.size, tokenizer.prep.channels,
+                        self.cfg.sample_steps, self.cfg.sample_seed, self.cfg.sampler)
+        save_grid(to_uint8(images), len(names), self.run_dir / "plots" / "samples.png")
+        return {}
+
+    library = "diffusers"
+
+    def usage_code(self, saved_dir, base, adapter):
+        q = lambda value: json.dumps(str(value))  # noqa: E731
+        lines = ["import torch", "from diffusers import DDIMScheduler, UNet2DConditionModel", ""]
+        if adapter:
+            lines += [f"unet = UNet2DConditionModel.from_pretrained({q(Path(str(base)) / 'unet')})",
+                      f"unet.load_lora_adapter({q(saved_dir)}, prefix=\"unet\", weight_name=\"{LORA_WEIGHTS}\")",
+                      f"scheduler = DDIMScheduler.from_pretrained({q(Path(saved_dir) / 'scheduler')})"]
+        else:
+            lines += [f"unet = UNet2DConditionModel.from_pretrained({q(Path(saved_dir) / 'unet')})",
+                      f"scheduler = DDIMScheduler.from_pretrained({q(Path(saved_dir) / 'scheduler')})"]
+        lines += ["scheduler.set_timesteps(50)", "classes = unet.config.num_class_embeds",
+                  "labels = torch.arange(4) % classes if classes else None  # the class of each image",
+                  "x = torch.randn(4, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)",
+                  "with torch.no_grad():", "    for t in scheduler.timesteps:",
+                  "        eps = unet(x, t, encoder_hidden_states=None, class_labels=labels).sample",
+                  "        x = scheduler.step(eps, t, x).prev_sample",
+                  "images = ((x.clamp(-1, 1) + 1) * 127.5).round().byte()  # (n, channels, h, w)"]
+        return "diffusers", "\n".join(lines) + "\n"
+
+    # -- a finished run ------------------------------------------------------------------------------
+    def load_saved(self, model_dir: Path, run) -> SavedRun:
+        from tunesmith.models.diffusion import DiffusionParts, load_unet
+
+        unet, scheduler, prep = load_unet(model_dir)
+        self.parts = parts = DiffusionParts(scheduler, prep)
+        return SavedRun(unet.eval(), parts, prep.class_names)
