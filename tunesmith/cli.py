@@ -121,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("--steps", type=int, default=50, help="denoising steps")
     sa.add_argument("--sampler", choices=("ddim", "model"), default="ddim",
                     help="ddim, or the model's own scheduler (e.g. DDPM)")
+    sa.add_argument("--condition-from", action="append", metavar="IMAGE",
+                    help="ControlLoRA-style runs: an image to make the condition from, as in training (repeat it)")
     sa.add_argument("--out", required=True, help="the folder for the PNGs and grid.png")
 
     mg = sub.add_parser("merge", help="merge a LoRA run's adapter into its base: a plain HF model", parents=[common],
@@ -429,7 +431,7 @@ def _sample(args: argparse.Namespace) -> int:
     if args.num < 1 or args.steps < 1:
         raise TunesmithError("sample: --num and --steps must be >= 1")
     written = sample_to_folder(args.run_dir, args.out, args.classes, args.prompt, args.num, args.seed, args.steps,
-                               args.sampler)
+                               args.sampler, args.condition_from)
     print(f"{len(written) - 1} images and {written[-1]} written", file=sys.stderr)
     return 0
 

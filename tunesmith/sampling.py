@@ -44,11 +44,34 @@ def class_indices(parts, classes: list[str]) -> list[int]:
     return out
 
 
+def conditions_from(parts, images: list[str]) -> torch.Tensor:
+    """The conditioning images a ControlLoRA-style model was trained with, made from image files."""
+    import numpy as np
+    from PIL import Image
+
+    from tunesmith.models.control import condition_of
+    from tunesmith.objectives.diffusion import to_model_input
+    from tunesmith.objectives.image_classify import to_pixels
+
+    prep, pixels = parts.prep, []
+    for path in images:
+        try:
+            array = np.array(Image.open(path).convert("RGB"))
+        except OSError as e:
+            raise TunesmithError(f"sample: --condition-from {path}: cannot read it as an image ({e})") from None
+        pixels.append(to_pixels(array, prep.size))
+        if pixels[-1].shape[-1] != pixels[0].shape[-1]:
+            raise TunesmithError(f"sample: --condition-from {path} is not the size of {images[0]}")
+    return condition_of(to_model_input(pixels, prep.size, prep.channels), prep.control, prep.control_factor)
+
+
 def sample_to_folder(run_or_model: str, out_dir: str | Path, classes: list[str] | None = None,
                      prompt: str | None = None, num: int = 8, seed: int = 0, steps: int = 50,
-                     sampler: str = "ddim") -> list[Path]:
+                     sampler: str = "ddim", condition_from: list[str] | None = None) -> list[Path]:
     """`num` images per class (every class the model names when none is given), seeded; the PNGs and
-    grid.png (a row per class) go to `out_dir`. Returns the files written."""
+    grid.png (a row per class) go to `out_dir`. A ControlLoRA-style model draws `num` images for each
+    `condition_from` image instead (its condition made as in training; one --class, or one per image).
+    Returns the files written."""
     from tunesmith.models.diffusion import num_classes
     from tunesmith.objectives.diffusion import sample, save_grid, to_uint8
 
@@ -56,6 +79,12 @@ def sample_to_folder(run_or_model: str, out_dir: str | Path, classes: list[str] 
         raise TunesmithError("sample: --prompt needs a caption-conditioned model (cross-attention and a text "
                              "encoder), which tunesmith does not train yet; use --class")
     unet, parts = open_sampler(run_or_model)
+    if (parts.prep.control is None) != (not condition_from):
+        raise TunesmithError(f"sample: {run_or_model} " + (
+            f"was trained on {parts.prep.control} conditions: give images to make them from with --condition-from"
+            if parts.prep.control else "has no control input: drop --condition-from"))
+    if condition_from:
+        return _conditioned(unet, parts, condition_from, classes, num, seed, steps, sampler, Path(out_dir))
     if num_classes(unet):
         names = parts.prep.class_names or [str(i) for i in range(num_classes(unet))]
         picked = class_indices(parts, classes) if classes else list(range(len(names)))
@@ -67,10 +96,29 @@ def sample_to_folder(run_or_model: str, out_dir: str | Path, classes: list[str] 
     labels = torch.tensor(picked).repeat_interleave(num)
     images = to_uint8(sample(unet, parts.scheduler, labels, parts.prep.size, parts.prep.channels, steps, seed,
                              sampler))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return _write(images, tags, num, len(picked), Path(out_dir), save_grid)
+
+
+def _conditioned(unet, parts, images: list[str], classes: list[str] | None, num: int, seed: int, steps: int,
+                 sampler: str, out_dir: Path) -> list[Path]:
+    from tunesmith.objectives.diffusion import sample, save_grid, to_uint8
+
+    picked = class_indices(parts, classes) if classes else [0]
+    if len(picked) not in (1, len(images)):
+        raise TunesmithError(f"sample: {len(picked)} --class for {len(images)} --condition-from images: give one "
+                             "class, or one per image")
+    picked = picked * len(images) if len(picked) == 1 else picked
+    control = conditions_from(parts, images).repeat_interleave(num, dim=0)
+    labels = torch.tensor(picked).repeat_interleave(num)
+    drawn = to_uint8(sample(unet, parts.scheduler, labels, parts.prep.size, parts.prep.channels, steps, seed,
+                            sampler, control=control))
+    return _write(drawn, [Path(p).stem for p in images], num, len(images), out_dir, save_grid)
+
+
+def _write(images: torch.Tensor, tags: list[str], num: int, rows: int, out_dir: Path, save_grid) -> list[Path]:
     from PIL import Image
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i, img in enumerate(images):
         tag = tags[i // num].replace("/", "_").replace(" ", "_")
@@ -78,5 +126,5 @@ def sample_to_folder(run_or_model: str, out_dir: str | Path, classes: list[str] 
         array = img.numpy()
         Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
         written.append(path)
-    written.append(save_grid(images, len(picked), out_dir / "grid.png"))
+    written.append(save_grid(images, rows, out_dir / "grid.png"))
     return written

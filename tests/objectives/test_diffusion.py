@@ -163,3 +163,55 @@ def test_model_card_code_loads_the_lora_with_diffusers(lora_run, tmp_path):
     (tmp_path / "use.py").write_text(code + "assert images.shape == (4, 1, 16, 16)\n")
     done = subprocess.run([sys.executable, str(tmp_path / "use.py")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_control_encoder_starts_as_the_base_and_conditions_are_what_they_say(tiny_unet):
+    from tunesmith.models.control import attach, condition_of, set_condition
+
+    unet, _, _ = load_unet(tiny_unet)
+    x, t, c = torch.randn(2, 1, 16, 16), torch.tensor([3, 700]), torch.tensor([0, 2])
+    with torch.no_grad():
+        before = unet(x, t, encoder_hidden_states=None, class_labels=c).sample
+        names = attach(unet, 1, seed=0)
+        set_condition(unet, torch.randn(2, 1, 16, 16))
+        after = unet(x, t, encoder_hidden_states=None, class_labels=c).sample
+    assert names and all(n.startswith("conv_in.control_encoder.") for n in names)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)  # zero convolution: the base, exactly
+    blocks = torch.arange(16.0).view(1, 1, 4, 4).repeat_interleave(4, 2).repeat_interleave(4, 3) / 16 - 0.5
+    torch.testing.assert_close(condition_of(blocks, "downsample", 4), blocks)  # already 4x4-block constant
+    assert torch.equal(condition_of(torch.full((1, 1, 8, 8), 0.3), "edges"), torch.full((1, 1, 8, 8), -1.0))
+    step = torch.full((1, 1, 8, 8), -1.0)
+    step[..., 4:] = 1.0  # a vertical edge: the Sobel magnitude peaks on the two columns beside it
+    edges = condition_of(step, "edges")
+    assert edges[0, 0, :, 3:5].min() > 0.9 and edges[0, 0, :, :2].max() == -1.0
+
+
+def test_control_lora_run_trains_lora_and_encoder_only_and_reopens_merged_alike(tiny_unet, tmp_path):
+    from tunesmith.infer import open_saved
+    from tunesmith.models.control import condition_of, set_condition
+
+    cfg = config(tiny_unet, shapes_folder(tmp_path / "data"), steps=4)
+    cfg["objective"]["control"] = "downsample"
+    run(config_from_dict(cfg), tmp_path / "run")
+    trainable = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())["modules_to_save"]
+    assert trainable == ["conv_in.control_encoder.net.0", "conv_in.control_encoder.net.2",
+                         "conv_in.control_encoder.net.4"]
+    assert cli("merge", str(tmp_path / "run"), str(tmp_path / "merged")).returncode == 0
+    opened, merged = open_saved(tmp_path / "run").model, load_unet(tmp_path / "merged")[0]
+    base = load_unet(tiny_unet)[0]
+    x, t, c = torch.rand(3, 1, 16, 16) * 2 - 1, torch.tensor([5, 300, 900]), torch.tensor([0, 1, 2])
+    outs = []
+    with torch.no_grad():
+        for model in (opened, merged):
+            set_condition(model, condition_of(x, "downsample", 4))
+            outs.append(model(x, t, encoder_hidden_states=None, class_labels=c).sample)
+        plain = base(x, t, encoder_hidden_states=None, class_labels=c).sample
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    assert (outs[0] - plain).abs().max() > 1e-4  # LoRA and encoder trained
+    image = tmp_path / "data" / "bar" / "0.png"
+    done = cli("sample", str(tmp_path / "run"), "--condition-from", str(image), "--class", "bar", "--num", "2",
+               "--steps", "3", "--out", str(tmp_path / "s"))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["0_000.png", "0_001.png", "grid.png"]
+    assert "give images to make them from with --condition-from" in cli(
+        "sample", str(tmp_path / "run"), "--out", str(tmp_path / "s2")).stderr

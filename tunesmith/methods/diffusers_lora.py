@@ -27,8 +27,10 @@ _SETTINGS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_r
 
 
 def diffusers_lora_state(peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """PEFT's on-disk keys (base_model.model.<path>.lora_A.weight) as diffusers' (unet.<path>.lora_A.weight)."""
-    return {f"{LORA_PREFIX}.{k.removeprefix(PREFIX)}": v for k, v in peft_state.items()}
+    """PEFT's on-disk keys (base_model.model.<path>.lora_A.weight) as diffusers' (unet.<path>.lora_A.weight).
+    Only the LoRA tensors: diffusers' LoRA loader has no place for fully trained modules (a control
+    encoder), which stay in the PEFT file beside it."""
+    return {f"{LORA_PREFIX}.{k.removeprefix(PREFIX)}": v for k, v in peft_state.items() if ".lora_" in k}
 
 
 def write_diffusers_lora(peft_dir: Path) -> Path:

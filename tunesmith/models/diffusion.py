@@ -19,6 +19,7 @@ from torch import nn
 
 from tunesmith.atomic import atomic_dir
 from tunesmith.errors import ConfigError
+from tunesmith.models.control import CONTROL_FILE, attach, encoder_of
 
 UNET_CLASSES = ("UNet2DConditionModel", "UNet2DModel")
 # attention projections and the ResNet blocks' 3x3 convolutions, as diffusers' LoRA scripts target
@@ -29,11 +30,14 @@ PREP_FILE = "tunesmith_diffusion.json"
 @dataclass(frozen=True)
 class DiffusionPrep:
     """What the UNet takes and was trained on: `channels` x `size` x `size` images scaled to [-1, 1],
-    `class_names` for a class-conditioned model (None: unconditioned)."""
+    `class_names` for a class-conditioned model (None: unconditioned), the conditioning image of a
+    ControlLoRA-style model (`control`: downsample | edges, None: none)."""
 
     size: int
     channels: int
     class_names: list[str] | None = None
+    control: str | None = None
+    control_factor: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
     pad_token_id = None  # not a tokenizer: nothing to pad
 
@@ -136,9 +140,20 @@ def load_unet(path: str | Path) -> tuple[nn.Module, Any, DiffusionPrep]:
     saved = _read_json(Path(path).expanduser() / PREP_FILE) or _read_json(unet_dir / PREP_FILE) or {}
     size = config.get("sample_size") or 32
     prep = DiffusionPrep(size=int(size if isinstance(size, int) else size[0]), channels=int(config["in_channels"]),
-                         class_names=saved.get("class_names"),
+                         class_names=saved.get("class_names"), control=saved.get("control"),
+                         control_factor=int(saved.get("control_factor", 4)),
                          extra={"scheduler": "default DDPM" if scheduler_dir is None else str(scheduler_dir)})
+    control_file = Path(path).expanduser() / CONTROL_FILE
+    if prep.control is not None and control_file.exists():  # a saved ControlLoRA-style model
+        from safetensors.torch import load_file
+
+        attach(unet, control_channels(prep), seed=0)
+        encoder_of(unet).load_state_dict(load_file(str(control_file)))
     return unet, scheduler, prep
+
+
+def control_channels(prep: DiffusionPrep) -> int:
+    return 1 if prep.control == "edges" else prep.channels
 
 
 def num_classes(unet: nn.Module) -> int:
@@ -147,9 +162,22 @@ def num_classes(unet: nn.Module) -> int:
 
 
 def save_diffusion(unet: nn.Module, parts: DiffusionParts, out_dir: Path, meta: dict[str, Any]) -> Path:
-    """A diffusers folder (unet/, scheduler/) that diffusers loads as it is, written atomically."""
+    """A diffusers folder (unet/, scheduler/) that diffusers loads as it is, written atomically; a
+    ControlLoRA-style run's control encoder goes beside it (diffusers' UNet has no place for it)."""
+    from safetensors.torch import save_file
+
+    encoder = encoder_of(unet)
     with atomic_dir(out_dir) as tmp:
-        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        if encoder is not None:
+            del unet.conv_in._modules["control_encoder"]  # out of the tree while diffusers writes it
+        try:
+            unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        finally:
+            if encoder is not None:
+                unet.conv_in.add_module("control_encoder", encoder)
+        if encoder is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
+                      str(tmp / CONTROL_FILE))
         parts.save_pretrained(tmp)
         (tmp / "tunesmith.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir

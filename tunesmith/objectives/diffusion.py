@@ -42,6 +42,10 @@ class DiffusionConfig(ObjectiveConfig):
     sampler: str = option("ddim", "how samples are drawn: ddim (fast, deterministic) | model (the model's own "
                           "scheduler, e.g. DDPM)")
     sample_steps: int = ranged(50, ">= 1", "denoising steps per sample")
+    control: str | None = option(None, "ControlLoRA-style conditioning on an image made from each target: "
+                                 "downsample (a coarse sketch) | edges (Sobel edge map); a small trainable encoder "
+                                 "adds it to the UNet's first features; null: none")
+    control_factor: int = ranged(4, ">= 1", "control: downsample: the block size averaged over")
     samples_per_class: int = ranged(8, ">= 0", "images per class in the run's final grid (0: none)")
     sample_seed: int = ranged(0, ">= 0", "seed of the final grid's starting noise")
 
@@ -73,8 +77,16 @@ def _class_kwargs(unet: nn.Module, labels: torch.Tensor) -> dict:
     return kwargs
 
 
-def denoise(unet: nn.Module, noisy: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return unet(noisy, t, **_class_kwargs(unet, labels)).sample.float()
+def denoise(unet: nn.Module, noisy: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+            control: torch.Tensor | None = None) -> torch.Tensor:
+    """The UNet's prediction; `control`: the conditioning image of a ControlLoRA-style run."""
+    from tunesmith.models.control import set_condition
+
+    set_condition(unet, control)
+    try:
+        return unet(noisy, t, **_class_kwargs(getattr(unet, "module", unet), labels)).sample.float()
+    finally:
+        set_condition(unet, None)
 
 
 def to_model_input(pixels: Sequence[torch.Tensor], size: int, channels: int) -> torch.Tensor:
@@ -113,16 +125,17 @@ def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def per_image_loss(unet: nn.Module, scheduler, x0: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
-                   t: torch.Tensor) -> torch.Tensor:
+                   t: torch.Tensor, control: torch.Tensor | None = None) -> torch.Tensor:
     noisy = scheduler.add_noise(x0, noise, t)
-    pred = denoise(unet, noisy, t, labels)
+    pred = denoise(unet, noisy, t, labels, control)
     return (pred - noise_target(scheduler, x0, noise, t).float()).pow(2).mean(dim=(1, 2, 3))
 
 
 @no_autograd
 def sample(unet: nn.Module, scheduler, labels: torch.Tensor, size: int, channels: int, steps: int, seed: int,
-           sampler: str = "ddim", batch_size: int = 64) -> torch.Tensor:
-    """Images (n, channels, size, size) in [-1, 1], one per label, from seeded noise."""
+           sampler: str = "ddim", batch_size: int = 64, control: torch.Tensor | None = None) -> torch.Tensor:
+    """Images (n, channels, size, size) in [-1, 1], one per label (and conditioning image), from seeded
+    noise."""
     from diffusers import DDIMScheduler
 
     runner = DDIMScheduler.from_config(scheduler.config) if sampler == "ddim" else type(scheduler).from_config(
@@ -134,9 +147,10 @@ def sample(unet: nn.Module, scheduler, labels: torch.Tensor, size: int, channels
     out = []
     for start in range(0, len(labels), batch_size):
         xb, lb = x[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
+        cb = None if control is None else control[start : start + batch_size].to(device)
         for t in runner.timesteps:
             model_in = runner.scale_model_input(xb, t)
-            pred = denoise(unet, model_in, t.expand(len(xb)).to(device), lb)
+            pred = denoise(unet, model_in, t.expand(len(xb)).to(device), lb, cb)
             xb = runner.step(pred, t, xb, generator=generator).prev_sample
         out.append(xb.cpu())
     return torch.cat(out)
@@ -184,6 +198,10 @@ class Diffusion(Objective):
         if run.model.pooling != "cls" or run.model.train_pooler is not None:
             raise ConfigError(f"{where('model.pooling')}: is for text classifiers, not {self.name}")
         choice(self.cfg.sampler, ("ddim", "model"), where("objective.sampler"))
+        if self.cfg.control is not None:
+            from tunesmith.models.control import CONTROL_KINDS
+
+            choice(self.cfg.control, CONTROL_KINDS, where("objective.control"))
 
     def load_data(self, run):
         from tunesmith.data.images import load_image_classification
@@ -208,13 +226,34 @@ class Diffusion(Objective):
         if embeds and len(names) > embeds:
             raise ConfigError(f"model.name: {source} embeds {embeds} classes; the data has {len(names)} "
                               f"({', '.join(names[:12])})")
-        prep = replace(prep, class_names=names if embeds else None)
+        prep = replace(prep, class_names=names if embeds else None, control=run.objective.control,
+                       control_factor=run.objective.control_factor)
         self.parts = parts = DiffusionParts(scheduler, prep)
         meta = {"model": run.model.name, "objective": self.name, "label_names": names}
-        return LoadedModel(model=unet, tokenizer=parts, head_params=[], source=str(source),
+        head = self._attach_control(unet, prep)
+        return LoadedModel(model=unet, tokenizer=parts, head_params=head, source=str(source),
                            lora_targets=list(UNET_LORA_TARGETS),
                            save=lambda m, out_dir: save_diffusion(m, parts, out_dir, meta),
                            adapter_exports=[write_diffusers_lora])
+
+    def _attach_control(self, unet, prep) -> list[str]:
+        """The control encoder's parameters (trained from scratch, as a head is, unless the model saved
+        one), or none."""
+        from tunesmith.models.control import ENCODER, attach, encoder_of
+        from tunesmith.models.diffusion import control_channels
+
+        if prep.control is None:
+            return []
+        saved = encoder_of(unet)
+        if saved is not None:
+            return [f"{ENCODER}.{name}" for name, _ in saved.named_parameters()]
+        return attach(unet, control_channels(prep), self.run.train.init_seed)
+
+    def conditions(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The conditioning images of model-space images x (None: not a ControlLoRA-style run)."""
+        from tunesmith.models.control import condition_of
+
+        return None if self.cfg.control is None else condition_of(x, self.cfg.control, self.cfg.control_factor)
 
     def encode(self, examples, tokenizer, max_length):
         from tunesmith.data.images import read_image
@@ -237,8 +276,10 @@ class Diffusion(Objective):
 
     def collate(self, items, pad_id, train=False):
         prep = self.parts.prep
-        return {"pixel_values": to_model_input([it.pixels for it in items], prep.size, prep.channels),
-                "labels": torch.tensor([it.label for it in items], dtype=torch.long)}
+        x = to_model_input([it.pixels for it in items], prep.size, prep.channels)
+        batch = {"pixel_values": x, "labels": torch.tensor([it.label for it in items], dtype=torch.long)}
+        control = self.conditions(x)
+        return batch if control is None else batch | {"control": control}
 
     noise_rng: torch.Generator | None = None
 
@@ -263,7 +304,7 @@ class Diffusion(Objective):
         x0, labels = batch["pixel_values"], batch["labels"]
         noise = torch.randn(x0.shape, generator=self.noise_rng).to(x0.device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=self.noise_rng).to(x0.device)
-        per_image = per_image_loss(model, scheduler, x0, labels, noise, t)
+        per_image = per_image_loss(model, scheduler, x0, labels, noise, t, batch.get("control"))
         if self.cfg.min_snr_gamma is not None:
             per_image = per_image * snr_weights(scheduler, t, self.cfg.min_snr_gamma)
         return Loss({"loss": per_image.sum()})
@@ -278,8 +319,9 @@ class Diffusion(Objective):
             generator = torch.Generator().manual_seed(_EVAL_SEED + start)
             noise = torch.randn(x0.shape, generator=generator)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+            control = batch.get("control")
             loss = per_image_loss(model, scheduler, x0.to(device), batch["labels"].to(device), noise.to(device),
-                                  t.to(device))
+                                  t.to(device), None if control is None else control.to(device))
             total += loss.sum().double().cpu()
         return {"loss": total, "count": torch.tensor(float(len(items)), dtype=torch.float64)}
 
@@ -289,11 +331,20 @@ class Diffusion(Objective):
     def final_metrics(self, model, tokenizer, data, strategy) -> dict[str, float]:
         if not self.cfg.samples_per_class or self.run_dir is None or not strategy.is_main:
             return {}
-        names = tokenizer.prep.class_names or ["samples"]
+        prep, out = tokenizer.prep, self.run_dir / "plots" / "samples.png"
+        if self.cfg.control is not None:  # rows: held-out targets, their conditions, the samples drawn from them
+            items, _ = self.encode(data.validation[: self.cfg.samples_per_class * 2], tokenizer, 0)
+            batch = self.collate(items, None)
+            drawn = sample(model, tokenizer.scheduler, batch["labels"], prep.size, prep.channels, self.cfg.sample_steps,
+                           self.cfg.sample_seed, self.cfg.sampler, control=batch["control"])
+            control = batch["control"].expand(-1, prep.channels, -1, -1)
+            save_grid(to_uint8(torch.cat([batch["pixel_values"], control, drawn])), 3, out)
+            return {}
+        names = prep.class_names or ["samples"]
         labels = torch.arange(len(names)).repeat_interleave(self.cfg.samples_per_class)
-        images = sample(model, tokenizer.scheduler, labels, tokenizer.prep.size, tokenizer.prep.channels,
-                        self.cfg.sample_steps, self.cfg.sample_seed, self.cfg.sampler)
-        save_grid(to_uint8(images), len(names), self.run_dir / "plots" / "samples.png")
+        images = sample(model, tokenizer.scheduler, labels, prep.size, prep.channels, self.cfg.sample_steps,
+                        self.cfg.sample_seed, self.cfg.sampler)
+        save_grid(to_uint8(images), len(names), out)
         return {}
 
     library = "diffusers"
