@@ -255,6 +255,12 @@ class Diffusion(Objective):
 
         return None if self.cfg.control is None else condition_of(x, self.cfg.control, self.cfg.control_factor)
 
+    def prepare_model(self, model):
+        # oneDNN (CPU) and cuDNN run convolutions faster on NHWC tensors: ~1.25x per training step of
+        # unet-fmnist with LoRA on 1 CPU thread; same arithmetic, in another summation order
+        model.to(memory_format=torch.channels_last)
+        return "UNet weights in channels-last memory format (faster convolutions)"
+
     def encode(self, examples, tokenizer, max_length):
         from tunesmith.data.images import read_image
         from tunesmith.objectives.image_classify import to_pixels
