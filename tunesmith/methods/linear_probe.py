@@ -9,6 +9,7 @@ class LinearProbe(Method):
     free_reference = True
     description = "only the new task head trains (pretrained features untouched)"
     trains_base = False
+    model_kinds = ("text-classifier", "image-classifier")  # the models with a new head to probe
 
     def apply(self, loaded, cfg) -> None:
         set_trainable(loaded.model, loaded.head_params)
