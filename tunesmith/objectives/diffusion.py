@@ -3,10 +3,11 @@
 The loss is the mean squared error per image, at timesteps drawn uniformly from the scheduler's
 schedule, against what the scheduler's `prediction_type` names (epsilon, v_prediction, sample);
 `min_snr_gamma` weights each image by min(SNR, gamma) / SNR (Hang et al. 2023; / (SNR + 1) for
-v-prediction). Noise and timesteps come from the objective's own generator, seeded by train.data_seed
-(and the process's rank) and kept in checkpoints, so a run is repeatable and a resumed run draws the
-same ones. Validation is the same loss at noise and timesteps fixed per image
-(seeded by its position), so evaluations compare across steps and runs.
+v-prediction). Each training image's noise and timestep are drawn from a generator seeded by
+train.data_seed, the stage, the optimizer step and the image's position in the training set: a run is
+repeatable, a resumed run draws what the uninterrupted one drew, and a run split over processes
+(torchrun) draws, image for image, what one process does. Validation is the same loss at noise and
+timesteps fixed per image (seeded by its position), so evaluations compare across steps and runs.
 
 Rows are images with a class (a folder per class, a file listing images, or a built-in image set): a
 class-conditioned UNet gets the class as its label, an unconditioned one ignores it. The run ends by
@@ -30,6 +31,7 @@ from tunesmith.methods.diffusers_lora import LORA_WEIGHTS, write_diffusers_lora
 from tunesmith.objectives.base import Loss, Objective, SavedRun
 from tunesmith.ranges import choice, option, ranged
 from tunesmith.schema import ObjectiveConfig
+from tunesmith.train.callbacks import Callback
 
 _EVAL_SEED = 20_231_204  # fixed noise for validation: the same images see the same noise at every evaluation
 
@@ -54,6 +56,20 @@ class DiffusionConfig(ObjectiveConfig):
 class DiffusionItem:
     pixels: torch.Tensor  # uint8 (3, s, s), s <= the model's size
     label: int
+    index: int  # its position in its split: what seeds its noise
+
+
+class StepCounter(Callback):
+    """Tells the objective which optimizer step is running (the loop restores it on resume)."""
+
+    def __init__(self, objective: Diffusion) -> None:
+        self.objective = objective
+
+    def on_train_start(self, trainer) -> None:
+        self.objective.step = trainer.step
+
+    def on_step_end(self, trainer, output) -> None:
+        self.objective.step = trainer.step
 
 
 def is_builtin(name: str) -> bool:
@@ -62,6 +78,16 @@ def is_builtin(name: str) -> bool:
     if name in MODELS and MODELS[name].kind != "diffusion":
         raise ConfigError(f"model.name: {name} is a {MODELS[name].kind} model, not a diffusion UNet")
     return name in MODELS
+
+
+def fixed_draws(indices: list[int], shape, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation's noise and timesteps: the same for an image at every evaluation, in every run."""
+    noise, steps = [], []
+    for index in indices:
+        g = torch.Generator().manual_seed(_EVAL_SEED + index)
+        steps.append(torch.randint(0, num_timesteps, (1,), generator=g))
+        noise.append(torch.randn(tuple(shape), generator=g))
+    return torch.stack(noise), torch.cat(steps)
 
 
 def _where(example) -> str:
@@ -231,6 +257,7 @@ class Diffusion(Objective):
         self.parts = parts = DiffusionParts(scheduler, prep)
         meta = {"model": run.model.name, "objective": self.name, "label_names": names}
         head = self._attach_control(unet, prep)
+        torch.manual_seed(run.train.init_seed)  # what initialises next (LoRA's A) follows the init seed alone
         return LoadedModel(model=unet, tokenizer=parts, head_params=head, source=str(source),
                            lora_targets=list(UNET_LORA_TARGETS),
                            save=lambda m, out_dir: save_diffusion(m, parts, out_dir, meta),
@@ -274,7 +301,7 @@ class Diffusion(Objective):
                 raise DataError(f"{_where(e)}: {image.shape[1]}x{image.shape[0]} pixels, but {_where(first[0])} "
                                 f"is {first[1][1]}x{first[1][0]}; a diffusion model learns one image size: resize "
                                 "them alike first")
-            items.append(DiffusionItem(to_pixels(image, size), e.label))
+            items.append(DiffusionItem(to_pixels(image, size), e.label, len(items)))
         return items, {}
 
     def item_length(self, item) -> int | None:
@@ -283,24 +310,29 @@ class Diffusion(Objective):
     def collate(self, items, pad_id, train=False):
         prep = self.parts.prep
         x = to_model_input([it.pixels for it in items], prep.size, prep.channels)
-        batch = {"pixel_values": x, "labels": torch.tensor([it.label for it in items], dtype=torch.long)}
+        batch = {"pixel_values": x, "labels": torch.tensor([it.label for it in items], dtype=torch.long),
+                 "index": torch.tensor([it.index for it in items], dtype=torch.long)}
         control = self.conditions(x)
         return batch if control is None else batch | {"control": control}
 
-    noise_rng: torch.Generator | None = None
+    step = 0  # the optimizer step running (StepCounter keeps it)
+    stage_number = -1
 
     def begin_stage(self, start) -> None:
-        if self.noise_rng is None:
-            seed = self.run.train.data_seed * 1_000_003 + 104_729 + start.strategy.rank
-            self.noise_rng = torch.Generator().manual_seed(seed)
+        self.stage_number += 1
 
-    def state_dict(self):
-        return {} if self.noise_rng is None else {"noise_rng": self.noise_rng.get_state()}
+    def callbacks(self, stage: str) -> list:
+        return [StepCounter(self)]
 
-    def load_state_dict(self, state) -> None:
-        if "noise_rng" in state:
-            self.noise_rng = torch.Generator()
-            self.noise_rng.set_state(state["noise_rng"])
+    def draws(self, batch, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noise, timesteps) of a training batch: each image's own, from its seed (see the module doc)."""
+        base = (self.run.train.data_seed * 1_000_003 + self.stage_number) * 1_000_000_007 + self.step
+        noise, steps = [], []
+        for index, x in zip(batch["index"].tolist(), batch["pixel_values"], strict=True):
+            g = torch.Generator().manual_seed((base * 10_000_019 + index) % 2**63)
+            steps.append(torch.randint(0, num_timesteps, (1,), generator=g))
+            noise.append(torch.randn(x.shape, generator=g))
+        return torch.stack(noise), torch.cat(steps)
 
     def counts(self, batch):
         return {"loss": float(batch["labels"].numel())}
@@ -308,8 +340,8 @@ class Diffusion(Objective):
     def loss(self, model, batch):
         scheduler = self.parts.scheduler
         x0, labels = batch["pixel_values"], batch["labels"]
-        noise = torch.randn(x0.shape, generator=self.noise_rng).to(x0.device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=self.noise_rng).to(x0.device)
+        noise, t = self.draws(batch, scheduler.config.num_train_timesteps)
+        noise, t = noise.to(x0.device), t.to(x0.device)
         per_image = per_image_loss(model, scheduler, x0, labels, noise, t, batch.get("control"))
         if self.cfg.min_snr_gamma is not None:
             per_image = per_image * snr_weights(scheduler, t, self.cfg.min_snr_gamma)
@@ -322,9 +354,7 @@ class Diffusion(Objective):
         for start in range(0, len(items), batch_size):
             batch = self.collate(items[start : start + batch_size], pad_id)
             x0 = batch["pixel_values"]
-            generator = torch.Generator().manual_seed(_EVAL_SEED + start)
-            noise = torch.randn(x0.shape, generator=generator)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+            noise, t = fixed_draws(batch["index"].tolist(), x0.shape[1:], scheduler.config.num_train_timesteps)
             control = batch.get("control")
             loss = per_image_loss(model, scheduler, x0.to(device), batch["labels"].to(device), noise.to(device),
                                   t.to(device), None if control is None else control.to(device))
