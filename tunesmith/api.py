@@ -162,6 +162,15 @@ class Run:
         opened = self._needs(hasattr(self._open().objective, "score"), "score")
         return opened.objective.score(opened.saved, list(texts), prompt, opened.cfg)
 
+    def sample(self, out: str | Path, classes: list[str] | None = None, num: int = 8, seed: int = 0,
+               steps: int = 50, condition_from: list[str] | None = None) -> list[Path]:
+        """Images from a diffusion run, as `tunesmith sample`: `num` per class (or per conditioning image),
+        written to `out` as PNGs and grid.png; returns the files."""
+        from tunesmith.sampling import sample_to_folder
+
+        self._needs(self._open().objective.command == "sample", "sample")
+        return sample_to_folder(str(self.dir), out, classes, None, num, seed, steps, "ddim", condition_from)
+
     def merge(self, out: str | Path, overwrite: bool = False) -> Path:
         """A LoRA run's adapter folded into its base: a plain Hugging Face model folder."""
         return merge(self.dir, out, overwrite)

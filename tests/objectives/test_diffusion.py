@@ -120,6 +120,8 @@ def test_sample_command_is_seeded_and_names_classes(lora_run, tmp_path):
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert Image.open(tmp_path / "a" / "bar_000.png").size == (16, 16)
+    written = api.load_run(lora_run).sample(tmp_path / "api", classes=["bar"], num=2, steps=3)
+    assert [p.read_bytes() for p in written] == [(tmp_path / "a" / p.name).read_bytes() for p in written]
     bad = cli("sample", str(lora_run), "--class", "circle", "--out", str(tmp_path / "c"))
     assert bad.returncode == 2 and "'circle' is not a class of this model (bar, frame, square)" in bad.stderr
 
