@@ -121,7 +121,7 @@ def test_digits(limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The mnist-5k test split, as the runs see it: model-space (n, 1, 32, 32) and labels."""
     from tunesmith.config import config_from_dict
     from tunesmith.data.images import load_image_classification, read_image
-    from tunesmith.objectives.diffusion import to_model_input
+    from tunesmith.objectives.denoising import to_model_input
     from tunesmith.objectives.image_classify import to_pixels
 
     cfg = config_from_dict({"data": {"builtin": "mnist-5k", "split": {"seed": 0}}, "objective": "image_classify",
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     _, real_feats = judge(real_x)
 
     from tunesmith.models.control import condition_of, set_condition
-    from tunesmith.objectives.diffusion import sample
+    from tunesmith.objectives.denoising import sample
     from tunesmith.sampling import open_sampler
 
     rows, grids = [], {}

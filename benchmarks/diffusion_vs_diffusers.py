@@ -41,7 +41,7 @@ def settings(args: argparse.Namespace) -> dict:
 def held_out_loss(unet, scheduler) -> float:
     """Mean denoising loss on the mnist-5k test digits at noise and timesteps fixed per image."""
     from benchmarks.diffusion_lora import test_digits
-    from tunesmith.objectives.diffusion import per_image_loss
+    from tunesmith.objectives.denoising import per_image_loss
 
     x, y = test_digits()
     total = 0.0

@@ -50,7 +50,7 @@ def conditions_from(parts, images: list[str]) -> torch.Tensor:
     from PIL import Image
 
     from tunesmith.models.control import condition_of
-    from tunesmith.objectives.diffusion import to_model_input
+    from tunesmith.objectives.denoising import to_model_input
     from tunesmith.objectives.image_classify import to_pixels
 
     prep, pixels = parts.prep, []
@@ -73,7 +73,7 @@ def sample_to_folder(run_or_model: str, out_dir: str | Path, classes: list[str] 
     `condition_from` image instead (its condition made as in training; one --class, or one per image).
     Returns the files written."""
     from tunesmith.models.diffusion import num_classes
-    from tunesmith.objectives.diffusion import sample, save_grid, to_uint8
+    from tunesmith.objectives.denoising import sample, save_grid, to_uint8
 
     if prompt is not None:
         raise TunesmithError("sample: --prompt needs a caption-conditioned model (cross-attention and a text "
@@ -101,7 +101,7 @@ def sample_to_folder(run_or_model: str, out_dir: str | Path, classes: list[str] 
 
 def _conditioned(unet, parts, images: list[str], classes: list[str] | None, num: int, seed: int, steps: int,
                  sampler: str, out_dir: Path) -> list[Path]:
-    from tunesmith.objectives.diffusion import sample, save_grid, to_uint8
+    from tunesmith.objectives.denoising import sample, save_grid, to_uint8
 
     picked = class_indices(parts, classes) if classes else [0]
     if len(picked) not in (1, len(images)):

@@ -17,7 +17,7 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.methods.diffusers_lora import LORA_WEIGHTS
 from tunesmith.models.diffusion import load_unet
 from tunesmith.models.diffusion_base import init_unet
-from tunesmith.objectives.diffusion import per_image_loss, snr_weights
+from tunesmith.objectives.denoising import per_image_loss, snr_weights
 from tunesmith.run import run
 
 diffusers = pytest.importorskip("diffusers")

@@ -17,23 +17,27 @@ sampling a grid per class with a DDIM (or the model's own) sampler, seeded.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from tunesmith.errors import ConfigError, DataError, TunesmithError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.fastpath import no_autograd
 from tunesmith.methods.diffusers_lora import LORA_WEIGHTS, write_diffusers_lora
 from tunesmith.objectives.base import Loss, Objective, SavedRun
+from tunesmith.objectives.denoising import (
+    fixed_draws,
+    per_image_loss,
+    sample,
+    save_grid,
+    snr_weights,
+    to_model_input,
+    to_uint8,
+)
 from tunesmith.ranges import choice, option, ranged
 from tunesmith.schema import ObjectiveConfig
 from tunesmith.train.callbacks import Callback
-
-_EVAL_SEED = 20_231_204  # fixed noise for validation: the same images see the same noise at every evaluation
 
 
 @dataclass
@@ -80,122 +84,8 @@ def is_builtin(name: str) -> bool:
     return name in MODELS
 
 
-def fixed_draws(indices: list[int], shape, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validation's noise and timesteps: the same for an image at every evaluation, in every run."""
-    noise, steps = [], []
-    for index in indices:
-        g = torch.Generator().manual_seed(_EVAL_SEED + index)
-        steps.append(torch.randint(0, num_timesteps, (1,), generator=g))
-        noise.append(torch.randn(tuple(shape), generator=g))
-    return torch.stack(noise), torch.cat(steps)
-
-
 def _where(example) -> str:
     return str(getattr(example, "where", "an image"))
-
-
-def _class_kwargs(unet: nn.Module, labels: torch.Tensor) -> dict:
-    from tunesmith.models.diffusion import num_classes
-
-    kwargs: dict = {"class_labels": labels} if num_classes(unet) else {}
-    if type(unet).__name__ == "UNet2DConditionModel":
-        kwargs["encoder_hidden_states"] = None  # no cross-attention blocks: nothing to attend to
-    return kwargs
-
-
-def denoise(unet: nn.Module, noisy: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
-            control: torch.Tensor | None = None) -> torch.Tensor:
-    """The UNet's prediction; `control`: the conditioning image of a ControlLoRA-style run."""
-    from tunesmith.models.control import set_condition
-
-    set_condition(unet, control)
-    try:
-        return unet(noisy, t, **_class_kwargs(getattr(unet, "module", unet), labels)).sample.float()
-    finally:
-        set_condition(unet, None)
-
-
-def to_model_input(pixels: Sequence[torch.Tensor], size: int, channels: int) -> torch.Tensor:
-    """uint8 (3, s, s) images -> float (n, channels, size, size) in [-1, 1]."""
-    x = torch.stack(list(pixels)).float().div_(255)
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
-    if channels == 1:
-        x = x.mean(1, keepdim=True)
-    return x.mul_(2).sub_(1)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Model-space images in [-1, 1] -> uint8 (n, h, w, c)."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
-
-
-def noise_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
-    if kind == "sample":
-        return x0
-    raise TunesmithError(f"scheduler prediction_type {kind!r} is not one tunesmith trains (epsilon, "
-                         "v_prediction, sample)")
-
-
-def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    alphas = scheduler.alphas_cumprod.to(t.device)[t].float()
-    snr = alphas / (1 - alphas)
-    clipped = torch.minimum(snr, torch.full_like(snr, gamma))
-    kind = scheduler.config.prediction_type
-    return clipped / (snr + 1) if kind == "v_prediction" else (clipped / snr if kind == "epsilon" else clipped)
-
-
-def per_image_loss(unet: nn.Module, scheduler, x0: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
-                   t: torch.Tensor, control: torch.Tensor | None = None) -> torch.Tensor:
-    noisy = scheduler.add_noise(x0, noise, t)
-    pred = denoise(unet, noisy, t, labels, control)
-    return (pred - noise_target(scheduler, x0, noise, t).float()).pow(2).mean(dim=(1, 2, 3))
-
-
-@no_autograd
-def sample(unet: nn.Module, scheduler, labels: torch.Tensor, size: int, channels: int, steps: int, seed: int,
-           sampler: str = "ddim", batch_size: int = 64, control: torch.Tensor | None = None) -> torch.Tensor:
-    """Images (n, channels, size, size) in [-1, 1], one per label (and conditioning image), from seeded
-    noise."""
-    from diffusers import DDIMScheduler
-
-    runner = DDIMScheduler.from_config(scheduler.config) if sampler == "ddim" else type(scheduler).from_config(
-        scheduler.config)
-    runner.set_timesteps(steps)
-    device = next(unet.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((len(labels), channels, size, size), generator=generator) * runner.init_noise_sigma
-    out = []
-    for start in range(0, len(labels), batch_size):
-        xb, lb = x[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
-        cb = None if control is None else control[start : start + batch_size].to(device)
-        for t in runner.timesteps:
-            model_in = runner.scale_model_input(xb, t)
-            pred = denoise(unet, model_in, t.expand(len(xb)).to(device), lb, cb)
-            xb = runner.step(pred, t, xb, generator=generator).prev_sample
-        out.append(xb.cpu())
-    return torch.cat(out)
-
-
-def save_grid(images: torch.Tensor, rows: int, path: Path) -> Path:
-    """uint8 (n, h, w, c) images as one PNG, `rows` rows."""
-    from PIL import Image
-
-    n, h, w, c = images.shape
-    cols = -(-n // rows)
-    grid = torch.zeros((rows * h, cols * w, c), dtype=torch.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, cols)
-        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = img
-    array = grid.numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array[..., 0] if c == 1 else array).save(path)
-    return path
 
 
 class Diffusion(Objective):
