@@ -93,7 +93,7 @@ def pretrain(work_dir: Path, threads: int | None = None, steps: int | None = Non
 
 
 def locate_base() -> Path:
-    """The cached base, trained once on first use (about 20 minutes on 2 CPU cores)."""
+    """The cached base, trained once on first use (about 19 minutes on 2 CPU cores)."""
     import sys
 
     out = cache_root() / "models" / BASE_NAME
