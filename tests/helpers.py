@@ -25,5 +25,14 @@ def cli(*args: str, env: dict | None = None, timeout: int = 300, cwd: Path | Non
                           timeout=timeout, cwd=cwd)
 
 
+def torchrun(n: int, *args: str, env: dict | None = None, script: str | None = None,
+             timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=n` of `python -m tunesmith ARGS` (or of `script ARGS`), one
+    thread per process."""
+    head = ["--standalone", f"--nproc_per_node={n}"] + ([script] if script else ["-m", "tunesmith"])
+    return cli(*head, *args, module="torch.distributed.run",
+               env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)} | (env or {}), timeout=timeout)
+
+
 def model_weights(run_dir: Path) -> dict:
     return load_file(str(run_dir / "model" / "model.safetensors"))

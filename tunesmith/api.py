@@ -166,10 +166,11 @@ class Run:
                steps: int = 50, condition_from: list[str] | None = None) -> list[Path]:
         """Images from a diffusion run, as `tunesmith sample`: `num` per class (or per conditioning image),
         written to `out` as PNGs and grid.png; returns the files."""
-        from tunesmith.sampling import sample_to_folder
+        from tunesmith.sampling import draw_to_folder
 
-        self._needs(self._open().objective.command == "sample", "sample")
-        return sample_to_folder(str(self.dir), out, classes, None, num, seed, steps, "ddim", condition_from)
+        opened = self._needs(self._open().objective.command == "sample", "sample")
+        return draw_to_folder(opened.model, opened.tokenizer, str(self.dir), out, classes, num, seed, steps, "ddim",
+                              condition_from)
 
     def merge(self, out: str | Path, overwrite: bool = False) -> Path:
         """A LoRA run's adapter folded into its base: a plain Hugging Face model folder."""

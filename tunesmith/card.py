@@ -233,9 +233,10 @@ def _usage_section(out_dir: Path, run_dir: Path | None, objective: Any, summary:
     elif objective.model_kind == "causal-lm":
         parts += ["With tunesmith:", f'```bash\ntunesmith generate {out_dir} "{EXAMPLE_TEXT}"\n```']
     own = objective.usage_code(out_dir, base or local, adapter is not None)
-    code = own[1] if own else _python(out_dir, objective, summary, base, local, adapter, pooling)
+    code = None if own else _python(out_dir, objective, summary, base, local, adapter, pooling)
     if own:
-        parts += [f"With {own[0]}:", f"```python\n{code}```"]
+        libraries, snippet = own
+        parts += [f"With {libraries}:", f"```python\n{snippet}```"]
     elif code:
         parts += ["With " + ("transformers and peft" if adapter else "transformers") + ":", f"```python\n{code}```"]
         if adapter and base and local:

@@ -72,15 +72,22 @@ def sample_to_folder(run_or_model: str, out_dir: str | Path, classes: list[str] 
     grid.png (a row per class) go to `out_dir`. A ControlLoRA-style model draws `num` images for each
     `condition_from` image instead (its condition made as in training; one --class, or one per image).
     Returns the files written."""
-    from tunesmith.models.diffusion import num_classes
-    from tunesmith.objectives.denoising import sample, save_grid, to_uint8
-
     if prompt is not None:
         raise TunesmithError("sample: --prompt needs a caption-conditioned model (cross-attention and a text "
                              "encoder), which tunesmith does not train yet; use --class")
     unet, parts = open_sampler(run_or_model)
+    return draw_to_folder(unet, parts, run_or_model, out_dir, classes, num, seed, steps, sampler, condition_from)
+
+
+def draw_to_folder(unet: nn.Module, parts, name: str, out_dir: str | Path, classes: list[str] | None = None,
+                   num: int = 8, seed: int = 0, steps: int = 50, sampler: str = "ddim",
+                   condition_from: list[str] | None = None) -> list[Path]:
+    """sample_to_folder for a UNet already open (`name`: what it was opened from, for messages)."""
+    from tunesmith.models.diffusion import num_classes
+    from tunesmith.objectives.denoising import sample, to_uint8
+
     if (parts.prep.control is None) != (not condition_from):
-        raise TunesmithError(f"sample: {run_or_model} " + (
+        raise TunesmithError(f"sample: {name} " + (
             f"was trained on {parts.prep.control} conditions: give images to make them from with --condition-from"
             if parts.prep.control else "has no control input: drop --condition-from"))
     if condition_from:
@@ -91,17 +98,17 @@ def sample_to_folder(run_or_model: str, out_dir: str | Path, classes: list[str] 
         tags = [names[i] for i in picked]
     else:
         if classes:
-            raise TunesmithError(f"sample: {run_or_model} is not class-conditioned; drop --class")
+            raise TunesmithError(f"sample: {name} is not class-conditioned; drop --class")
         picked, tags = [0], ["sample"]
     labels = torch.tensor(picked).repeat_interleave(num)
     images = to_uint8(sample(unet, parts.scheduler, labels, parts.prep.size, parts.prep.channels, steps, seed,
                              sampler))
-    return _write(images, tags, num, len(picked), Path(out_dir), save_grid)
+    return _write(images, tags, num, len(picked), Path(out_dir))
 
 
 def _conditioned(unet, parts, images: list[str], classes: list[str] | None, num: int, seed: int, steps: int,
                  sampler: str, out_dir: Path) -> list[Path]:
-    from tunesmith.objectives.denoising import sample, save_grid, to_uint8
+    from tunesmith.objectives.denoising import sample, to_uint8
 
     picked = class_indices(parts, classes) if classes else [0]
     if len(picked) not in (1, len(images)):
@@ -112,19 +119,16 @@ def _conditioned(unet, parts, images: list[str], classes: list[str] | None, num:
     labels = torch.tensor(picked).repeat_interleave(num)
     drawn = to_uint8(sample(unet, parts.scheduler, labels, parts.prep.size, parts.prep.channels, steps, seed,
                             sampler, control=control))
-    return _write(drawn, [Path(p).stem for p in images], num, len(images), out_dir, save_grid)
+    return _write(drawn, [Path(p).stem for p in images], num, len(images), out_dir)
 
 
-def _write(images: torch.Tensor, tags: list[str], num: int, rows: int, out_dir: Path, save_grid) -> list[Path]:
-    from PIL import Image
+def _write(images: torch.Tensor, tags: list[str], num: int, rows: int, out_dir: Path) -> list[Path]:
+    from tunesmith.objectives.denoising import save_grid, save_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i, img in enumerate(images):
         tag = tags[i // num].replace("/", "_").replace(" ", "_")
-        path = out_dir / f"{tag}_{i % num:03d}.png"
-        array = img.numpy()
-        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
-        written.append(path)
+        written.append(save_png(img, out_dir / f"{tag}_{i % num:03d}.png"))
     written.append(save_grid(images, rows, out_dir / "grid.png"))
     return written

@@ -222,7 +222,7 @@ def test_control_lora_run_trains_lora_and_encoder_only_and_reopens_merged_alike(
 
 def test_two_processes_draw_what_one_does(tiny_unet, tmp_path):
     """Noise is seeded per image and step, so torchrun's two processes train the one-process run."""
-    from helpers import ROOT, write_config
+    from helpers import torchrun, write_config
     from safetensors.torch import load_file
 
     cfg = config(tiny_unet, shapes_folder(tmp_path / "data"), steps=4)
@@ -230,8 +230,7 @@ def test_two_processes_draw_what_one_does(tiny_unet, tmp_path):
     path = write_config(tmp_path / "cfg.yaml", cfg)
     single = cli("train", str(path), "--out", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
-    ddp = cli("--standalone", "--nproc_per_node=2", "-m", "tunesmith", "train", str(path), "--out",
-              str(tmp_path / "ddp"), module="torch.distributed.run", env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    ddp = torchrun(2, "train", str(path), "--out", str(tmp_path / "ddp"))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = (load_file(str(tmp_path / r / "adapter" / "adapter_model.safetensors")) for r in ("single", "ddp"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

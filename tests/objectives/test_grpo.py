@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import torch
-from helpers import cli, model_weights, write_config
+from helpers import cli, model_weights, torchrun, write_config
 from tiny import LORA, POSITIVE, make_tiny_llama, sentiment_rows, write_jsonl
 
 from tunesmith.config import config_from_dict
@@ -211,8 +211,6 @@ def test_two_processes_match_one(setup, tmp_path, objective, parallelism):
     micro-batches weigh by the whole step's totals, so the update is one process's (bnpo: by tokens; the
     batch-wide reward std; a KL penalty through LoRA's reference; ppo: minibatches of the whole step's
     completions, advantages whitened over all processes, the value head's gradients summed)."""
-    from helpers import ROOT
-
     extra = {"grpo": {"loss_type": "bnpo", "scale_rewards": "batch"}, "rloo": {},
              "ppo": {"num_mini_batches": 2, "num_ppo_epochs": 2}}[objective]
     cfg = config(setup, objective, method=LORA, objective={"beta": 0.5, **extra},
@@ -223,8 +221,7 @@ def test_two_processes_match_one(setup, tmp_path, objective, parallelism):
     sharded_or_not = write_config(tmp_path / "two.yaml", cfg)
     single = cli("train", str(path), "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
-    ddp = cli("--standalone", "--nproc_per_node=2", "-m", "tunesmith", "train", str(sharded_or_not), "--out",
-              str(tmp_path / "two"), module="torch.distributed.run", env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    ddp = torchrun(2, "train", str(sharded_or_not), "--out", str(tmp_path / "two"))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["parallelism"] == parallelism
     from safetensors.torch import load_file

@@ -4,7 +4,7 @@ LoRA, a causal LM (target-only logits through DDP), and freeze with the frozen-p
 import json
 
 import pytest
-from helpers import ROOT, cli, write_config
+from helpers import cli, torchrun, write_config
 from safetensors.torch import load_file
 from tiny import chat_rows, tiny_config, write_jsonl
 
@@ -46,9 +46,7 @@ def test_ddp_two_processes_match_single_process(name, tiny_bert_nodrop, tiny_lla
     path = write_config(tmp_path / "cfg.yaml", _case(name, tiny_bert_nodrop, tiny_llama, tmp_path))
     single = cli("train", str(path), "--out", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
-    ddp = cli("--standalone", "--nproc_per_node=2", "-m", "tunesmith", "train", str(path),
-              "--out", str(tmp_path / "ddp"), module="torch.distributed.run",
-              env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    ddp = torchrun(2, "train", str(path), "--out", str(tmp_path / "ddp"))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
     assert a.keys() == b.keys()

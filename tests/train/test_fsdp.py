@@ -10,6 +10,7 @@ import json
 import pytest
 import yaml
 from helpers import ROOT, cli, write_config
+from helpers import torchrun as run_processes
 from safetensors.torch import load_file
 from tiny import LORA, chat_rows, pref_config, tiny_config, write_jsonl
 
@@ -18,9 +19,7 @@ WORKER = ROOT / "tests" / "train" / "fsdp_worker.py"
 
 
 def torchrun(n: int, *args: str, env: dict | None = None, script: str | None = None):
-    head = ["--standalone", f"--nproc_per_node={n}"] + ([script] if script else ["-m", "tunesmith"])
-    return cli(*head, *args, module="torch.distributed.run",
-               env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)} | (env or {}), timeout=600)
+    return run_processes(n, *args, env=env, script=script, timeout=600)  # fsdp runs take longer
 
 
 def saved(run_dir):

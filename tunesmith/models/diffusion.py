@@ -60,15 +60,22 @@ class DiffusionParts:
         self.scheduler.save_pretrained(Path(out_dir) / "scheduler")
 
 
-def model_dir(name_or_path: str) -> Path:
-    """A built-in diffusion model's folder (made once, then cached) or a local diffusers folder."""
+def builtin(name_or_path: str):
+    """The built-in diffusion model of that name (a registry entry), None for any other name; a built-in
+    model of another kind is a ConfigError."""
     from tunesmith.models.registry import MODELS
 
     entry = MODELS.get(name_or_path)
+    if entry is not None and entry.kind != "diffusion":
+        raise ConfigError(f"model.name: {name_or_path} is a {entry.kind} model, not a diffusion UNet "
+                          f"(built-in diffusion models: {', '.join(n for n, e in MODELS.items() if e.kind == 'diffusion')})")
+    return entry
+
+
+def model_dir(name_or_path: str) -> Path:
+    """A built-in diffusion model's folder (made once, then cached) or a local diffusers folder."""
+    entry = builtin(name_or_path)
     if entry is not None:
-        if entry.kind != "diffusion":
-            raise ConfigError(f"model.name: {name_or_path} is a {entry.kind} model, not a diffusion UNet "
-                              f"(built-in diffusion models: {', '.join(n for n, e in MODELS.items() if e.kind == 'diffusion')})")
         return entry.locate()
     layout(name_or_path)  # an error naming what is missing when it is not a diffusers folder
     return Path(name_or_path).expanduser()
@@ -76,7 +83,7 @@ def model_dir(name_or_path: str) -> Path:
 
 def cross_attention_config(path: str | Path) -> str | None:
     """The config entry by which a UNet reads text through cross-attention (None: it does not)."""
-    config = unet_config(path)
+    config = layout(path)[2]
     blocks = [*config.get("down_block_types", ()), config.get("mid_block_type") or ""]
     crossing = [b for b in blocks if "CrossAttn" in b]
     return f"{crossing[0]} in {config.get('_class_name')}" if crossing else None
@@ -89,9 +96,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def layout(path: str | Path) -> tuple[Path, Path | None]:
-    """(the UNet's folder, the scheduler's folder or None) of a diffusers directory; ConfigError naming
-    what is missing when it is not one."""
+def layout(path: str | Path) -> tuple[Path, Path | None, dict[str, Any]]:
+    """(the UNet's folder, the scheduler's folder or None, the UNet's config.json) of a diffusers
+    directory, its weights not read; ConfigError naming what is missing when it is not one."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ConfigError(f"model.name: {root} is not a directory (a diffusion model is a local diffusers folder)")
@@ -109,14 +116,8 @@ def layout(path: str | Path) -> tuple[Path, Path | None]:
         raise ConfigError(f"model.name: {unet_dir} has no .safetensors weights{hint}")
     for candidate in (root / "scheduler", unet_dir):
         if (candidate / "scheduler_config.json").exists():
-            return unet_dir, candidate
-    return unet_dir, None
-
-
-def unet_config(path: str | Path) -> dict[str, Any]:
-    """The UNet's config.json (class, sample size, channels, class embeddings) without loading weights."""
-    unet_dir, _ = layout(path)
-    return json.loads((unet_dir / "config.json").read_text())
+            return unet_dir, candidate, config
+    return unet_dir, None, config
 
 
 def load_unet(path: str | Path) -> tuple[nn.Module, Any, DiffusionPrep]:
@@ -127,8 +128,7 @@ def load_unet(path: str | Path) -> tuple[nn.Module, Any, DiffusionPrep]:
     from tunesmith.models.hf import _quiet_transformers
 
     _quiet_transformers()
-    unet_dir, scheduler_dir = layout(path)
-    config = json.loads((unet_dir / "config.json").read_text())
+    unet_dir, scheduler_dir, config = layout(path)
     unet = getattr(diffusers, config["_class_name"]).from_pretrained(unet_dir, use_safetensors=True,
                                                                      torch_dtype=torch.float32)
     if scheduler_dir is not None:

@@ -32,6 +32,13 @@ def _packaged_dir(distribution: str, relative: str, install_hint: str) -> Callab
     return lambda: packaged_path(distribution, relative, install_hint)
 
 
+def _diffusion_base() -> Path:
+    """The built-in diffusion base, trained by its recipe on first use (models/diffusion_base.py)."""
+    from tunesmith.models.diffusion_base import locate_base
+
+    return locate_base()
+
+
 MODELS: dict[str, ModelEntry] = {
     "minilm-l6": ModelEntry(
         name="minilm-l6",
@@ -77,15 +84,10 @@ MODELS: dict[str, ModelEntry] = {
         params="1.01M",
         license="Apache-2.0 (recipe); Fashion-MNIST is MIT",
         install_hint="pip install diffusers && apt-get install dataset-fashion-mnist",
-        locate=lambda: _diffusion_base(),
+        locate=_diffusion_base,
     ),
 }
 
-
-def _diffusion_base() -> Path:
-    from tunesmith.models.diffusion_base import locate_base
-
-    return locate_base()
 
 
 _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")

@@ -17,14 +17,20 @@ from tunesmith.fastpath import no_autograd
 _EVAL_SEED = 20_231_204  # fixed noise for validation: the same images see the same noise at every evaluation
 
 
-def fixed_draws(indices: list[int], shape, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validation's noise and timesteps: the same for an image at every evaluation, in every run."""
+def seeded_draws(seeds: list[int], shape, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise of `shape`, a timestep) per image, each from its own seed: what an image draws does not
+    depend on the batch it is in, nor on the process that holds it."""
     noise, steps = [], []
-    for index in indices:
-        g = torch.Generator().manual_seed(_EVAL_SEED + index)
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
         steps.append(torch.randint(0, num_timesteps, (1,), generator=g))
         noise.append(torch.randn(tuple(shape), generator=g))
     return torch.stack(noise), torch.cat(steps)
+
+
+def fixed_draws(indices: list[int], shape, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation's noise and timesteps: the same for an image at every evaluation, in every run."""
+    return seeded_draws([_EVAL_SEED + index for index in indices], shape, num_timesteps)
 
 
 def _class_kwargs(unet: nn.Module, labels: torch.Tensor) -> dict:
@@ -115,17 +121,22 @@ def sample(unet: nn.Module, scheduler, labels: torch.Tensor, size: int, channels
     return torch.cat(out)
 
 
-def save_grid(images: torch.Tensor, rows: int, path: Path) -> Path:
-    """uint8 (n, h, w, c) images as one PNG, `rows` rows."""
+def save_png(image: torch.Tensor, path: Path) -> Path:
+    """A uint8 (h, w, c) image as a PNG: grey for one channel, RGB for three."""
     from PIL import Image
 
+    array = image.numpy()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+    return path
+
+
+def save_grid(images: torch.Tensor, rows: int, path: Path) -> Path:
+    """uint8 (n, h, w, c) images as one PNG, `rows` rows."""
     n, h, w, c = images.shape
     cols = -(-n // rows)
     grid = torch.zeros((rows * h, cols * w, c), dtype=torch.uint8)
     for i, img in enumerate(images):
         r, col = divmod(i, cols)
         grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = img
-    array = grid.numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array[..., 0] if c == 1 else array).save(path)
-    return path
+    return save_png(grid, path)

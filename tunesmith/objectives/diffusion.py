@@ -31,6 +31,7 @@ from tunesmith.objectives.denoising import (
     per_image_loss,
     sample,
     save_grid,
+    seeded_draws,
     snr_weights,
     to_model_input,
     to_uint8,
@@ -76,18 +77,6 @@ class StepCounter(Callback):
         self.objective.step = trainer.step
 
 
-def is_builtin(name: str) -> bool:
-    from tunesmith.models.registry import MODELS
-
-    if name in MODELS and MODELS[name].kind != "diffusion":
-        raise ConfigError(f"model.name: {name} is a {MODELS[name].kind} model, not a diffusion UNet")
-    return name in MODELS
-
-
-def _where(example) -> str:
-    return str(getattr(example, "where", "an image"))
-
-
 class Diffusion(Objective):
     """Noise-prediction training of a diffusers UNet; held-out denoising loss; a sample grid per class."""
 
@@ -100,10 +89,10 @@ class Diffusion(Objective):
     parts = None  # the model's scheduler and input description (DiffusionParts), once it is loaded
 
     def check(self, run, where) -> None:
-        from tunesmith.models.diffusion import cross_attention_config, model_dir
+        from tunesmith.models.diffusion import builtin, cross_attention_config
 
         # a built-in base is not made here (its first use trains it); a local folder is read, not loaded
-        config = None if is_builtin(run.model.name) else cross_attention_config(model_dir(run.model.name))
+        config = None if builtin(run.model.name) else cross_attention_config(run.model.name)
         if config:
             raise ConfigError(f"{where('model.name')}: {run.model.name} reads text through cross-attention "
                               f"({config}); caption-conditioned training is not supported yet: use a class-"
@@ -188,7 +177,7 @@ class Diffusion(Objective):
             if first is None:
                 first = (e, image.shape[:2])
             elif image.shape[:2] != first[1]:  # resizing them alike would train on distorted images
-                raise DataError(f"{_where(e)}: {image.shape[1]}x{image.shape[0]} pixels, but {_where(first[0])} "
+                raise DataError(f"{e.where}: {image.shape[1]}x{image.shape[0]} pixels, but {first[0].where} "
                                 f"is {first[1][1]}x{first[1][0]}; a diffusion model learns one image size: resize "
                                 "them alike first")
             items.append(DiffusionItem(to_pixels(image, size), e.label, len(items)))
@@ -217,12 +206,8 @@ class Diffusion(Objective):
     def draws(self, batch, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(noise, timesteps) of a training batch: each image's own, from its seed (see the module doc)."""
         base = (self.run.train.data_seed * 1_000_003 + self.stage_number) * 1_000_000_007 + self.step
-        noise, steps = [], []
-        for index, x in zip(batch["index"].tolist(), batch["pixel_values"], strict=True):
-            g = torch.Generator().manual_seed((base * 10_000_019 + index) % 2**63)
-            steps.append(torch.randint(0, num_timesteps, (1,), generator=g))
-            noise.append(torch.randn(x.shape, generator=g))
-        return torch.stack(noise), torch.cat(steps)
+        seeds = [(base * 10_000_019 + index) % 2**63 for index in batch["index"].tolist()]
+        return seeded_draws(seeds, batch["pixel_values"].shape[1:], num_timesteps)
 
     def counts(self, batch):
         return {"loss": float(batch["labels"].numel())}
