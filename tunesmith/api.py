@@ -163,14 +163,15 @@ class Run:
         return opened.objective.score(opened.saved, list(texts), prompt, opened.cfg)
 
     def sample(self, out: str | Path, classes: list[str] | None = None, num: int = 8, seed: int = 0,
-               steps: int = 50, condition_from: list[str] | None = None) -> list[Path]:
-        """Images from a diffusion run, as `tunesmith sample`: `num` per class (or per conditioning image),
-        written to `out` as PNGs and grid.png; returns the files."""
+               steps: int = 50, condition_from: list[str] | None = None, prompts: list[str] | None = None,
+               guidance_scale: float = 1.0) -> list[Path]:
+        """Images from a diffusion run, as `tunesmith sample`: `num` per class (or per conditioning image,
+        or per prompt of a caption-conditioned run), written to `out` as PNGs and grid.png; returns the files."""
         from tunesmith.sampling import draw_to_folder
 
         opened = self._needs(self._open().objective.command == "sample", "sample")
         return draw_to_folder(opened.model, opened.tokenizer, str(self.dir), out, classes, num, seed, steps, "ddim",
-                              condition_from)
+                              condition_from, prompts, guidance_scale)
 
     def merge(self, out: str | Path, overwrite: bool = False) -> Path:
         """A LoRA run's adapter folded into its base: a plain Hugging Face model folder."""

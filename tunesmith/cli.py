@@ -115,7 +115,10 @@ def _parser() -> argparse.ArgumentParser:
                         parents=[common], **_example("tunesmith sample runs/digits-lora --class 3 --num 8 --out samples"))
     sa.add_argument("run_dir", help="a diffusion run directory, a built-in diffusion model or a local diffusers folder")
     sa.add_argument("--class", dest="classes", action="append", help="a class to draw (repeat it; default: every class)")
-    sa.add_argument("--prompt", help="a caption (caption-conditioned models)")
+    sa.add_argument("--prompt", dest="prompts", action="append",
+                    help="a caption to draw (caption-conditioned models; repeat it: a grid row each)")
+    sa.add_argument("--guidance", type=float, default=1.0,
+                    help="classifier-free guidance scale with --prompt (1: none; e.g. 7.5)")
     sa.add_argument("--num", type=int, default=8, help="images per class")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--steps", type=int, default=50, help="denoising steps")
@@ -430,8 +433,10 @@ def _sample(args: argparse.Namespace) -> int:
 
     if args.num < 1 or args.steps < 1:
         raise TunesmithError("sample: --num and --steps must be >= 1")
-    written = sample_to_folder(args.run_dir, args.out, args.classes, args.prompt, args.num, args.seed, args.steps,
-                               args.sampler, args.condition_from)
+    if args.guidance < 1:
+        raise TunesmithError("sample: --guidance must be >= 1")
+    written = sample_to_folder(args.run_dir, args.out, args.classes, args.prompts, args.num, args.seed, args.steps,
+                               args.sampler, args.condition_from, args.guidance)
     print(f"{len(written) - 1} images and {written[-1]} written", file=sys.stderr)
     return 0
 

@@ -23,10 +23,10 @@ def open_sampler(run_or_model: str) -> tuple[nn.Module, object]:
             raise TunesmithError(f"{path} is a {opened.objective.name} run, not a diffusion run; use "
                                  f"`tunesmith {opened.objective.command}`")
         return opened.model.eval(), opened.tokenizer
-    from tunesmith.models.diffusion import DiffusionParts, load_unet, model_dir
+    from tunesmith.models.diffusion import load_parts, model_dir
 
-    unet, scheduler, prep = load_unet(model_dir(run_or_model))
-    return unet.eval(), DiffusionParts(scheduler, prep)
+    unet, parts = load_parts(model_dir(run_or_model))
+    return unet.eval(), parts
 
 
 def class_indices(parts, classes: list[str]) -> list[int]:
@@ -66,26 +66,41 @@ def conditions_from(parts, images: list[str]) -> torch.Tensor:
 
 
 def sample_to_folder(run_or_model: str, out_dir: str | Path, classes: list[str] | None = None,
-                     prompt: str | None = None, num: int = 8, seed: int = 0, steps: int = 50,
-                     sampler: str = "ddim", condition_from: list[str] | None = None) -> list[Path]:
+                     prompts: list[str] | None = None, num: int = 8, seed: int = 0, steps: int = 50,
+                     sampler: str = "ddim", condition_from: list[str] | None = None,
+                     guidance_scale: float = 1.0) -> list[Path]:
     """`num` images per class (every class the model names when none is given), seeded; the PNGs and
-    grid.png (a row per class) go to `out_dir`. A ControlLoRA-style model draws `num` images for each
-    `condition_from` image instead (its condition made as in training; one --class, or one per image).
+    grid.png (a row per class) go to `out_dir`. A caption-conditioned model draws `num` per prompt
+    (classifier-free guidance at `guidance_scale` > 1); a ControlLoRA-style model `num` for each
+    `condition_from` image (its condition made as in training; one --class, or one per image).
     Returns the files written."""
-    if prompt is not None:
-        raise TunesmithError("sample: --prompt needs a caption-conditioned model (cross-attention and a text "
-                             "encoder), which tunesmith does not train yet; use --class")
     unet, parts = open_sampler(run_or_model)
-    return draw_to_folder(unet, parts, run_or_model, out_dir, classes, num, seed, steps, sampler, condition_from)
+    return draw_to_folder(unet, parts, run_or_model, out_dir, classes, num, seed, steps, sampler, condition_from,
+                          prompts, guidance_scale)
 
 
 def draw_to_folder(unet: nn.Module, parts, name: str, out_dir: str | Path, classes: list[str] | None = None,
                    num: int = 8, seed: int = 0, steps: int = 50, sampler: str = "ddim",
-                   condition_from: list[str] | None = None) -> list[Path]:
+                   condition_from: list[str] | None = None, prompts: list[str] | None = None,
+                   guidance_scale: float = 1.0) -> list[Path]:
     """sample_to_folder for a UNet already open (`name`: what it was opened from, for messages)."""
     from tunesmith.models.diffusion import num_classes
-    from tunesmith.objectives.denoising import sample, to_uint8
+    from tunesmith.objectives.denoising import sample, sample_captions, to_uint8
 
+    if (parts.text is None) != (not prompts):
+        raise TunesmithError(f"sample: {name} " + (
+            "reads captions: give one or more --prompt" if parts.text is not None
+            else "does not read captions (no cross-attention and text encoder): drop --prompt"))
+    if guidance_scale != 1.0 and not prompts:
+        raise TunesmithError("sample: --guidance is for caption-conditioned models (with --prompt)")
+    if prompts:
+        if classes or condition_from:
+            raise TunesmithError("sample: give --prompt alone; this model's condition is its caption")
+        images = to_uint8(sample_captions(unet, parts, prompts, num, steps, seed, sampler, guidance_scale))
+        written = _write(images, [f"prompt{i + 1}" for i in range(len(prompts))], num, len(prompts), Path(out_dir))
+        (Path(out_dir) / "prompts.txt").write_text("".join(f"prompt{i + 1} (row {i + 1}): {p}\n"
+                                                           for i, p in enumerate(prompts)))
+        return written
     if (parts.prep.control is None) != (not condition_from):
         raise TunesmithError(f"sample: {name} " + (
             f"was trained on {parts.prep.control} conditions: give images to make them from with --condition-from"

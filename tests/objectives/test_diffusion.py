@@ -144,7 +144,8 @@ def test_bad_input_is_one_line_before_training(tiny_unet, tmp_path):
         api.check(config(tmp_path / "not-a-model", data))
     crossing = init_unet(tmp_path / "text", **TINY | {"down_block_types": ["DownBlock2D", "DownBlock2D",
                                                                            "CrossAttnDownBlock2D"]})
-    with pytest.raises(ConfigError, match="reads text through cross-attention"):
+    with pytest.raises(ConfigError, match="reads captions through cross-attention, but the folder has no "
+                                          "text_encoder/ or tokenizer/"):
         api.check(config(crossing, data))
     two_classes = init_unet(tmp_path / "two", **TINY | {"num_class_embeds": 2})
     with pytest.raises(ConfigError, match="embeds 2 classes; the data has 3"):
@@ -236,3 +237,166 @@ def test_two_processes_draw_what_one_does(tiny_unet, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     s1, s2 = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("single", "ddp"))
     assert s2["world_size"] == 2 and s2["final"]["val_loss"] == pytest.approx(s1["final"]["val_loss"], rel=1e-4)
+
+
+# -- caption-conditioned pipelines --------------------------------------------------------------------
+
+WORDS = ["a", "bright", "square", "bar", "dark", "frame", "on", "grey"]
+
+
+def caption_pipeline(path, seed=0):
+    """A tiny text-to-image pipeline folder: a cross-attention UNet, a CLIP text encoder and its tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+    init_unet(path, seed=seed, **TINY | {"num_class_embeds": None, "cross_attention_dim": 32,
+                                         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                                         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                            model_max_length=8).save_pretrained(path / "tokenizer")
+    torch.manual_seed(seed)
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, max_position_embeddings=8, pad_token_id=0, eos_token_id=1,
+                                 bos_token_id=1)).save_pretrained(path / "text_encoder")
+    return path
+
+
+def caption_rows(root):
+    """The shapes as captioned images: rows {path, text} in captions.jsonl."""
+    shapes_folder(root)
+    words = {"square": "a bright square", "bar": "a bright bar", "frame": "a dark frame"}
+    rows = [{"path": f"{name}/{i}.png", "text": words[name]} for i in range(12) for name in words]
+    (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "captions.jsonl"
+
+
+@pytest.fixture(scope="module")
+def caption_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("captions")
+    pipe = caption_pipeline(root / "pipe")
+    cfg = config(pipe, caption_rows(root / "data"), steps=4)
+    cfg["objective"] |= {"caption_dropout": 0.25, "guidance_scale": 2.0}
+    run(config_from_dict(cfg), root / "run")
+    return pipe, root / "run"
+
+
+def test_caption_run_trains_and_its_lora_loads_in_diffusers_with_equal_outputs(caption_run, tmp_path):
+    from tunesmith.infer import open_saved
+
+    pipe, run_dir = caption_run
+    assert (run_dir / "plots" / "samples.png").exists()
+    assert (run_dir / "plots" / "samples.txt").read_text().splitlines()[0].startswith("row 1: a ")
+    opened = open_saved(run_dir)
+    text = opened.tokenizer.text
+    ids = text.tokens(["a bright bar", "a dark frame"])
+    assert ids.shape == (2, 8) and ids[0, :3].tolist() == [2, 3, 5]
+    plain = diffusers.UNet2DConditionModel.from_pretrained(pipe / "unet")
+    plain.load_lora_adapter(str(run_dir / "adapter"), prefix="unet", weight_name=LORA_WEIGHTS)
+    base = diffusers.UNet2DConditionModel.from_pretrained(pipe / "unet")
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([50, 700])
+    with torch.no_grad():
+        context = text.embed(ids)
+        ours = opened.model(x, t, encoder_hidden_states=context).sample
+        theirs = plain.eval()(x, t, encoder_hidden_states=context).sample
+        other = opened.model(x, t, encoder_hidden_states=text.embed(text.tokens(["a bright square"] * 2))).sample
+        before = base.eval()(x, t, encoder_hidden_states=context).sample
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    assert (other - ours).abs().max() > 1e-4  # the caption steers it
+    assert (before - ours).abs().max() > 1e-4  # the adapter trained the cross-attention UNet
+    assert cli("merge", str(run_dir), str(tmp_path / "merged")).returncode == 0
+    assert (tmp_path / "merged" / "text_encoder").is_dir() and (tmp_path / "merged" / "tokenizer").is_dir()
+    card = (run_dir / "adapter" / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "text_encoder(ids)" in code
+    import subprocess
+    import sys
+
+    (tmp_path / "use.py").write_text(code + "assert images.shape == (4, 1, 16, 16)\n")
+    done = subprocess.run([sys.executable, str(tmp_path / "use.py")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_caption_dropout_is_seeded_and_uses_the_empty_caption(caption_run):
+    from tunesmith.objectives.diffusion import Diffusion
+
+    pipe, run_dir = caption_run
+    objective = Diffusion(config_from_dict(config(pipe, run_dir) | {"objective": {
+        "name": "diffusion", "caption_dropout": 0.5}}))
+    from tunesmith.models.diffusion import load_parts
+
+    _, objective.parts = load_parts(pipe)
+    text = objective.parts.text
+    batch = {"input_ids": text.tokens(["a bright bar"] * 16)}
+    seeds = list(range(16))
+    got = objective.context(batch, "cpu", seeds)
+    empty, kept = text.embed(text.tokens([""]))[0], text.embed(text.tokens(["a bright bar"]))[0]
+    dropped = [bool(torch.equal(row, empty)) for row in got]
+    assert all(d or torch.equal(row, kept) for d, row in zip(dropped, got))
+    assert 3 <= sum(dropped) <= 13  # about half, from the images' own seeds
+    assert torch.equal(objective.context(batch, "cpu", seeds), got)
+    assert torch.equal(objective.context(batch, "cpu"), kept.expand(16, -1, -1))  # evaluation: never dropped
+
+
+def test_guidance_mixes_the_unconditional_prediction(caption_run):
+    from tunesmith.models.diffusion import load_parts
+    from tunesmith.objectives.denoising import sample, sample_captions
+
+    pipe, _ = caption_run
+    unet, parts = load_parts(pipe)
+    context = parts.text.embed(parts.text.tokens(["a bright bar", "a dark frame"]))
+    labels = torch.zeros(2, dtype=torch.long)
+    plain = sample(unet, parts.scheduler, labels, 16, 1, 3, seed=0, context=context)
+    # unconditional = conditional: uncond + s * (cond - uncond) is the conditional prediction, at any s
+    same = sample(unet, parts.scheduler, labels, 16, 1, 3, seed=0, context=context, guidance_scale=4.0,
+                  unconditional=context[:1])
+    torch.testing.assert_close(same[:1], plain[:1], rtol=1e-4, atol=1e-5)
+    guided = sample_captions(unet, parts, ["a bright bar", "a dark frame"], 1, 3, 0, guidance_scale=4.0)
+    assert (guided - plain).abs().max() > 1e-3
+
+
+def test_sample_prompts_are_seeded_and_refused_where_they_do_not_apply(caption_run, lora_run, tmp_path):
+    _, run_dir = caption_run
+    for out in ("a", "b"):
+        done = cli("sample", str(run_dir), "--prompt", "a bright bar", "--prompt", "a dark frame", "--num", "2",
+                   "--steps", "3", "--guidance", "3", "--out", str(tmp_path / out))
+        assert done.returncode == 0, done.stderr
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == ["grid.png", "prompt1_000.png", "prompt1_001.png", "prompt2_000.png", "prompt2_001.png",
+                     "prompts.txt"]
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert "prompt2 (row 2): a dark frame" in (tmp_path / "a" / "prompts.txt").read_text()
+    no_prompt = cli("sample", str(run_dir), "--out", str(tmp_path / "c"))
+    assert no_prompt.returncode == 2 and "reads captions: give one or more --prompt" in no_prompt.stderr
+    classes = cli("sample", str(lora_run), "--prompt", "a bar", "--out", str(tmp_path / "d"))
+    assert classes.returncode == 2 and "does not read captions" in classes.stderr
+
+
+def test_caption_data_errors_name_the_row_before_training(tmp_path):
+    pipe = caption_pipeline(tmp_path / "pipe")
+    rows = caption_rows(tmp_path / "data")
+    lines = rows.read_text().splitlines()
+    lines[4] = json.dumps({"path": "bar/1.png", "caption": "a bright bar"})
+    rows.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"captions.jsonl:5: no field 'text' \(the row has 'path', 'caption'\).*"
+                                        r"data.text_field"):
+        run(config_from_dict(config(pipe, rows)), tmp_path / "r1")
+    assert not (tmp_path / "r1").exists()
+    cfg = config(pipe, rows) | {"data": {"train": str(rows), "text_field": "caption"}}
+    with pytest.raises(DataError, match="captions.jsonl:1: no field 'caption'"):
+        run(config_from_dict(cfg), tmp_path / "r2")
+    folder = tmp_path / "data"  # the imagefolder layout: a metadata file with file_name and text
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"square/{i}.png", "text": "a square"}) + "\n"
+                                                   for i in range(12)))
+    from tunesmith.data.captions import load_image_captions
+
+    loaded = load_image_captions(config_from_dict(config(pipe, folder)).data)
+    assert len(loaded.train) + len(loaded.validation) + len(loaded.test) == 12
+    assert loaded.train[0].image.parent.name == "square" and loaded.train[0].caption == "a square"
+    with pytest.raises(DataError, match="needs a metadata file"):
+        load_image_captions(config_from_dict(config(pipe, folder / "bar")).data)
+    with pytest.raises(ConfigError, match="caption_dropout: is for caption-conditioned models"):
+        api.check(config(init_unet(tmp_path / "plain", **TINY), folder) | {
+            "objective": {"name": "diffusion", "caption_dropout": 0.1}})

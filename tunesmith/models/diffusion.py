@@ -19,6 +19,7 @@ from torch import nn
 
 from tunesmith.atomic import atomic_dir
 from tunesmith.errors import ConfigError
+from tunesmith.models.captions import CaptionEncoder, caption_folders, load_caption_encoder
 from tunesmith.models.control import CONTROL_FILE, attach, encoder_of
 
 UNET_CLASSES = ("UNet2DConditionModel", "UNet2DModel")
@@ -53,6 +54,7 @@ class DiffusionParts:
 
     scheduler: Any
     prep: DiffusionPrep
+    text: CaptionEncoder | None = None  # a caption-conditioned pipeline's tokenizer and text encoder
     pad_token_id = None
 
     def save_pretrained(self, out_dir: str | Path) -> None:
@@ -81,12 +83,30 @@ def model_dir(name_or_path: str) -> Path:
     return Path(name_or_path).expanduser()
 
 
-def cross_attention_config(path: str | Path) -> str | None:
-    """The config entry by which a UNet reads text through cross-attention (None: it does not)."""
-    config = layout(path)[2]
-    blocks = [*config.get("down_block_types", ()), config.get("mid_block_type") or ""]
-    crossing = [b for b in blocks if "CrossAttn" in b]
-    return f"{crossing[0]} in {config.get('_class_name')}" if crossing else None
+def takes_captions(name_or_path: str) -> bool:
+    """Whether the model reads captions (cross-attention); one that does must have its text encoder and
+    tokenizer beside it (ConfigError naming what is missing). Reads configs, not weights."""
+    if builtin(name_or_path) is not None:
+        return False
+    config = layout(name_or_path)[2]
+    if reads_captions(config):
+        caption_folders(Path(name_or_path).expanduser(), config)
+        return True
+    return False
+
+
+def reads_captions(config: dict[str, Any]) -> bool:
+    blocks = [*config.get("down_block_types", ()), *config.get("up_block_types", ()), config.get("mid_block_type") or ""]
+    return any("CrossAttn" in b for b in blocks)
+
+
+def load_parts(path: str | Path) -> tuple[nn.Module, DiffusionParts]:
+    """(UNet, its DiffusionParts): load_unet, plus the pipeline's text encoder when the UNet reads captions."""
+    unet, scheduler, prep = load_unet(path)
+    text = None
+    if reads_captions(dict(unet.config)):
+        text = load_caption_encoder(*caption_folders(Path(path).expanduser(), dict(unet.config)))
+    return unet, DiffusionParts(scheduler, prep, text)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -179,5 +199,7 @@ def save_diffusion(unet: nn.Module, parts: DiffusionParts, out_dir: Path, meta: 
             save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
                       str(tmp / CONTROL_FILE))
         parts.save_pretrained(tmp)
+        if parts.text is not None:  # a complete pipeline folder: what `tunesmith sample --prompt` reads
+            parts.text.save_pretrained(tmp)
         (tmp / "tunesmith.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir

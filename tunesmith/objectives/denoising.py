@@ -33,23 +33,24 @@ def fixed_draws(indices: list[int], shape, num_timesteps: int) -> tuple[torch.Te
     return seeded_draws([_EVAL_SEED + index for index in indices], shape, num_timesteps)
 
 
-def _class_kwargs(unet: nn.Module, labels: torch.Tensor) -> dict:
+def _condition_kwargs(unet: nn.Module, labels: torch.Tensor, context: torch.Tensor | None) -> dict:
     from tunesmith.models.diffusion import num_classes
 
     kwargs: dict = {"class_labels": labels} if num_classes(unet) else {}
     if type(unet).__name__ == "UNet2DConditionModel":
-        kwargs["encoder_hidden_states"] = None  # no cross-attention blocks: nothing to attend to
+        kwargs["encoder_hidden_states"] = context  # None: no cross-attention blocks, nothing to attend to
     return kwargs
 
 
 def denoise(unet: nn.Module, noisy: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
-            control: torch.Tensor | None = None) -> torch.Tensor:
-    """The UNet's prediction; `control`: the conditioning image of a ControlLoRA-style run."""
+            control: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+    """The UNet's prediction; `control`: the conditioning image of a ControlLoRA-style run; `context`:
+    the text encoder's hidden states of the captions (caption-conditioned models)."""
     from tunesmith.models.control import set_condition
 
     set_condition(unet, control)
     try:
-        return unet(noisy, t, **_class_kwargs(getattr(unet, "module", unet), labels)).sample.float()
+        return unet(noisy, t, **_condition_kwargs(getattr(unet, "module", unet), labels, context)).sample.float()
     finally:
         set_condition(unet, None)
 
@@ -90,17 +91,21 @@ def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def per_image_loss(unet: nn.Module, scheduler, x0: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
-                   t: torch.Tensor, control: torch.Tensor | None = None) -> torch.Tensor:
+                   t: torch.Tensor, control: torch.Tensor | None = None,
+                   context: torch.Tensor | None = None) -> torch.Tensor:
     noisy = scheduler.add_noise(x0, noise, t)
-    pred = denoise(unet, noisy, t, labels, control)
+    pred = denoise(unet, noisy, t, labels, control, context)
     return (pred - noise_target(scheduler, x0, noise, t).float()).pow(2).mean(dim=(1, 2, 3))
 
 
 @no_autograd
 def sample(unet: nn.Module, scheduler, labels: torch.Tensor, size: int, channels: int, steps: int, seed: int,
-           sampler: str = "ddim", batch_size: int = 64, control: torch.Tensor | None = None) -> torch.Tensor:
-    """Images (n, channels, size, size) in [-1, 1], one per label (and conditioning image), from seeded
-    noise."""
+           sampler: str = "ddim", batch_size: int = 64, control: torch.Tensor | None = None,
+           context: torch.Tensor | None = None, guidance_scale: float = 1.0,
+           unconditional: torch.Tensor | None = None) -> torch.Tensor:
+    """Images (n, channels, size, size) in [-1, 1], one per label (and conditioning image, and caption
+    `context`), from seeded noise; `guidance_scale` > 1 mixes in the prediction at the `unconditional`
+    context (classifier-free guidance: uncond + scale * (cond - uncond))."""
     from diffusers import DDIMScheduler
 
     runner = DDIMScheduler.from_config(scheduler.config) if sampler == "ddim" else type(scheduler).from_config(
@@ -113,12 +118,33 @@ def sample(unet: nn.Module, scheduler, labels: torch.Tensor, size: int, channels
     for start in range(0, len(labels), batch_size):
         xb, lb = x[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
         cb = None if control is None else control[start : start + batch_size].to(device)
+        kb = None if context is None else context[start : start + batch_size].to(device)
+        guided = kb is not None and guidance_scale != 1.0
+        if guided:  # one batch of twice the images: the unconditional half, then the captioned half
+            kb = torch.cat([unconditional.to(device).expand(len(kb), -1, -1), kb])
+            lb, cb = lb.repeat(2), None if cb is None else cb.repeat(2, 1, 1, 1)
         for t in runner.timesteps:
             model_in = runner.scale_model_input(xb, t)
-            pred = denoise(unet, model_in, t.expand(len(xb)).to(device), lb, cb)
+            model_in = torch.cat([model_in, model_in]) if guided else model_in
+            pred = denoise(unet, model_in, t.expand(len(model_in)).to(device), lb, cb, kb)
+            if guided:
+                plain, captioned = pred.chunk(2)
+                pred = plain + guidance_scale * (captioned - plain)
             xb = runner.step(pred, t, xb, generator=generator).prev_sample
         out.append(xb.cpu())
     return torch.cat(out)
+
+
+def sample_captions(unet: nn.Module, parts, captions: list[str], num: int, steps: int, seed: int,
+                    sampler: str = "ddim", guidance_scale: float = 1.0) -> torch.Tensor:
+    """`num` images per caption of a caption-conditioned model (its DiffusionParts `parts`), in caption order."""
+    text = parts.text
+    device = next(unet.parameters()).device
+    context = text.embed(text.tokens(captions).to(device)).repeat_interleave(num, dim=0)
+    unconditional = text.embed(text.tokens([""]).to(device)) if guidance_scale != 1.0 else None
+    labels = torch.zeros(len(context), dtype=torch.long)
+    return sample(unet, parts.scheduler, labels, parts.prep.size, parts.prep.channels, steps, seed, sampler,
+                  context=context, guidance_scale=guidance_scale, unconditional=unconditional)
 
 
 def save_png(image: torch.Tensor, path: Path) -> Path:

@@ -10,17 +10,23 @@ repeatable, a resumed run draws what the uninterrupted one drew, and a run split
 timesteps fixed per image (seeded by its position), so evaluations compare across steps and runs.
 
 Rows are images with a class (a folder per class, a file listing images, or a built-in image set): a
-class-conditioned UNet gets the class as its label, an unconditioned one ignores it. The run ends by
-sampling a grid per class with a DDIM (or the model's own) sampler, seeded.
+class-conditioned UNet gets the class as its label, an unconditioned one ignores it. A UNet that reads
+text through cross-attention (a pipeline folder with text_encoder/ and tokenizer/) trains on captioned
+images instead (data/captions.py): the frozen text encoder's hidden states of each caption are its
+condition, and `caption_dropout` replaces a seeded share of them with the empty caption's so that
+samples can use classifier-free guidance. The run ends by sampling a grid per class (or per held-out
+caption) with a DDIM (or the model's own) sampler, seeded.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.fastpath import no_autograd
@@ -30,6 +36,7 @@ from tunesmith.objectives.denoising import (
     fixed_draws,
     per_image_loss,
     sample,
+    sample_captions,
     save_grid,
     seeded_draws,
     snr_weights,
@@ -53,15 +60,23 @@ class DiffusionConfig(ObjectiveConfig):
                                  "downsample (a coarse sketch) | edges (Sobel edge map); a small trainable encoder "
                                  "adds it to the UNet's first features; null: none")
     control_factor: int = ranged(4, ">= 1", "control: downsample: the block size averaged over")
-    samples_per_class: int = ranged(8, ">= 0", "images per class in the run's final grid (0: none)")
+    samples_per_class: int = ranged(8, ">= 0", "images per class (or per held-out caption) in the run's final "
+                                    "grid (0: none)")
     sample_seed: int = ranged(0, ">= 0", "seed of the final grid's starting noise")
+    caption_dropout: float = ranged(0.0, "[0, 1)", "caption-conditioned models: the share of training captions "
+                                    "replaced by the empty caption, so that samples can use classifier-free guidance "
+                                    "(0.1 is usual)")
+    guidance_scale: float = ranged(1.0, ">= 1", "caption-conditioned models: classifier-free guidance of the final "
+                                   "grid (1: none; 7.5 is Stable Diffusion's default; needs caption_dropout > 0 "
+                                   "in training)")
 
 
 @dataclass(frozen=True, slots=True)
 class DiffusionItem:
     pixels: torch.Tensor  # uint8 (3, s, s), s <= the model's size
-    label: int
+    label: int  # 0 for a captioned image
     index: int  # its position in its split: what seeds its noise
+    tokens: torch.Tensor | None = None  # its caption's token ids (caption-conditioned models)
 
 
 class StepCounter(Callback):
@@ -89,14 +104,14 @@ class Diffusion(Objective):
     parts = None  # the model's scheduler and input description (DiffusionParts), once it is loaded
 
     def check(self, run, where) -> None:
-        from tunesmith.models.diffusion import builtin, cross_attention_config
+        from tunesmith.models.diffusion import takes_captions
 
-        # a built-in base is not made here (its first use trains it); a local folder is read, not loaded
-        config = None if builtin(run.model.name) else cross_attention_config(run.model.name)
-        if config:
-            raise ConfigError(f"{where('model.name')}: {run.model.name} reads text through cross-attention "
-                              f"({config}); caption-conditioned training is not supported yet: use a class-"
-                              "conditioned or unconditioned UNet")
+        # a built-in base is not made here (its first use trains it); a local folder's configs are read
+        if not takes_captions(run.model.name):
+            for option, default in (("caption_dropout", 0.0), ("guidance_scale", 1.0)):
+                if getattr(self.cfg, option) != default:
+                    raise ConfigError(f"{where('objective.' + option)}: is for caption-conditioned models; "
+                                      f"{run.model.name} does not read captions")
         if run.model.dtype != "float32":
             raise ConfigError(f"{where('model.dtype')}: {run.model.dtype}: diffusion models keep float32 weights; "
                               "compute in lower precision with train.precision: bf16")
@@ -109,15 +124,16 @@ class Diffusion(Objective):
             choice(self.cfg.control, CONTROL_KINDS, where("objective.control"))
 
     def load_data(self, run):
+        from tunesmith.data.captions import load_image_captions
         from tunesmith.data.images import load_image_classification
+        from tunesmith.models.diffusion import takes_captions
 
-        return load_image_classification(run.data)
+        return load_image_captions(run.data) if takes_captions(run.model.name) else load_image_classification(run.data)
 
     def load_model(self, run, data):
         from tunesmith.models.diffusion import (
             UNET_LORA_TARGETS,
-            DiffusionParts,
-            load_unet,
+            load_parts,
             model_dir,
             num_classes,
             save_diffusion,
@@ -125,7 +141,8 @@ class Diffusion(Objective):
         from tunesmith.models.hf import LoadedModel
 
         source = model_dir(run.model.name)
-        unet, scheduler, prep = load_unet(source)
+        unet, parts = load_parts(source)
+        prep = parts.prep
         names = list(data.label_names or [])
         embeds = num_classes(unet)
         if embeds and len(names) > embeds:
@@ -133,7 +150,7 @@ class Diffusion(Objective):
                               f"({', '.join(names[:12])})")
         prep = replace(prep, class_names=names if embeds else None, control=run.objective.control,
                        control_factor=run.objective.control_factor)
-        self.parts = parts = DiffusionParts(scheduler, prep)
+        self.parts = parts = replace(parts, prep=prep)
         meta = {"model": run.model.name, "objective": self.name, "label_names": names}
         head = self._attach_control(unet, prep)
         torch.manual_seed(run.train.init_seed)  # what initialises next (LoRA's A) follows the init seed alone
@@ -168,19 +185,28 @@ class Diffusion(Objective):
         return "UNet weights in channels-last memory format (faster convolutions)"
 
     def encode(self, examples, tokenizer, max_length):
+        from tunesmith.data.decode import colour_of
         from tunesmith.data.images import read_image
         from tunesmith.objectives.image_classify import to_pixels
 
         size, items, first = tokenizer.prep.size, [], None
-        for e in examples:
-            image = read_image(e)
+        text = tokenizer.text
+        tokens = text.tokens([e.caption for e in examples]) if text is not None and examples else None
+        for e in tqdm(examples, desc="reading images", unit="image", leave=False,
+                      disable=len(examples) < 2000 or (self.run is not None and not self.run.train.progress)):
+            image, colour = read_image(e), colour_of(e)
             if first is None:
-                first = (e, image.shape[:2])
+                first = (e, image.shape[:2], colour)
             elif image.shape[:2] != first[1]:  # resizing them alike would train on distorted images
                 raise DataError(f"{e.where}: {image.shape[1]}x{image.shape[0]} pixels, but {first[0].where} "
                                 f"is {first[1][1]}x{first[1][0]}; a diffusion model learns one image size: resize "
                                 "them alike first")
-            items.append(DiffusionItem(to_pixels(image, size), e.label, len(items)))
+            elif colour != first[2] and tokenizer.prep.channels > 1:  # it would learn to drop colour at random
+                raise DataError(f"{e.where}: a {colour} image, but {first[0].where} is {first[2]}; a diffusion "
+                                "model learns one kind: convert them alike first")
+            label = getattr(e, "label", 0)
+            items.append(DiffusionItem(to_pixels(image, size), label, len(items),
+                                       None if tokens is None else tokens[len(items)]))
         return items, {}
 
     def item_length(self, item) -> int | None:
@@ -191,6 +217,8 @@ class Diffusion(Objective):
         x = to_model_input([it.pixels for it in items], prep.size, prep.channels)
         batch = {"pixel_values": x, "labels": torch.tensor([it.label for it in items], dtype=torch.long),
                  "index": torch.tensor([it.index for it in items], dtype=torch.long)}
+        if items and items[0].tokens is not None:
+            batch["input_ids"] = torch.stack([it.tokens for it in items])
         control = self.conditions(x)
         return batch if control is None else batch | {"control": control}
 
@@ -203,21 +231,33 @@ class Diffusion(Objective):
     def callbacks(self, stage: str) -> list:
         return [StepCounter(self)]
 
-    def draws(self, batch, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noise, timesteps) of a training batch: each image's own, from its seed (see the module doc)."""
+    def seeds(self, batch) -> list[int]:
+        """Each training image's seed at this step (see the module doc)."""
         base = (self.run.train.data_seed * 1_000_003 + self.stage_number) * 1_000_000_007 + self.step
-        seeds = [(base * 10_000_019 + index) % 2**63 for index in batch["index"].tolist()]
-        return seeded_draws(seeds, batch["pixel_values"].shape[1:], num_timesteps)
+        return [(base * 10_000_019 + index) % 2**63 for index in batch["index"].tolist()]
+
+    def context(self, batch, device, seeds: list[int] | None = None) -> torch.Tensor | None:
+        """The text encoder's hidden states of the batch's captions (None: not caption-conditioned); with
+        `seeds` (training), a seeded caption_dropout share replaced by the empty caption."""
+        text = self.parts.text
+        if text is None:
+            return None
+        ids = batch["input_ids"]
+        if seeds is not None and self.cfg.caption_dropout > 0:
+            dropped = torch.tensor([random.Random(s).random() < self.cfg.caption_dropout for s in seeds])
+            ids = torch.where(dropped[:, None], text.tokens([""]), ids)
+        return text.embed(ids.to(device))
 
     def counts(self, batch):
         return {"loss": float(batch["labels"].numel())}
 
     def loss(self, model, batch):
         scheduler = self.parts.scheduler
-        x0, labels = batch["pixel_values"], batch["labels"]
-        noise, t = self.draws(batch, scheduler.config.num_train_timesteps)
+        x0, labels, seeds = batch["pixel_values"], batch["labels"], self.seeds(batch)
+        noise, t = seeded_draws(seeds, x0.shape[1:], scheduler.config.num_train_timesteps)
         noise, t = noise.to(x0.device), t.to(x0.device)
-        per_image = per_image_loss(model, scheduler, x0, labels, noise, t, batch.get("control"))
+        per_image = per_image_loss(model, scheduler, x0, labels, noise, t, batch.get("control"),
+                                   self.context(batch, x0.device, seeds))
         if self.cfg.min_snr_gamma is not None:
             per_image = per_image * snr_weights(scheduler, t, self.cfg.min_snr_gamma)
         return Loss({"loss": per_image.sum()})
@@ -232,7 +272,8 @@ class Diffusion(Objective):
             noise, t = fixed_draws(batch["index"].tolist(), x0.shape[1:], scheduler.config.num_train_timesteps)
             control = batch.get("control")
             loss = per_image_loss(model, scheduler, x0.to(device), batch["labels"].to(device), noise.to(device),
-                                  t.to(device), None if control is None else control.to(device))
+                                  t.to(device), None if control is None else control.to(device),
+                                  self.context(batch, device))
             total += loss.sum().double().cpu()
         return {"loss": total, "count": torch.tensor(float(len(items)), dtype=torch.float64)}
 
@@ -251,6 +292,13 @@ class Diffusion(Objective):
             control = batch["control"].expand(-1, prep.channels, -1, -1)
             save_grid(to_uint8(torch.cat([batch["pixel_values"], control, drawn])), 3, out)
             return {}
+        if tokenizer.text is not None:  # a row per held-out caption (the first 8 distinct ones)
+            captions = list(dict.fromkeys(e.caption for e in (data.validation or data.train)))[:8]
+            images = sample_captions(model, tokenizer, captions, self.cfg.samples_per_class, self.cfg.sample_steps,
+                                     self.cfg.sample_seed, self.cfg.sampler, self.cfg.guidance_scale)
+            save_grid(to_uint8(images), len(captions), out)
+            (out.parent / "samples.txt").write_text("".join(f"row {i + 1}: {c}\n" for i, c in enumerate(captions)))
+            return {}
         names = prep.class_names or ["samples"]
         labels = torch.arange(len(names)).repeat_interleave(self.cfg.samples_per_class)
         images = sample(model, tokenizer.scheduler, labels, prep.size, prep.channels, self.cfg.sample_steps,
@@ -262,27 +310,36 @@ class Diffusion(Objective):
 
     def usage_code(self, saved_dir, base, adapter):
         q = lambda value: json.dumps(str(value))  # noqa: E731
-        lines = ["import torch", "from diffusers import DDIMScheduler, UNet2DConditionModel", ""]
+        captions = self.parts is not None and self.parts.text is not None
+        lines = ["import torch", "from diffusers import DDIMScheduler, UNet2DConditionModel"]
+        lines += ["from transformers import AutoModel, AutoTokenizer"] if captions else []
+        root = Path(str(base)) if adapter else Path(saved_dir)
+        lines += ["", f"unet = UNet2DConditionModel.from_pretrained({q(root / 'unet')})"]
         if adapter:
-            lines += [f"unet = UNet2DConditionModel.from_pretrained({q(Path(str(base)) / 'unet')})",
-                      f"unet.load_lora_adapter({q(saved_dir)}, prefix=\"unet\", weight_name=\"{LORA_WEIGHTS}\")",
-                      f"scheduler = DDIMScheduler.from_pretrained({q(Path(saved_dir) / 'scheduler')})"]
+            lines += [f"unet.load_lora_adapter({q(saved_dir)}, prefix=\"unet\", weight_name=\"{LORA_WEIGHTS}\")"]
+        lines += [f"scheduler = DDIMScheduler.from_pretrained({q(Path(saved_dir) / 'scheduler')})",
+                  "scheduler.set_timesteps(50)"]
+        if captions:
+            lines += [f"tokenizer = AutoTokenizer.from_pretrained({q(root / 'tokenizer')})",
+                      f"text_encoder = AutoModel.from_pretrained({q(root / 'text_encoder')})",
+                      f"ids = tokenizer([\"a caption\"] * 4, padding=\"max_length\", truncation=True, "
+                      f"max_length={self.parts.text.max_length}, return_tensors=\"pt\").input_ids",
+                      "with torch.no_grad():", "    context = text_encoder(ids)[0]  # what the UNet attends to",
+                      "labels = None"]
         else:
-            lines += [f"unet = UNet2DConditionModel.from_pretrained({q(Path(saved_dir) / 'unet')})",
-                      f"scheduler = DDIMScheduler.from_pretrained({q(Path(saved_dir) / 'scheduler')})"]
-        lines += ["scheduler.set_timesteps(50)", "classes = unet.config.num_class_embeds",
-                  "labels = torch.arange(4) % classes if classes else None  # the class of each image",
-                  "x = torch.randn(4, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)",
+            lines += ["classes = unet.config.num_class_embeds",
+                      "labels = torch.arange(4) % classes if classes else None  # the class of each image",
+                      "context = None"]
+        lines += ["x = torch.randn(4, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)",
                   "with torch.no_grad():", "    for t in scheduler.timesteps:",
-                  "        eps = unet(x, t, encoder_hidden_states=None, class_labels=labels).sample",
+                  "        eps = unet(x, t, encoder_hidden_states=context, class_labels=labels).sample",
                   "        x = scheduler.step(eps, t, x).prev_sample",
                   "images = ((x.clamp(-1, 1) + 1) * 127.5).round().byte()  # (n, channels, h, w)"]
         return "diffusers", "\n".join(lines) + "\n"
 
     # -- a finished run ------------------------------------------------------------------------------
     def load_saved(self, model_dir: Path, run) -> SavedRun:
-        from tunesmith.models.diffusion import DiffusionParts, load_unet
+        from tunesmith.models.diffusion import load_parts
 
-        unet, scheduler, prep = load_unet(model_dir)
-        self.parts = parts = DiffusionParts(scheduler, prep)
-        return SavedRun(unet.eval(), parts, prep.class_names)
+        unet, self.parts = load_parts(model_dir)
+        return SavedRun(unet.eval(), self.parts, self.parts.prep.class_names)
