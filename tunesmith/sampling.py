@@ -85,7 +85,7 @@ def draw_to_folder(unet: nn.Module, parts, name: str, out_dir: str | Path, class
                    guidance_scale: float = 1.0) -> list[Path]:
     """sample_to_folder for a UNet already open (`name`: what it was opened from, for messages)."""
     from tunesmith.models.diffusion import num_classes
-    from tunesmith.objectives.denoising import sample, sample_captions, to_uint8
+    from tunesmith.objectives.denoising import decode_latents, sample, sample_captions, to_uint8
 
     if (parts.text is None) != (not prompts):
         raise TunesmithError(f"sample: {name} " + (
@@ -96,7 +96,8 @@ def draw_to_folder(unet: nn.Module, parts, name: str, out_dir: str | Path, class
     if prompts:
         if classes or condition_from:
             raise TunesmithError("sample: give --prompt alone; this model's condition is its caption")
-        images = to_uint8(sample_captions(unet, parts, prompts, num, steps, seed, sampler, guidance_scale))
+        images = to_uint8(decode_latents(parts, sample_captions(unet, parts, prompts, num, steps, seed, sampler,
+                                                                guidance_scale)))
         written = _write(images, [f"prompt{i + 1}" for i in range(len(prompts))], num, len(prompts), Path(out_dir))
         (Path(out_dir) / "prompts.txt").write_text("".join(f"prompt{i + 1} (row {i + 1}): {p}\n"
                                                            for i, p in enumerate(prompts)))
@@ -116,8 +117,8 @@ def draw_to_folder(unet: nn.Module, parts, name: str, out_dir: str | Path, class
             raise TunesmithError(f"sample: {name} is not class-conditioned; drop --class")
         picked, tags = [0], ["sample"]
     labels = torch.tensor(picked).repeat_interleave(num)
-    images = to_uint8(sample(unet, parts.scheduler, labels, parts.prep.size, parts.prep.channels, steps, seed,
-                             sampler))
+    images = to_uint8(decode_latents(parts, sample(unet, parts.scheduler, labels, parts.prep.size,
+                                                   parts.prep.channels, steps, seed, sampler)))
     return _write(images, tags, num, len(picked), Path(out_dir))
 
 

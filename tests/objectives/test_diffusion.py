@@ -244,14 +244,14 @@ def test_two_processes_draw_what_one_does(tiny_unet, tmp_path):
 WORDS = ["a", "bright", "square", "bar", "dark", "frame", "on", "grey"]
 
 
-def caption_pipeline(path, seed=0):
+def caption_pipeline(path, seed=0, **unet):
     """A tiny text-to-image pipeline folder: a cross-attention UNet, a CLIP text encoder and its tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
     init_unet(path, seed=seed, **TINY | {"num_class_embeds": None, "cross_attention_dim": 32,
                                          "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-                                         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]})
+                                         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]} | unet)
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *WORDS])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -400,3 +400,68 @@ def test_caption_data_errors_name_the_row_before_training(tmp_path):
     with pytest.raises(ConfigError, match="caption_dropout: is for caption-conditioned models"):
         api.check(config(init_unet(tmp_path / "plain", **TINY), folder) | {
             "objective": {"name": "diffusion", "caption_dropout": 0.1}})
+
+
+def latent_pipeline(path, seed=0):
+    """A tiny Stable Diffusion-style pipeline folder: 16x16 RGB images, a VAE making 4x8x8 latents, a
+    cross-attention UNet on them, a text encoder, and the model_index.json diffusers' pipelines read."""
+    caption_pipeline(path, seed, in_channels=4, out_channels=4, sample_size=8)
+    torch.manual_seed(seed)
+    diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[16, 32],
+                            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                            norm_num_groups=8, sample_size=16).save_pretrained(path / "vae")
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "safety_checker": [None, None],
+             "feature_extractor": [None, None], "requires_safety_checker": False}
+    (path / "model_index.json").write_text(json.dumps(index))
+    return path
+
+
+def test_latent_pipeline_trains_on_vae_latents_and_diffusers_pipeline_loads_the_lora(tmp_path):
+    from tunesmith.infer import open_saved
+    from tunesmith.objectives.denoising import encode_latents
+    from tunesmith.objectives.diffusion import Diffusion
+
+    pipe = latent_pipeline(tmp_path / "pipe")
+    cfg = config(pipe, caption_rows(tmp_path / "data"), steps=4)
+    run(config_from_dict(cfg), tmp_path / "run")
+    grid = Image.open(tmp_path / "run" / "plots" / "samples.png")
+    assert grid.mode == "RGB" and grid.size == (2 * 16, 3 * 16)  # decoded to 16x16 pixels, not 8x8 latents
+    opened = open_saved(tmp_path / "run")
+    parts = opened.tokenizer
+    assert (parts.prep.pixel_size, parts.prep.pixel_channels, parts.prep.latent_scale) == (16, 3, 2)
+    objective = Diffusion(config_from_dict(cfg))
+    objective.parts = parts
+    image = tmp_path / "data" / "bar" / "0.png"
+    from tunesmith.data.captions import CaptionedImage
+
+    (item,), _ = objective.encode([CaptionedImage(image, "a bright bar", "x")], parts, 0)
+    pixels = torch.from_numpy(np.array(Image.open(image).convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1
+    with torch.no_grad():
+        want = parts.vae.encode(pixels[None]).latent_dist.mean[0] * parts.vae.config.scaling_factor
+    torch.testing.assert_close(item.latents, want)
+    torch.testing.assert_close(encode_latents(parts.vae, pixels[None])[0], want)
+
+    sd = diffusers.StableDiffusionPipeline.from_pretrained(pipe)
+    sd.load_lora_weights(str(tmp_path / "run" / "adapter"), weight_name=LORA_WEIGHTS)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([50, 700])
+    with torch.no_grad():
+        context = parts.text.embed(parts.text.tokens(["a bright bar", "a dark frame"]))
+        ours = opened.model(x, t, encoder_hidden_states=context).sample
+        theirs = sd.unet.eval()(x, t, encoder_hidden_states=context).sample
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    made = sd("a bright bar", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
+    assert made.images.shape == (1, 16, 16, 3)
+
+    done = cli("sample", str(tmp_path / "run"), "--prompt", "a dark frame", "--num", "1", "--steps", "2", "--out",
+               str(tmp_path / "s"))
+    assert done.returncode == 0, done.stderr
+    assert Image.open(tmp_path / "s" / "prompt1_000.png").size == (16, 16)
+    assert cli("merge", str(tmp_path / "run"), str(tmp_path / "merged")).returncode == 0
+    merged = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        torch.testing.assert_close(merged.unet(x, t, encoder_hidden_states=context).sample, ours, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="latent diffusion model"):
+        api.check(cfg | {"objective": {"name": "diffusion", "control": "edges"}})

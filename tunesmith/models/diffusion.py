@@ -2,7 +2,10 @@
 
 A model is either a pipeline folder (model_index.json, unet/, scheduler/, maybe vae/ and text_encoder/)
 or a bare UNet folder (config.json naming a UNet2DConditionModel or UNet2DModel, with its
-scheduler_config.json beside it or in scheduler/). Weights are read with safetensors only.
+scheduler_config.json beside it or in scheduler/). Weights are read with safetensors only. A pipeline
+with a VAE (vae/, an AutoencoderKL, as Stable Diffusion's) is a latent diffusion model: the UNet learns
+the VAE's latents of the images (the latent distribution's mean, scaled by its scaling_factor), and
+samples are decoded back to pixels; the VAE is never trained.
 
 Its LoRA file, in the format diffusers reads, is written by tunesmith.methods.diffusers_lora.
 """
@@ -10,7 +13,7 @@ Its LoRA file, in the format diffusers reads, is written by tunesmith.methods.di
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,17 @@ class DiffusionPrep:
     control: str | None = None
     control_factor: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
+    latent_scale: int = 1  # pixels per latent along a side (a latent model's VAE); 1: the UNet sees pixels
+    image_channels: int = 0  # a latent model's image channels (0: the UNet's)
     pad_token_id = None  # not a tokenizer: nothing to pad
+
+    @property
+    def pixel_size(self) -> int:
+        return self.size * self.latent_scale
+
+    @property
+    def pixel_channels(self) -> int:
+        return self.image_channels or self.channels
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -55,6 +68,7 @@ class DiffusionParts:
     scheduler: Any
     prep: DiffusionPrep
     text: CaptionEncoder | None = None  # a caption-conditioned pipeline's tokenizer and text encoder
+    vae: nn.Module | None = None  # a latent diffusion pipeline's frozen VAE
     pad_token_id = None
 
     def save_pretrained(self, out_dir: str | Path) -> None:
@@ -100,13 +114,41 @@ def reads_captions(config: dict[str, Any]) -> bool:
     return any("CrossAttn" in b for b in blocks)
 
 
+def vae_dir(path: str | Path) -> Path | None:
+    """A pipeline's vae/ folder (None: it has none, the UNet sees pixels); ConfigError for a VAE tunesmith
+    does not read. Weights not read."""
+    folder = Path(path).expanduser() / "vae"
+    if not folder.is_dir():
+        return None
+    config = _read_json(folder / "config.json")
+    if config is None or config.get("_class_name") != "AutoencoderKL":
+        kind = "no readable config.json" if config is None else f"a {config.get('_class_name')!r}"
+        raise ConfigError(f"model.name: {folder} holds {kind}; tunesmith's latent diffusion reads an AutoencoderKL "
+                          "VAE (Stable Diffusion's)")
+    if not any(folder.glob("*.safetensors")):
+        raise ConfigError(f"model.name: {folder} has no .safetensors weights (pickled weights can run code when read)")
+    return folder
+
+
 def load_parts(path: str | Path) -> tuple[nn.Module, DiffusionParts]:
-    """(UNet, its DiffusionParts): load_unet, plus the pipeline's text encoder when the UNet reads captions."""
+    """(UNet, its DiffusionParts): load_unet, plus the pipeline's text encoder when the UNet reads captions
+    and its VAE when it has one."""
+    import diffusers
+
     unet, scheduler, prep = load_unet(path)
-    text = None
+    text = vae = None
     if reads_captions(dict(unet.config)):
         text = load_caption_encoder(*caption_folders(Path(path).expanduser(), dict(unet.config)))
-    return unet, DiffusionParts(scheduler, prep, text)
+    folder = vae_dir(path)
+    if folder is not None:
+        vae = diffusers.AutoencoderKL.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32).eval()
+        vae.requires_grad_(False)
+        if vae.config.latent_channels != prep.channels:
+            raise ConfigError(f"model.name: {folder}: the VAE makes {vae.config.latent_channels}-channel latents, but "
+                              f"the UNet takes {prep.channels} channels: they are not one pipeline")
+        prep = replace(prep, latent_scale=2 ** (len(vae.config.block_out_channels) - 1),
+                       image_channels=int(vae.config.in_channels))
+    return unet, DiffusionParts(scheduler, prep, text, vae)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -201,5 +243,10 @@ def save_diffusion(unet: nn.Module, parts: DiffusionParts, out_dir: Path, meta: 
         parts.save_pretrained(tmp)
         if parts.text is not None:  # a complete pipeline folder: what `tunesmith sample --prompt` reads
             parts.text.save_pretrained(tmp)
+        if parts.vae is not None:
+            parts.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        source_index = Path(meta.get("source", "")) / "model_index.json"
+        if meta.get("source") and source_index.is_file():  # diffusers' pipeline loaders start from it
+            (tmp / "model_index.json").write_text(source_index.read_text())
         (tmp / "tunesmith.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir

@@ -147,6 +147,30 @@ def sample_captions(unet: nn.Module, parts, captions: list[str], num: int, steps
                   context=context, guidance_scale=guidance_scale, unconditional=unconditional)
 
 
+@no_autograd
+def encode_latents(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> the VAE's scaled latents (the latent distribution's mean: the same latents at
+    every epoch and in every run)."""
+    device = next(vae.parameters()).device
+    mean = vae.encode(x.to(device)).latent_dist.mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((mean - shift) * vae.config.scaling_factor).float().cpu()
+
+
+@no_autograd
+def decode_latents(parts, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Samples in the UNet's space -> images in [-1, 1]: decoded by the VAE of a latent model, as they are
+    otherwise."""
+    vae = parts.vae
+    if vae is None:
+        return x
+    device = next(vae.parameters()).device
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    out = [vae.decode(chunk.to(device) / vae.config.scaling_factor + shift).sample.float().cpu()
+           for chunk in x.split(batch_size)]
+    return torch.cat(out)
+
+
 def save_png(image: torch.Tensor, path: Path) -> Path:
     """A uint8 (h, w, c) image as a PNG: grey for one channel, RGB for three."""
     from PIL import Image

@@ -33,6 +33,7 @@ from tunesmith.fastpath import no_autograd
 from tunesmith.methods.diffusers_lora import LORA_WEIGHTS, write_diffusers_lora
 from tunesmith.objectives.base import Loss, Objective, SavedRun
 from tunesmith.objectives.denoising import (
+    decode_latents,
     fixed_draws,
     per_image_loss,
     sample,
@@ -77,6 +78,7 @@ class DiffusionItem:
     label: int  # 0 for a captioned image
     index: int  # its position in its split: what seeds its noise
     tokens: torch.Tensor | None = None  # its caption's token ids (caption-conditioned models)
+    latents: torch.Tensor | None = None  # its VAE latents (latent diffusion models): what the UNet learns
 
 
 class StepCounter(Callback):
@@ -104,9 +106,13 @@ class Diffusion(Objective):
     parts = None  # the model's scheduler and input description (DiffusionParts), once it is loaded
 
     def check(self, run, where) -> None:
-        from tunesmith.models.diffusion import takes_captions
+        from tunesmith.models.diffusion import builtin, takes_captions, vae_dir
 
         # a built-in base is not made here (its first use trains it); a local folder's configs are read
+        latent = builtin(run.model.name) is None and vae_dir(run.model.name) is not None
+        if self.cfg.control is not None and latent:
+            raise ConfigError(f"{where('objective.control')}: {run.model.name} is a latent diffusion model (it has a "
+                              "VAE); ControlLoRA-style conditioning is for UNets that see pixels")
         if not takes_captions(run.model.name):
             for option, default in (("caption_dropout", 0.0), ("guidance_scale", 1.0)):
                 if getattr(self.cfg, option) != default:
@@ -151,7 +157,7 @@ class Diffusion(Objective):
         prep = replace(prep, class_names=names if embeds else None, control=run.objective.control,
                        control_factor=run.objective.control_factor)
         self.parts = parts = replace(parts, prep=prep)
-        meta = {"model": run.model.name, "objective": self.name, "label_names": names}
+        meta = {"model": run.model.name, "objective": self.name, "label_names": names, "source": str(source)}
         head = self._attach_control(unet, prep)
         torch.manual_seed(run.train.init_seed)  # what initialises next (LoRA's A) follows the init seed alone
         return LoadedModel(model=unet, tokenizer=parts, head_params=head, source=str(source),
@@ -189,7 +195,7 @@ class Diffusion(Objective):
         from tunesmith.data.images import read_image
         from tunesmith.objectives.image_classify import to_pixels
 
-        size, items, first = tokenizer.prep.size, [], None
+        size, items, first = tokenizer.prep.pixel_size, [], None
         text = tokenizer.text
         tokens = text.tokens([e.caption for e in examples]) if text is not None and examples else None
         for e in tqdm(examples, desc="reading images", unit="image", leave=False,
@@ -207,14 +213,32 @@ class Diffusion(Objective):
             label = getattr(e, "label", 0)
             items.append(DiffusionItem(to_pixels(image, size), label, len(items),
                                        None if tokens is None else tokens[len(items)]))
+        if tokenizer.vae is not None:
+            items = self._with_latents(items, tokenizer)
         return items, {}
+
+    def _with_latents(self, items: list[DiffusionItem], parts) -> list[DiffusionItem]:
+        """Each image's VAE latents, computed once (the VAE is frozen and the images are not augmented)."""
+        from tunesmith.objectives.denoising import encode_latents
+
+        prep, out = parts.prep, []
+        for start in tqdm(range(0, len(items), 32), desc="encoding latents", unit="batch", leave=False,
+                          disable=len(items) < 256 or (self.run is not None and not self.run.train.progress)):
+            chunk = items[start : start + 32]
+            x = to_model_input([it.pixels for it in chunk], prep.pixel_size, prep.pixel_channels)
+            latents = encode_latents(parts.vae, x)
+            out += [replace(it, latents=z) for it, z in zip(chunk, latents, strict=True)]
+        return out
 
     def item_length(self, item) -> int | None:
         return None
 
     def collate(self, items, pad_id, train=False):
         prep = self.parts.prep
-        x = to_model_input([it.pixels for it in items], prep.size, prep.channels)
+        if items and items[0].latents is not None:
+            x = torch.stack([it.latents for it in items])
+        else:
+            x = to_model_input([it.pixels for it in items], prep.size, prep.channels)
         batch = {"pixel_values": x, "labels": torch.tensor([it.label for it in items], dtype=torch.long),
                  "index": torch.tensor([it.index for it in items], dtype=torch.long)}
         if items and items[0].tokens is not None:
@@ -296,14 +320,14 @@ class Diffusion(Objective):
             captions = list(dict.fromkeys(e.caption for e in (data.validation or data.train)))[:8]
             images = sample_captions(model, tokenizer, captions, self.cfg.samples_per_class, self.cfg.sample_steps,
                                      self.cfg.sample_seed, self.cfg.sampler, self.cfg.guidance_scale)
-            save_grid(to_uint8(images), len(captions), out)
+            save_grid(to_uint8(decode_latents(tokenizer, images)), len(captions), out)
             (out.parent / "samples.txt").write_text("".join(f"row {i + 1}: {c}\n" for i, c in enumerate(captions)))
             return {}
         names = prep.class_names or ["samples"]
         labels = torch.arange(len(names)).repeat_interleave(self.cfg.samples_per_class)
         images = sample(model, tokenizer.scheduler, labels, prep.size, prep.channels, self.cfg.sample_steps,
                         self.cfg.sample_seed, self.cfg.sampler)
-        save_grid(to_uint8(images), len(names), out)
+        save_grid(to_uint8(decode_latents(tokenizer, images)), len(names), out)
         return {}
 
     library = "diffusers"
