@@ -61,7 +61,8 @@ STARTERS: dict[str, Starter] = {
                                                       "beta": 0.05, "num_ppo_epochs": 2}),
     "diffusion": Starter("unet-fmnist", "mnist-5k", {"name": "lora", "lora": {"r": 8, "alpha": 8}},
                          {"max_steps": 600, "batch_size": 32, "lr": 1.0e-3, "eval_every": 100},
-                         "a folder with one subfolder of images per class (all of one size), or a CSV of path,label",
+                         "a folder with one subfolder of images per class (all of one size), or a CSV of path,label;\n"
+                         "  #   a text-to-image pipeline: rows of path,text (image and caption)",
                          objective={"samples_per_class": 8, "sample_steps": 50}),
     "weak": Starter("minilm-l6", "rotten-tomatoes-weak", {"name": "full"},
                     {"batch_size": 32, "lr": 5.0e-5, "eval_every": 25},
@@ -104,7 +105,8 @@ def starter_config(objective: str, model: str | None = None) -> str:
         "# Every field and its default: docs/config.md. Data formats: docs/data-formats.md.",
         "",
     ]
-    lines += _lines("model", ModelConfig, {"name": model or s.model, "max_length": 128})
+    text = {"max_length": 128} if OBJECTIVES[objective].checks_text_model else {}  # a UNet reads no tokens
+    lines += _lines("model", ModelConfig, {"name": model or s.model, **text})
     if s.stages:
         lines += s.stages.rstrip("\n").split("\n")
     else:

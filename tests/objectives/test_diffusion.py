@@ -397,6 +397,10 @@ def test_caption_data_errors_name_the_row_before_training(tmp_path):
     assert loaded.train[0].image.parent.name == "square" and loaded.train[0].caption == "a square"
     with pytest.raises(DataError, match="needs a metadata file"):
         load_image_captions(config_from_dict(config(pipe, folder / "bar")).data)
+    config_file = pipe / "unet" / "config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"addition_embed_type": "text_time"}))
+    with pytest.raises(ConfigError, match="addition_embed_type 'text_time' \\(SDXL-style"):
+        api.check(config(pipe, rows))
     with pytest.raises(ConfigError, match="caption_dropout: is for caption-conditioned models"):
         api.check(config(init_unet(tmp_path / "plain", **TINY), folder) | {
             "objective": {"name": "diffusion", "caption_dropout": 0.1}})

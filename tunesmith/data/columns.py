@@ -17,9 +17,9 @@ from tunesmith.errors import ConfigError, DataError
 
 # every name data.columns may map, with what it holds
 ROW_COLUMNS = {
-    "text": "the text (classification; language-model text rows)",
+    "text": "the text (classification; language-model text rows; a diffusion image's caption)",
     "label": "the class (classification), or true/false of an unpaired judgement (KTO)",
-    "image": "the image path (image classification)",
+    "image": "the image path (image classification, diffusion)",
     "prompt": "the prompt (prompt/completion and preference rows)",
     "completion": "the answer to learn (prompt/completion rows; unpaired judgements)",
     "messages": "a conversation as a list of {role, content}",

@@ -32,7 +32,7 @@ class DataConfig:
     test: str | None = option(None, "test file; unset: carved from the training rows (data.split.test)")
     format: str = option("auto", "auto (by the file's extension) | json (a JSON array, or JSON Lines) | jsonl | csv | tsv | parquet")
     columns: dict[str, str] = option(help="your column names for the ones tunesmith reads, e.g. {prompt: question, completion: answer}; see docs/data-formats.md for the names", default_factory=dict)
-    text_field: str | None = option(None, "the column holding the text (classification, and language-model text rows); unset: the built-in's own, else data.columns.text, else text")
+    text_field: str | None = option(None, "the column holding the text (classification, language-model text rows, a diffusion image's caption); unset: the built-in's own, else data.columns.text, else text")
     label_field: str | None = option(None, "the column holding the label; unset: the built-in's own, else data.columns.label, else label")
     chat_template: str | None = option(None, "the chat template conversations are rendered with, replacing the tokenizer's: a name (chatml, llama3, zephyr), a .jinja or .txt file (relative to the working directory) or the Jinja text itself; the run keeps it for generate")
     split: SplitConfig = option(help="how validation and test rows are carved from the training rows when they are not given as files", default_factory=SplitConfig)

@@ -103,6 +103,10 @@ def takes_captions(name_or_path: str) -> bool:
     if builtin(name_or_path) is not None:
         return False
     config = layout(name_or_path)[2]
+    if config.get("addition_embed_type"):  # SDXL's pooled text and size embeddings, a second text encoder
+        raise ConfigError(f"model.name: {name_or_path}: a UNet with addition_embed_type "
+                          f"{config['addition_embed_type']!r} (SDXL-style extra conditioning) is not one tunesmith "
+                          "trains yet; Stable Diffusion 1.x/2.x-style pipelines and class-conditioned UNets are")
     if reads_captions(config):
         caption_folders(Path(name_or_path).expanduser(), config)
         return True

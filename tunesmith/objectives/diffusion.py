@@ -98,7 +98,8 @@ class Diffusion(Objective):
     """Noise-prediction training of a diffusers UNet; held-out denoising loss; a sample grid per class."""
 
     name = "diffusion"
-    description = "noise-prediction MSE of a diffusers UNet at random timesteps; samples a grid per class"
+    description = ("noise-prediction MSE of a diffusers UNet at random timesteps; samples a grid per class or "
+                   "caption")
     Config = DiffusionConfig
     model_kind = "diffusion-unet"
     command = "sample"
