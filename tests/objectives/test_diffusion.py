@@ -153,7 +153,7 @@ def test_bad_input_is_one_line_before_training(tiny_unet, tmp_path):
     Image.new("RGB", (20, 16)).save(data / "bar" / "wide.png")
     with pytest.raises(DataError, match=r"wide.png: 20x16 pixels, but .* is 16x16"):
         run(config_from_dict(config(tiny_unet, data)), tmp_path / "r3")
-    assert not any((tmp_path / "r3").glob("checkpoints/*"))
+    assert not (tmp_path / "r3").exists()  # found from the files' headers, before the run dir is written
 
 
 def test_model_card_code_loads_the_lora_with_diffusers(lora_run, tmp_path):
@@ -469,3 +469,46 @@ def test_latent_pipeline_trains_on_vae_latents_and_diffusers_pipeline_loads_the_
         torch.testing.assert_close(merged.unet(x, t, encoder_hidden_states=context).sample, ours, rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="latent diffusion model"):
         api.check(cfg | {"objective": {"name": "diffusion", "control": "edges"}})
+
+
+def test_control_images_given_per_row_train_and_must_match_their_targets(tiny_unet, tmp_path):
+    from tunesmith.infer import open_saved
+    from tunesmith.objectives.diffusion import Diffusion
+
+    data = shapes_folder(tmp_path / "data")
+    rows = []
+    for name in ("square", "bar", "frame"):
+        (data / "cond" / name).mkdir(parents=True)
+        for i in range(12):
+            inverted = 255 - np.array(Image.open(data / name / f"{i}.png"))  # any image of the target's size
+            Image.fromarray(inverted).save(data / "cond" / name / f"{i}.png")
+            rows.append({"path": f"{name}/{i}.png", "label": name, "conditioning_image": f"cond/{name}/{i}.png"})
+    (data / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config(tiny_unet, data / "rows.jsonl")
+    cfg["objective"]["control"] = "image"
+    run(config_from_dict(cfg), tmp_path / "run")
+    opened = open_saved(tmp_path / "run")
+    assert opened.tokenizer.prep.control == "image"
+    objective = Diffusion(config_from_dict(cfg))
+    objective.parts = opened.tokenizer
+    loaded = objective.load_data(config_from_dict(cfg))
+    items, _ = objective.encode(loaded.train[:2], opened.tokenizer, 0)
+    batch = objective.collate(items, None)
+    torch.testing.assert_close(batch["control"], -batch["pixel_values"], atol=1e-6, rtol=0)  # the inverted targets
+    done = cli("sample", str(tmp_path / "run"), "--condition-from", str(data / "cond" / "bar" / "0.png"), "--class",
+               "bar", "--num", "2", "--steps", "3", "--out", str(tmp_path / "s"))
+    assert done.returncode == 0, done.stderr
+
+    Image.new("RGB", (8, 8)).save(data / "cond" / "bar" / "3.png")
+    with pytest.raises(DataError, match=r"rows.jsonl:\d+: conditioning image .*3.png is 8x8 pixels, but its image "
+                                        r".*bar/3.png is 16x16"):
+        run(config_from_dict(cfg), tmp_path / "r2")
+    rows[5].pop("conditioning_image")
+    (data / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"rows.jsonl:6: no field 'conditioning_image'"):
+        run(config_from_dict(cfg), tmp_path / "r3")
+    folder = config(tiny_unet, data)
+    folder["objective"]["control"] = "image"
+    with pytest.raises(DataError, match="reads each image's conditioning image from a rows file"):
+        run(config_from_dict(folder), tmp_path / "r4")
+    assert not any((tmp_path / name).exists() for name in ("r2", "r3", "r4"))  # before the run dir is written

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.columns import Columns
+from tunesmith.data.conditions import condition_field, condition_path
 from tunesmith.data.config import DataConfig, field_name
 from tunesmith.data.sources import Row
 from tunesmith.data.splits import BadRows, DataReport, columns, finish_splits, start
@@ -32,6 +33,7 @@ class CaptionedImage:
     image: Path
     caption: str
     where: str  # "captions.jsonl:7"
+    condition: Path | None = None  # its conditioning image (objective.control: image)
 
 
 @dataclass
@@ -58,8 +60,8 @@ def rows_file(path: str) -> tuple[str, bool]:
                     "captions")
 
 
-def parse_caption_row(row: Row, image_field: str, caption_field: str, base: Path, bad: BadRows
-                      ) -> CaptionedImage | None:
+def parse_caption_row(row: Row, image_field: str, caption_field: str, base: Path, bad: BadRows,
+                      condition_field: str | None = None) -> CaptionedImage | None:
     values, where = row.values, row.where
     for name, option, holds in ((image_field, "image_field", "image path"), (caption_field, "text_field", "caption")):
         if name not in values:
@@ -79,11 +81,15 @@ def parse_caption_row(row: Row, image_field: str, caption_field: str, base: Path
         bad.bad(where, f"field {image_field!r}: image {value!r} {state} (looked at {path})",
                 f"fix the path (relative paths start at the file's folder, {os.path.abspath(base)})")
         return None
-    return CaptionedImage(path, caption, where)
+    condition = condition_path(row, condition_field, base, bad) if condition_field else None
+    if condition_field and condition is None:
+        return None
+    return CaptionedImage(path, caption, where, condition)
 
 
-def load_image_captions(cfg: DataConfig) -> CaptionData:
-    """Load, validate and split captioned image rows (same split and subset rules as every other task)."""
+def load_image_captions(cfg: DataConfig, conditioned: bool = False) -> CaptionData:
+    """Load, validate and split captioned image rows (same split and subset rules as every other task);
+    `conditioned`: each row names a conditioning image too (data/conditions.py)."""
     plan = start(cfg, "a file of image paths and captions, or a folder with a metadata file", eval_sets=False)
     bad = plan.bad
     if cfg.builtin is not None:
@@ -91,7 +97,8 @@ def load_image_captions(cfg: DataConfig) -> CaptionData:
                         "trains on data.train: a file of image paths and captions")
     if isinstance(cfg.train, list) or cfg.train_weights is not None:
         raise DataError("data.train: captioned images are read from one file or folder")
-    Columns.of(cfg.columns, CAPTION_COLUMNS, "captioned image rows")
+    Columns.of(cfg.columns, (*CAPTION_COLUMNS, "condition") if conditioned else CAPTION_COLUMNS, "captioned image rows")
+    extra = condition_field(cfg) if conditioned else None
     caption_field = field_name(cfg, "text") or DEFAULT_CAPTION_FIELD
     carved = plan.carve(official_test=False)
 
@@ -100,7 +107,7 @@ def load_image_captions(cfg: DataConfig) -> CaptionData:
         image_field = field_name(cfg, "image") or ("file_name" if in_folder else "path")
         rows = bad.read(listing, cfg.format if not in_folder else "auto")
         base = Path(listing).parent
-        return rows, [parse_caption_row(r, image_field, caption_field, base, bad) for r in rows]
+        return rows, [parse_caption_row(r, image_field, caption_field, base, bad, extra) for r in rows]
 
     train_rows, parsed = read(str(cfg.train))
     indices = plan.indices(len(train_rows))

@@ -30,6 +30,7 @@ ROW_COLUMNS = {
     "system": "a system message (Alpaca, ShareGPT; optional)",
     "chosen": "the preferred completion of a pair",
     "rejected": "the other completion of a pair",
+    "condition": "a diffusion image's conditioning image path (objective.control: image)",
 }
 TURN_KEYS = {"role": "the key of a turn's speaker", "content": "the key of a turn's text"}
 CANONICAL = {**ROW_COLUMNS, **TURN_KEYS}

@@ -29,20 +29,20 @@ def read_image(example: ImageExample) -> np.ndarray:
     return _decode(Path(example.image), example.where)
 
 
-def colour_of(example: ImageExample) -> str:
-    """"grey" or "colour": what an image is before read_image makes it RGB (a file's header is read,
-    not its pixels)."""
+def header_of(example: ImageExample) -> tuple[int, int, str]:
+    """(height, width, "grey" or "colour") of an image before read_image makes it RGB: a file's header is
+    read, not its pixels. Unreadable files give (0, 0, "colour"): read_image names their problem."""
     from PIL import Image
 
     if isinstance(example.image, np.ndarray):
         array = example.image
-        return "grey" if array.ndim == 2 or array.shape[-1] == 1 else "colour"
+        return array.shape[0], array.shape[1], "grey" if array.ndim == 2 or array.shape[-1] == 1 else "colour"
     try:
         with Image.open(example.image) as image:
-            mode = image.mode
+            (width, height), mode = image.size, image.mode
     except (OSError, ValueError, SyntaxError):
-        return "colour"  # unreadable: read_image names the problem
-    return "grey" if mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16") else "colour"
+        return 0, 0, "colour"
+    return height, width, "grey" if mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16") else "colour"
 
 
 def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:

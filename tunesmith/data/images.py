@@ -23,6 +23,7 @@ import numpy as np
 
 from tunesmith.data.builtin import DATASETS, get_dataset
 from tunesmith.data.columns import IMAGE_COLUMNS, Columns
+from tunesmith.data.conditions import condition_field, condition_path, no_conditions
 from tunesmith.data.config import DataConfig, field_name
 from tunesmith.data.decode import read_image  # noqa: F401  (objectives read images through this module)
 from tunesmith.data.packaged import BuiltinImages, DatasetEntry, ImageArrays
@@ -50,6 +51,7 @@ class ImageExample:
     image: np.ndarray | Path  # in-memory uint8 (H, W) or (H, W, 3) (built-ins: a view, not a copy) or a file
     label: int  # index into ImageData.label_names
     where: str  # "train.csv:17", "data/cats/x.png", "builtin:fashion-mnist train #123" (0-based index)
+    condition: Path | None = None  # its conditioning image (diffusion with objective.control: image)
 
 
 @dataclass
@@ -66,8 +68,10 @@ class ImageData:
 class _Source:
     """The examples read from one folder or file (labels still strings), plus what was ignored in it."""
 
-    def __init__(self, path: str, parsed: list[Parsed | None], ignored: list[str], kind: str) -> None:
+    def __init__(self, path: str, parsed: list[Parsed | None], ignored: list[str], kind: str,
+                 conditions: dict[str, Path] | None = None) -> None:
         self.path, self.parsed, self.ignored, self.kind = path, parsed, ignored, kind
+        self.conditions = conditions or {}  # each row's conditioning image, by its `where`
 
     def note(self) -> str:
         """A suffix for the report's source line naming ignored files ("" when there were none)."""
@@ -191,11 +195,15 @@ def _parse_row(
 
 
 def _read_source(
-    path: str | Path, format: str, image_field: str, label_field: str, bad: BadRows
+    path: str | Path, format: str, image_field: str, label_field: str, bad: BadRows,
+    condition_field: str | None = None,
 ) -> _Source:
-    """A folder (image-folder layout) or a file of rows naming an image and its label."""
+    """A folder (image-folder layout) or a file of rows naming an image and its label (and, with
+    `condition_field`, its conditioning image)."""
     path = os.fspath(path)
     if os.path.isdir(path):
+        if condition_field:
+            raise no_conditions(path)
         return _read_folder(path)
     if not os.path.exists(path):
         here = "" if os.path.isabs(path) else f" (relative paths start at the working directory {Path.cwd()})"
@@ -205,13 +213,21 @@ def _read_source(
         )
     base = Path(path).parent
     rows = bad.read(path, format)
-    return _Source(path, [_parse_row(r, image_field, label_field, base, bad) for r in rows], [], "")
+    parsed, conditions = [], {}
+    for r in rows:
+        p = _parse_row(r, image_field, label_field, base, bad)
+        if p is not None and condition_field:
+            conditions[r.where] = condition_path(r, condition_field, base, bad)
+            p = p if conditions[r.where] is not None else None
+        parsed.append(p)
+    return _Source(path, parsed, [], "", conditions)
 
 
 def _image_examples(
-    parsed: list[Parsed], index: dict[str, int], bad: BadRows, unknown: str
+    parsed: list[Parsed], index: dict[str, int], bad: BadRows, unknown: str, conditions: dict[str, Path]
 ) -> list[ImageExample]:
-    return [ImageExample(Path(e.text), e.label, e.where) for e in to_examples(parsed, index, bad, unknown)]
+    return [ImageExample(Path(e.text), e.label, e.where, conditions.get(e.where))
+            for e in to_examples(parsed, index, bad, unknown)]
 
 
 def _unknown(source: _Source, label_field: str, tail: str) -> str:
@@ -233,25 +249,29 @@ def _image_entry(name: str) -> tuple[DatasetEntry, BuiltinImages]:
     return entry, entry.load_images()
 
 
-def load_image_classification(cfg: DataConfig) -> ImageData:
-    """Load, validate and split the image data a run config describes."""
+def load_image_classification(cfg: DataConfig, conditioned: bool = False) -> ImageData:
+    """Load, validate and split the image data a run config describes; `conditioned`: each row names a
+    conditioning image too (data/conditions.py)."""
     plan = start(cfg, "an image folder or a file listing images")
     bad = plan.bad
     if isinstance(cfg.train, list) or cfg.train_weights is not None:
         raise DataError("data.train: a list of files mixed by data.train_weights is for text rows; image "
                         "classification reads one folder or file")
-    Columns.of(cfg.columns, IMAGE_COLUMNS, "image rows")
+    Columns.of(cfg.columns, (*IMAGE_COLUMNS, "condition") if conditioned else IMAGE_COLUMNS, "image rows")
     image_field = field_name(cfg, "image") or DEFAULT_IMAGE_FIELD
     label_field = field_name(cfg, "label") or "label"
+    if conditioned and cfg.builtin is not None:
+        raise no_conditions(f"data.builtin: {cfg.builtin}")
+    extra = condition_field(cfg) if conditioned else None
     builtin = _image_entry(cfg.builtin) if cfg.builtin is not None else None
     official_test = builtin is not None and builtin[1].test is not None and cfg.test is None
     carved = plan.carve(official_test)
     builtin_sets = builtin[1].eval_sets if builtin is not None else {}
     eval_names = merge_eval_sets(builtin_sets, plan.eval_files, cfg.builtin)
-    train = None if builtin else _read_source(cfg.train, cfg.format, image_field, label_field, bad)
-    given = {s: _read_source(getattr(cfg, s), cfg.format, image_field, label_field, bad)
+    train = None if builtin else _read_source(cfg.train, cfg.format, image_field, label_field, bad, extra)
+    given = {s: _read_source(getattr(cfg, s), cfg.format, image_field, label_field, bad, extra)
              for s in ("validation", "test") if getattr(cfg, s) is not None}
-    given_eval = {name: _read_source(path, cfg.format, image_field, label_field, bad)
+    given_eval = {name: _read_source(path, cfg.format, image_field, label_field, bad, extra)
                   for name, path in plan.eval_files.items()}
 
     examples: dict[str, list[ImageExample]] = {}
@@ -278,13 +298,15 @@ def load_image_classification(cfg: DataConfig) -> ImageData:
         index = {name: i for i, name in enumerate(label_names)}
         for split in ("train", *carved):
             tail = "never appears in training" if split == "train" else "never appears in the training split"
-            examples[split] = _image_examples(parsed[split], index, bad, _unknown(train, label_field, tail))
+            examples[split] = _image_examples(parsed[split], index, bad, _unknown(train, label_field, tail),
+                                              train.conditions)
         unknown = "never appears in the training split"
 
     index = {name: i for i, name in enumerate(label_names)}
     for split, source in [*given.items(), *given_eval.items()]:
         parsed_given = [p for p in source.parsed if p is not None]
-        examples[split] = _image_examples(parsed_given, index, bad, _unknown(source, label_field, unknown))
+        examples[split] = _image_examples(parsed_given, index, bad, _unknown(source, label_field, unknown),
+                                          source.conditions)
         if not examples[split]:
             what = f"the eval set {split!r}" if split in given_eval else f"the {split} split"
             raise DataError(f"{source.path}: no images left for {what}" + bad.note())
@@ -338,6 +360,7 @@ def load_labelled_images(
         index,
         bad,
         _unknown(source, label_field, "is not one the model was trained on"),
+        source.conditions,
     )
     if not examples:
         raise DataError(f"{path}: no usable images" + bad.note())

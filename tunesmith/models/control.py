@@ -1,6 +1,6 @@
 """ControlLoRA-style conditioning: a small trainable encoder turns a conditioning image (a coarse
-downsample or an edge map of the target) into features added to the UNet's first convolution's output,
-while the UNet itself trains only LoRA.
+downsample or an edge map of the target, or an image each row names: a depth map, a pose, a mask) into
+features added to the UNet's first convolution's output, while the UNet itself trains only LoRA.
 
 The encoder's last convolution starts at zero (ControlNet's "zero convolution"), so training starts
 from exactly the base model. It lives inside the UNet as `conv_in.control_encoder`, so the optimizer,
@@ -16,7 +16,7 @@ from torch import nn
 
 ENCODER = "conv_in.control_encoder"
 CONTROL_FILE = "control_encoder.safetensors"  # beside a saved model's unet/: diffusers' UNet has no place for it
-CONTROL_KINDS = ("downsample", "edges")
+CONTROL_KINDS = ("downsample", "edges", "image")  # image: given per row, not made from the target
 
 
 class ControlEncoder(nn.Module):
@@ -66,7 +66,9 @@ def set_condition(model: nn.Module, condition: torch.Tensor | None) -> None:
 def condition_of(x: torch.Tensor, kind: str, factor: int = 4) -> torch.Tensor:
     """The conditioning image of model-space images x (n, c, h, w) in [-1, 1]: `downsample` averages
     factor x factor blocks and scales them back up (a coarse sketch); `edges` is the Sobel gradient
-    magnitude of the grey image, mapped to [-1, 1]."""
+    magnitude of the grey image, mapped to [-1, 1]; `image` is x itself (a conditioning image given as it is)."""
+    if kind == "image":
+        return x
     if kind == "downsample":
         coarse = F.avg_pool2d(x, factor)
         return F.interpolate(coarse, size=x.shape[-2:], mode="nearest")

@@ -24,7 +24,9 @@ import json
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -58,8 +60,9 @@ class DiffusionConfig(ObjectiveConfig):
                           "scheduler, e.g. DDPM)")
     sample_steps: int = ranged(50, ">= 1", "denoising steps per sample")
     control: str | None = option(None, "ControlLoRA-style conditioning on an image made from each target: "
-                                 "downsample (a coarse sketch) | edges (Sobel edge map); a small trainable encoder "
-                                 "adds it to the UNet's first features; null: none")
+                                 "downsample (a coarse sketch) | edges (Sobel edge map), or given per row: image (the "
+                                 "conditioning_image column); a small trainable encoder adds it to the UNet's first "
+                                 "features; null: none")
     control_factor: int = ranged(4, ">= 1", "control: downsample: the block size averaged over")
     samples_per_class: int = ranged(8, ">= 0", "images per class (or per held-out caption) in the run's final "
                                     "grid (0: none)")
@@ -79,6 +82,41 @@ class DiffusionItem:
     index: int  # its position in its split: what seeds its noise
     tokens: torch.Tensor | None = None  # its caption's token ids (caption-conditioned models)
     latents: torch.Tensor | None = None  # its VAE latents (latent diffusion models): what the UNet learns
+    condition: torch.Tensor | None = None  # uint8 (3, s, s): its conditioning image (control: image)
+
+
+def check_sizes(examples: list) -> None:
+    """Every image one size, every conditioning image its image's size, from the files' headers (before
+    the run starts); DataError naming both files."""
+    from tunesmith.data.decode import header_of
+
+    first = None
+    for e in tqdm(examples, desc="checking image sizes", unit="image", leave=False, disable=len(examples) < 5000):
+        h, w, _ = header_of(e)
+        if not h:
+            continue  # unreadable: read_image says why, by name
+        if first is None:
+            first = (e, h, w)
+        elif (h, w) != first[1:]:  # resizing them alike would train on distorted images
+            raise DataError(f"{e.where}: {w}x{h} pixels, but {first[0].where} is {first[2]}x{first[1]}; a "
+                            "diffusion model learns one image size: resize them alike first")
+        if getattr(e, "condition", None) is not None:
+            ch, cw, _ = header_of(SimpleNamespace(image=e.condition))
+            if ch and (ch, cw) != (h, w):
+                raise DataError(f"{e.where}: conditioning image {e.condition} is {cw}x{ch} pixels, but its image "
+                                f"{e.image} is {w}x{h}; a condition must match its target pixel for pixel")
+
+
+def _condition(example, image) -> np.ndarray:
+    """An example's conditioning image, which must have its image's size."""
+    from tunesmith.data.images import read_image
+
+    where = f"{example.where}: conditioning image {example.condition}"
+    pixels = read_image(SimpleNamespace(image=example.condition, where=where))
+    if pixels.shape[:2] != image.shape[:2]:
+        raise DataError(f"{where} is {pixels.shape[1]}x{pixels.shape[0]} pixels, but its image {example.image} is "
+                        f"{image.shape[1]}x{image.shape[0]}; a condition must match its target pixel for pixel")
+    return pixels
 
 
 class StepCounter(Callback):
@@ -135,7 +173,13 @@ class Diffusion(Objective):
         from tunesmith.data.images import load_image_classification
         from tunesmith.models.diffusion import takes_captions
 
-        return load_image_captions(run.data) if takes_captions(run.model.name) else load_image_classification(run.data)
+        given = self.cfg.control == "image"  # each row names its conditioning image
+        if takes_captions(run.model.name):
+            data = load_image_captions(run.data, conditioned=given)
+        else:
+            data = load_image_classification(run.data, conditioned=given)
+        check_sizes([*data.train, *data.validation, *data.test])
+        return data
 
     def load_model(self, run, data):
         from tunesmith.models.diffusion import (
@@ -183,7 +227,9 @@ class Diffusion(Objective):
         """The conditioning images of model-space images x (None: not a ControlLoRA-style run)."""
         from tunesmith.models.control import condition_of
 
-        return None if self.cfg.control is None else condition_of(x, self.cfg.control, self.cfg.control_factor)
+        if self.cfg.control in (None, "image"):  # image: read from the rows, not made from x
+            return None
+        return condition_of(x, self.cfg.control, self.cfg.control_factor)
 
     def prepare_model(self, model):
         # oneDNN (CPU) and cuDNN run convolutions faster on NHWC tensors: ~1.25x per training step of
@@ -192,7 +238,7 @@ class Diffusion(Objective):
         return "UNet weights in channels-last memory format (faster convolutions)"
 
     def encode(self, examples, tokenizer, max_length):
-        from tunesmith.data.decode import colour_of
+        from tunesmith.data.decode import header_of
         from tunesmith.data.images import read_image
         from tunesmith.objectives.image_classify import to_pixels
 
@@ -201,7 +247,7 @@ class Diffusion(Objective):
         tokens = text.tokens([e.caption for e in examples]) if text is not None and examples else None
         for e in tqdm(examples, desc="reading images", unit="image", leave=False,
                       disable=len(examples) < 2000 or (self.run is not None and not self.run.train.progress)):
-            image, colour = read_image(e), colour_of(e)
+            image, colour = read_image(e), header_of(e)[2]
             if first is None:
                 first = (e, image.shape[:2], colour)
             elif image.shape[:2] != first[1]:  # resizing them alike would train on distorted images
@@ -212,8 +258,9 @@ class Diffusion(Objective):
                 raise DataError(f"{e.where}: a {colour} image, but {first[0].where} is {first[2]}; a diffusion "
                                 "model learns one kind: convert them alike first")
             label = getattr(e, "label", 0)
+            condition = None if getattr(e, "condition", None) is None else to_pixels(_condition(e, image), size)
             items.append(DiffusionItem(to_pixels(image, size), label, len(items),
-                                       None if tokens is None else tokens[len(items)]))
+                                       None if tokens is None else tokens[len(items)], condition=condition))
         if tokenizer.vae is not None:
             items = self._with_latents(items, tokenizer)
         return items, {}
@@ -244,6 +291,8 @@ class Diffusion(Objective):
                  "index": torch.tensor([it.index for it in items], dtype=torch.long)}
         if items and items[0].tokens is not None:
             batch["input_ids"] = torch.stack([it.tokens for it in items])
+        if items and items[0].condition is not None:
+            return batch | {"control": to_model_input([it.condition for it in items], prep.size, prep.channels)}
         control = self.conditions(x)
         return batch if control is None else batch | {"control": control}
 
