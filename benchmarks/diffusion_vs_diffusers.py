@@ -8,11 +8,14 @@ normalise to [-1, 1]), AdamW on the LoRA parameters, noise and timesteps drawn p
 against the scheduler's target, gradient clipping at 1, a cosine schedule with warm-up. The tunesmith
 arm is `tunesmith train` with the same settings (validation off while timing).
 
+`--precision bf16` runs both arms under bf16 autocast (the diffusers arm as accelerate's
+`mixed_precision="bf16"` does: the forward and loss under torch.autocast, weights and AdamW in fp32).
+
 Each arm runs in its own process (peak RSS is that process's); arms alternate over --repeats and the
 table quotes medians. Both final adapters are scored on the same held-out loss: the 500 test digits at
 noise and timesteps fixed per image.
 
-    .venv/bin/python -m benchmarks.diffusion_vs_diffusers [--steps 150] [--repeats 3] [--threads 2]
+    .venv/bin/python -m benchmarks.diffusion_vs_diffusers [--steps 150] [--repeats 3] [--threads 2] [--precision bf16]
 """
 
 from __future__ import annotations
@@ -101,8 +104,10 @@ def run_diffusers(args: argparse.Namespace, base: Path) -> dict:
             noise = torch.randn_like(latents)
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],)).long()
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            pred = unet(noisy, timesteps, encoder_hidden_states=None, class_labels=batch["labels"], return_dict=False)[0]
-            loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                pred = unet(noisy, timesteps, encoder_hidden_states=None, class_labels=batch["labels"],
+                            return_dict=False)[0]
+                loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, s["clip"])
             optimizer.step()
@@ -131,6 +136,7 @@ def run_tunesmith(args: argparse.Namespace, base: Path, out: Path) -> dict:
            "train": {"batch_size": s["batch"], "lr": s["lr"], "max_steps": s["steps"], "schedule": "cosine",
                      "warmup_ratio": s["warmup"], "weight_decay": s["weight_decay"], "max_grad_norm": s["clip"],
                      "eval_every": 10 * s["steps"], "progress": False, "threads": args.threads, "compile": args.compile,
+                     "precision": args.precision,
                      "init_seed": 0, "data_seed": 0, "early_stopping": {"patience": None, "restore_best": False}}}
     summary = run(config_from_dict(cfg, source="benchmark"), out, overwrite=True)
     opened = open_saved(out)
@@ -146,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="tunesmith arm: train.compile")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="both arms: bf16 autocast or not")
     p.add_argument("--arm", choices=("tunesmith", "diffusers"), help="run one arm here and print its JSON")
     p.add_argument("--out", default="runs/bench-diffusion-vs-diffusers")
     args = p.parse_args(argv)
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_diffusers(args, base) if args.arm == "diffusers" else run_tunesmith(args, base, out / "run")
         print("RESULT " + json.dumps(result), flush=True)
         return 0
-    forwarded = ["--steps", str(args.steps), "--lr", str(args.lr), "--out", str(out)]
+    forwarded = ["--steps", str(args.steps), "--lr", str(args.lr), "--out", str(out), "--precision", args.precision]
     forwarded += (["--threads", str(args.threads)] if args.threads else []) + (["--compile"] if args.compile else [])
     results: dict[str, list[dict]] = {"tunesmith": [], "diffusers": []}
     for i in range(args.repeats):
@@ -175,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     s = settings(args)
     lines = [f"unet-fmnist + LoRA r={s['r']} alpha={s['alpha']} on {', '.join(TARGETS)}; mnist-5k, batch {s['batch']}, "
              f"{s['steps']} steps, AdamW lr {s['lr']:g} (weight decay {s['weight_decay']}), cosine with "
-             f"{s['warmup']:.0%} warm-up, clipping {s['clip']:g}; tunesmith compile: {args.compile}; medians of "
+             f"{s['warmup']:.0%} warm-up, clipping {s['clip']:g}; precision {args.precision} (both arms); tunesmith "
+             f"compile: {args.compile}; medians of "
              f"{args.repeats} runs per arm, alternating; machine: {machine_line()}", "",
              "| | samples/s | train s | peak RSS MB | held-out denoising loss | trainable params |",
              "|---|---|---|---|---|---|"]
