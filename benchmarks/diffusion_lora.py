@@ -227,7 +227,7 @@ def write_figures(grids: dict[str, torch.Tensor], folder: Path) -> None:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    arms = [a for a in ARMS if a in grids]
+    arms = [a for a in ARMS if a in grids and a != "control-lora"]  # its samples need conditions: the next figure
     fig, axes = plt.subplots(1, len(arms), figsize=(3 * len(arms), 3.4))
     for ax, arm in zip(np.atleast_1d(axes), arms, strict=True):
         g = grids[arm]  # (10, 8, 1, 32, 32)

@@ -512,3 +512,15 @@ def test_control_images_given_per_row_train_and_must_match_their_targets(tiny_un
     with pytest.raises(DataError, match="reads each image's conditioning image from a rows file"):
         run(config_from_dict(folder), tmp_path / "r4")
     assert not any((tmp_path / name).exists() for name in ("r2", "r3", "r4"))  # before the run dir is written
+
+
+def test_grey_images_among_colour_ones_are_refused_for_a_colour_model(tmp_path):
+    pipe = caption_pipeline(tmp_path / "pipe", in_channels=3, out_channels=3)
+    rows = caption_rows(tmp_path / "data")
+    Image.open(tmp_path / "data" / "bar" / "2.png").convert("L").save(tmp_path / "data" / "bar" / "2.png")
+    with pytest.raises(DataError, match=r"captions.jsonl:\d+: a grey image, but .* is colour"):
+        run(config_from_dict(config(pipe, rows)), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    grey = caption_pipeline(tmp_path / "grey")  # a one-channel model turns every image grey: nothing to refuse
+    run(config_from_dict(config(grey, rows, steps=1) | {"objective": {"name": "diffusion", "samples_per_class": 0}}),
+        tmp_path / "ok")

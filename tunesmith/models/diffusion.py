@@ -118,6 +118,16 @@ def reads_captions(config: dict[str, Any]) -> bool:
     return any("CrossAttn" in b for b in blocks)
 
 
+def image_channels(name_or_path: str) -> int:
+    """The channels of the images a model learns (its VAE's input, else its UNet's), from configs alone;
+    1 for a built-in model (they are grey)."""
+    if builtin(name_or_path) is not None:
+        return 1
+    folder = vae_dir(name_or_path)
+    config = _read_json(folder / "config.json") if folder is not None else layout(name_or_path)[2]
+    return int(config.get("in_channels") or 3)
+
+
 def vae_dir(path: str | Path) -> Path | None:
     """A pipeline's vae/ folder (None: it has none, the UNet sees pixels); ConfigError for a VAE tunesmith
     does not read. Weights not read."""

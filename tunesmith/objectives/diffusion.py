@@ -85,21 +85,25 @@ class DiffusionItem:
     condition: torch.Tensor | None = None  # uint8 (3, s, s): its conditioning image (control: image)
 
 
-def check_sizes(examples: list) -> None:
-    """Every image one size, every conditioning image its image's size, from the files' headers (before
-    the run starts); DataError naming both files."""
+def check_images(examples: list, colour_matters: bool, progress: bool = True) -> None:
+    """Every image one size (and, for a colour model, one kind: grey or colour), every conditioning image
+    its image's size, from the files' headers, before the run starts; DataError naming both files."""
     from tunesmith.data.decode import header_of
 
     first = None
-    for e in tqdm(examples, desc="checking image sizes", unit="image", leave=False, disable=len(examples) < 5000):
-        h, w, _ = header_of(e)
+    for e in tqdm(examples, desc="checking images", unit="image", leave=False,
+                  disable=not progress or len(examples) < 5000):
+        h, w, colour = header_of(e)
         if not h:
             continue  # unreadable: read_image says why, by name
         if first is None:
-            first = (e, h, w)
-        elif (h, w) != first[1:]:  # resizing them alike would train on distorted images
+            first = (e, h, w, colour)
+        elif (h, w) != first[1:3]:  # resizing them alike would train on distorted images
             raise DataError(f"{e.where}: {w}x{h} pixels, but {first[0].where} is {first[2]}x{first[1]}; a "
                             "diffusion model learns one image size: resize them alike first")
+        elif colour != first[3] and colour_matters:  # it would learn to drop colour at random
+            raise DataError(f"{e.where}: a {colour} image, but {first[0].where} is {first[3]}; a diffusion model "
+                            "learns one kind: convert them alike first")
         if getattr(e, "condition", None) is not None:
             ch, cw, _ = header_of(SimpleNamespace(image=e.condition))
             if ch and (ch, cw) != (h, w):
@@ -171,14 +175,15 @@ class Diffusion(Objective):
     def load_data(self, run):
         from tunesmith.data.captions import load_image_captions
         from tunesmith.data.images import load_image_classification
-        from tunesmith.models.diffusion import takes_captions
+        from tunesmith.models.diffusion import image_channels, takes_captions
 
         given = self.cfg.control == "image"  # each row names its conditioning image
         if takes_captions(run.model.name):
             data = load_image_captions(run.data, conditioned=given)
         else:
             data = load_image_classification(run.data, conditioned=given)
-        check_sizes([*data.train, *data.validation, *data.test])
+        check_images([*data.train, *data.validation, *data.test], image_channels(run.model.name) > 1,
+                     run.train.progress)
         return data
 
     def load_model(self, run, data):
@@ -238,7 +243,6 @@ class Diffusion(Objective):
         return "UNet weights in channels-last memory format (faster convolutions)"
 
     def encode(self, examples, tokenizer, max_length):
-        from tunesmith.data.decode import header_of
         from tunesmith.data.images import read_image
         from tunesmith.objectives.image_classify import to_pixels
 
@@ -247,16 +251,13 @@ class Diffusion(Objective):
         tokens = text.tokens([e.caption for e in examples]) if text is not None and examples else None
         for e in tqdm(examples, desc="reading images", unit="image", leave=False,
                       disable=len(examples) < 2000 or (self.run is not None and not self.run.train.progress)):
-            image, colour = read_image(e), header_of(e)[2]
+            image = read_image(e)
             if first is None:
-                first = (e, image.shape[:2], colour)
-            elif image.shape[:2] != first[1]:  # resizing them alike would train on distorted images
-                raise DataError(f"{e.where}: {image.shape[1]}x{image.shape[0]} pixels, but {first[0].where} "
-                                f"is {first[1][1]}x{first[1][0]}; a diffusion model learns one image size: resize "
-                                "them alike first")
-            elif colour != first[2] and tokenizer.prep.channels > 1:  # it would learn to drop colour at random
-                raise DataError(f"{e.where}: a {colour} image, but {first[0].where} is {first[2]}; a diffusion "
-                                "model learns one kind: convert them alike first")
+                first = (e, image.shape[:2])
+            elif image.shape[:2] != first[1]:  # check_images read the headers; EXIF rotation can still differ
+                raise DataError(f"{e.where}: {image.shape[1]}x{image.shape[0]} pixels once decoded, but "
+                                f"{first[0].where} is {first[1][1]}x{first[1][0]}; a diffusion model learns one image "
+                                "size: resize them alike first")
             label = getattr(e, "label", 0)
             condition = None if getattr(e, "condition", None) is None else to_pixels(_condition(e, image), size)
             items.append(DiffusionItem(to_pixels(image, size), label, len(items),
