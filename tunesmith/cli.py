@@ -431,10 +431,6 @@ COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "merge": _merge
 def _sample(args: argparse.Namespace) -> int:
     from tunesmith.sampling import sample_to_folder
 
-    if args.num < 1 or args.steps < 1:
-        raise TunesmithError("sample: --num and --steps must be >= 1")
-    if args.guidance < 1:
-        raise TunesmithError("sample: --guidance must be >= 1")
     written = sample_to_folder(args.run_dir, args.out, args.classes, args.prompts, args.num, args.seed, args.steps,
                                args.sampler, args.condition_from, args.guidance)
     print(f"{len(written) - 1} images and {written[-1]} written", file=sys.stderr)

@@ -87,6 +87,10 @@ def draw_to_folder(unet: nn.Module, parts, name: str, out_dir: str | Path, class
     from tunesmith.models.diffusion import num_classes
     from tunesmith.objectives.denoising import decode_latents, sample, sample_captions, to_uint8
 
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    if num < 1 or steps < 1 or guidance_scale < 1:
+        raise TunesmithError("sample: the number of images and steps must be >= 1, and the guidance scale >= 1")
+
     if (parts.text is None) != (not prompts):
         raise TunesmithError(f"sample: {name} " + (
             "reads captions: give one or more --prompt" if parts.text is not None

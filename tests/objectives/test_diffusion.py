@@ -397,6 +397,8 @@ def test_caption_data_errors_name_the_row_before_training(tmp_path):
     assert loaded.train[0].image.parent.name == "square" and loaded.train[0].caption == "a square"
     with pytest.raises(DataError, match="needs a metadata file"):
         load_image_captions(config_from_dict(config(pipe, folder / "bar")).data)
+    with pytest.raises(ConfigError, match="control: .* is a caption-conditioned model; ControlLoRA-style"):
+        api.check(config(pipe, rows) | {"objective": {"name": "diffusion", "control": "edges"}})
     config_file = pipe / "unet" / "config.json"
     config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"addition_embed_type": "text_time"}))
     with pytest.raises(ConfigError, match="addition_embed_type 'text_time' \\(SDXL-style"):
@@ -463,12 +465,24 @@ def test_latent_pipeline_trains_on_vae_latents_and_diffusers_pipeline_loads_the_
                str(tmp_path / "s"))
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "s" / "prompt1_000.png").size == (16, 16)
+    index = json.loads((pipe / "model_index.json").read_text())  # as Stable Diffusion's: parts a merge does not write
+    (pipe / "model_index.json").write_text(json.dumps(index | {"feature_extractor": ["transformers", "CLIPImageProcessor"]}))
     assert cli("merge", str(tmp_path / "run"), str(tmp_path / "merged")).returncode == 0
+    assert json.loads((tmp_path / "merged" / "model_index.json").read_text())["feature_extractor"] == [None, None]
     merged = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "merged")
     with torch.no_grad():
         torch.testing.assert_close(merged.unet(x, t, encoder_hidden_states=context).sample, ours, rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="latent diffusion model"):
         api.check(cfg | {"objective": {"name": "diffusion", "control": "edges"}})
+    card = (tmp_path / "run" / "adapter" / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "vae.decode" in code
+    import subprocess
+    import sys
+
+    (tmp_path / "use.py").write_text(code + "assert images.shape == (4, 3, 16, 16)\n")
+    done = subprocess.run([sys.executable, str(tmp_path / "use.py")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
 
 
 def test_control_images_given_per_row_train_and_must_match_their_targets(tiny_unet, tmp_path):

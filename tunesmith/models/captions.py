@@ -61,7 +61,7 @@ class CaptionEncoder:
         """Token ids -> (n, max_length, width) hidden states, on the ids' device."""
         if next(self.encoder.parameters()).device != ids.device:
             self.encoder.to(ids.device)
-        return self.encoder(ids)[0].float()
+        return self.encoder(ids).last_hidden_state.float()
 
     def save_pretrained(self, out_dir: Path) -> None:
         self.encoder.save_pretrained(out_dir / "text_encoder", safe_serialization=True)

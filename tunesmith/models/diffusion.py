@@ -35,7 +35,8 @@ PREP_FILE = "tunesmith_diffusion.json"
 class DiffusionPrep:
     """What the UNet takes and was trained on: `channels` x `size` x `size` images scaled to [-1, 1],
     `class_names` for a class-conditioned model (None: unconditioned), the conditioning image of a
-    ControlLoRA-style model (`control`: downsample | edges, None: none)."""
+    ControlLoRA-style model (`control`: downsample | edges | image, None: none); a latent model's images
+    are `latent_scale` times larger, with `image_channels`."""
 
     size: int
     channels: int
@@ -238,8 +239,9 @@ def num_classes(unet: nn.Module) -> int:
 
 
 def save_diffusion(unet: nn.Module, parts: DiffusionParts, out_dir: Path, meta: dict[str, Any]) -> Path:
-    """A diffusers folder (unet/, scheduler/) that diffusers loads as it is, written atomically; a
-    ControlLoRA-style run's control encoder goes beside it (diffusers' UNet has no place for it)."""
+    """A diffusers folder that diffusers loads as it is, written atomically: unet/ and scheduler/, and a
+    pipeline's text_encoder/, tokenizer/, vae/ and model_index.json; a ControlLoRA-style run's control
+    encoder goes beside them (diffusers' UNet has no place for it)."""
     from safetensors.torch import save_file
 
     encoder = encoder_of(unet)
@@ -261,6 +263,10 @@ def save_diffusion(unet: nn.Module, parts: DiffusionParts, out_dir: Path, meta: 
             parts.vae.save_pretrained(tmp / "vae", safe_serialization=True)
         source_index = Path(meta.get("source", "")) / "model_index.json"
         if meta.get("source") and source_index.is_file():  # diffusers' pipeline loaders start from it
-            (tmp / "model_index.json").write_text(source_index.read_text())
+            index = json.loads(source_index.read_text())
+            for name, value in index.items():  # parts not written here (a safety checker): none, not missing
+                if isinstance(value, list) and len(value) == 2 and not (tmp / name).is_dir():
+                    index[name] = [None, None]
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         (tmp / "tunesmith.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir

@@ -103,15 +103,18 @@ def sample(unet: nn.Module, scheduler, labels: torch.Tensor, size: int, channels
            sampler: str = "ddim", batch_size: int = 64, control: torch.Tensor | None = None,
            context: torch.Tensor | None = None, guidance_scale: float = 1.0,
            unconditional: torch.Tensor | None = None) -> torch.Tensor:
-    """Images (n, channels, size, size) in [-1, 1], one per label (and conditioning image, and caption
-    `context`), from seeded noise; `guidance_scale` > 1 mixes in the prediction at the `unconditional`
-    context (classifier-free guidance: uncond + scale * (cond - uncond))."""
+    """Samples (n, channels, size, size) in the UNet's space (images in [-1, 1], or a latent model's latents:
+    decode_latents turns them into images), one per label (and conditioning image, and caption `context`),
+    from seeded noise; `guidance_scale` > 1 mixes in the prediction at the `unconditional` context
+    (classifier-free guidance: uncond + scale * (cond - uncond)), in batches of half the size."""
     from diffusers import DDIMScheduler
 
     runner = DDIMScheduler.from_config(scheduler.config) if sampler == "ddim" else type(scheduler).from_config(
         scheduler.config)
     runner.set_timesteps(steps)
     device = next(unet.parameters()).device
+    if context is not None and guidance_scale != 1.0:
+        batch_size = max(1, batch_size // 2)  # each image runs twice: unconditional and captioned
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((len(labels), channels, size, size), generator=generator) * runner.init_noise_sigma
     out = []
@@ -164,6 +167,8 @@ def decode_latents(parts, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor
     vae = parts.vae
     if vae is None:
         return x
+    if torch.cuda.is_available():
+        vae.to(torch.device("cuda", torch.cuda.current_device()))
     device = next(vae.parameters()).device
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     out = [vae.decode(chunk.to(device) / vae.config.scaling_factor + shift).sample.float().cpu()

@@ -71,13 +71,13 @@ class DiffusionConfig(ObjectiveConfig):
                                     "replaced by the empty caption, so that samples can use classifier-free guidance "
                                     "(0.1 is usual)")
     guidance_scale: float = ranged(1.0, ">= 1", "caption-conditioned models: classifier-free guidance of the final "
-                                   "grid (1: none; 7.5 is Stable Diffusion's default; needs caption_dropout > 0 "
-                                   "in training)")
+                                   "grid (1: none; 7.5 is Stable Diffusion's default; the model must know the empty "
+                                   "caption: a pretrained base does, caption_dropout > 0 keeps it so)")
 
 
 @dataclass(frozen=True, slots=True)
 class DiffusionItem:
-    pixels: torch.Tensor  # uint8 (3, s, s), s <= the model's size
+    pixels: torch.Tensor | None  # uint8 (3, s, s), s <= the model's size; None once latents replace it
     label: int  # 0 for a captioned image
     index: int  # its position in its split: what seeds its noise
     tokens: torch.Tensor | None = None  # its caption's token ids (caption-conditioned models)
@@ -153,10 +153,13 @@ class Diffusion(Objective):
 
         # a built-in base is not made here (its first use trains it); a local folder's configs are read
         latent = builtin(run.model.name) is None and vae_dir(run.model.name) is not None
-        if self.cfg.control is not None and latent:
-            raise ConfigError(f"{where('objective.control')}: {run.model.name} is a latent diffusion model (it has a "
-                              "VAE); ControlLoRA-style conditioning is for UNets that see pixels")
-        if not takes_captions(run.model.name):
+        captions = takes_captions(run.model.name)
+        if self.cfg.control is not None and (latent or captions):
+            raise ConfigError(f"{where('objective.control')}: {run.model.name} is a "
+                              f"{'latent diffusion model (it has a VAE)' if latent else 'caption-conditioned model'}; "
+                              "ControlLoRA-style conditioning is for class-conditioned or unconditioned UNets that "
+                              "see pixels")
+        if not captions:
             for option, default in (("caption_dropout", 0.0), ("guidance_scale", 1.0)):
                 if getattr(self.cfg, option) != default:
                     raise ConfigError(f"{where('objective.' + option)}: is for caption-conditioned models; "
@@ -271,12 +274,14 @@ class Diffusion(Objective):
         from tunesmith.objectives.denoising import encode_latents
 
         prep, out = parts.prep, []
+        if torch.cuda.is_available():  # encoding is most of a latent run's data preparation
+            parts.vae.to(torch.device("cuda", torch.cuda.current_device()))
         for start in tqdm(range(0, len(items), 32), desc="encoding latents", unit="batch", leave=False,
                           disable=len(items) < 256 or (self.run is not None and not self.run.train.progress)):
             chunk = items[start : start + 32]
             x = to_model_input([it.pixels for it in chunk], prep.pixel_size, prep.pixel_channels)
             latents = encode_latents(parts.vae, x)
-            out += [replace(it, latents=z) for it, z in zip(chunk, latents, strict=True)]
+            out += [replace(it, latents=z, pixels=None) for it, z in zip(chunk, latents, strict=True)]  # 1/12 the size
         return out
 
     def item_length(self, item) -> int | None:
@@ -317,11 +322,11 @@ class Diffusion(Objective):
         text = self.parts.text
         if text is None:
             return None
-        ids = batch["input_ids"]
+        ids = batch["input_ids"].to(device)
         if seeds is not None and self.cfg.caption_dropout > 0:
-            dropped = torch.tensor([random.Random(s).random() < self.cfg.caption_dropout for s in seeds])
-            ids = torch.where(dropped[:, None], text.tokens([""]), ids)
-        return text.embed(ids.to(device))
+            dropped = torch.tensor([random.Random(s).random() < self.cfg.caption_dropout for s in seeds], device=device)
+            ids = torch.where(dropped[:, None], text.tokens([""]).to(device), ids)
+        return text.embed(ids)
 
     def counts(self, batch):
         return {"loss": float(batch["labels"].numel())}
@@ -408,8 +413,13 @@ class Diffusion(Objective):
         lines += ["x = torch.randn(4, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)",
                   "with torch.no_grad():", "    for t in scheduler.timesteps:",
                   "        eps = unet(x, t, encoder_hidden_states=context, class_labels=labels).sample",
-                  "        x = scheduler.step(eps, t, x).prev_sample",
-                  "images = ((x.clamp(-1, 1) + 1) * 127.5).round().byte()  # (n, channels, h, w)"]
+                  "        x = scheduler.step(eps, t, x).prev_sample"]
+        if self.parts is not None and self.parts.vae is not None:  # a latent model: decode the latents
+            lines[1] = "from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel"
+            lines += [f"vae = AutoencoderKL.from_pretrained({q(root / 'vae')})",
+                      "with torch.no_grad():",
+                      "    x = vae.decode(x / vae.config.scaling_factor + (vae.config.shift_factor or 0)).sample"]
+        lines += ["images = ((x.clamp(-1, 1) + 1) * 127.5).round().byte()  # (n, channels, h, w)"]
         return "diffusers", "\n".join(lines) + "\n"
 
     # -- a finished run ------------------------------------------------------------------------------
