@@ -334,7 +334,7 @@ def test_caption_dropout_is_seeded_and_uses_the_empty_caption(caption_run):
     got = objective.context(batch, "cpu", seeds)
     empty, kept = text.embed(text.tokens([""]))[0], text.embed(text.tokens(["a bright bar"]))[0]
     dropped = [bool(torch.equal(row, empty)) for row in got]
-    assert all(d or torch.equal(row, kept) for d, row in zip(dropped, got))
+    assert all(d or torch.equal(row, kept) for d, row in zip(dropped, got, strict=True))
     assert 3 <= sum(dropped) <= 13  # about half, from the images' own seeds
     assert torch.equal(objective.context(batch, "cpu", seeds), got)
     assert torch.equal(objective.context(batch, "cpu"), kept.expand(16, -1, -1))  # evaluation: never dropped
