@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.diffusion_lora import CLASSIFIER, Judge, frechet, test_digits, train
 from benchmarks.results import machine_line, save_results
+from tunesmith.models.diffusion_base import UNET_CONFIG, init_caption_pipeline
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # unet-fmnist's layout with cross-attention (to the caption) at 8x8 and in the middle instead of self-attention
@@ -35,26 +36,6 @@ UNET_CHANGES = {"down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDow
 
 def caption(digit: int) -> str:
     return f"a handwritten digit {DIGITS[digit]}"
-
-
-def make_pipeline(folder: Path, seed: int = 0) -> Path:
-    """A seeded random-init text-to-image pipeline folder (unet/, scheduler/, text_encoder/, tokenizer/)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
-
-    from tunesmith.models.diffusion_base import UNET_CONFIG, init_unet
-
-    init_unet(folder, seed=seed, **(UNET_CONFIG | UNET_CHANGES))
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "a", "handwritten", "digit", *DIGITS])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                            model_max_length=8).save_pretrained(folder / "tokenizer")
-    torch.manual_seed(seed)
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, max_position_embeddings=8, pad_token_id=0, bos_token_id=1,
-                                 eos_token_id=1)).save_pretrained(folder / "text_encoder")
-    return folder
 
 
 def write_digits(folder: Path) -> Path:
@@ -107,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     out, started = Path(args.out), time.perf_counter()
     pipe = out / "pipe"
     if not (pipe / "unet").is_dir():
-        make_pipeline(pipe)
+        init_caption_pipeline(pipe, ["a", "handwritten", "digit", *DIGITS], UNET_CONFIG | UNET_CHANGES, width=64)
     rows = write_digits(out / "data")
     summary = train(run_config(pipe, rows, args), out / "run", args.rerun)
     judge_dir = Path(args.judge)

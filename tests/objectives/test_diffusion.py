@@ -16,7 +16,7 @@ from tunesmith.config import config_from_dict
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.methods.diffusers_lora import LORA_WEIGHTS
 from tunesmith.models.diffusion import load_unet
-from tunesmith.models.diffusion_base import init_unet
+from tunesmith.models.diffusion_base import init_caption_pipeline, init_unet
 from tunesmith.objectives.denoising import per_image_loss, snr_weights
 from tunesmith.run import run
 
@@ -156,17 +156,22 @@ def test_bad_input_is_one_line_before_training(tiny_unet, tmp_path):
     assert not (tmp_path / "r3").exists()  # found from the files' headers, before the run dir is written
 
 
-def test_model_card_code_loads_the_lora_with_diffusers(lora_run, tmp_path):
+def card_code_runs(run_dir, tmp_path, shape) -> str:
+    """The run's model card code, run on its own: it must end with `images` of `shape`. Returns the code."""
     import subprocess
     import sys
 
-    card = (lora_run / "adapter" / "README.md").read_text()
-    assert "library_name: diffusers" in card and f"tunesmith sample {lora_run}" in card
-    code = card.split("```python\n", 1)[1].split("```", 1)[0]
-    assert "load_lora_adapter" in code
-    (tmp_path / "use.py").write_text(code + "assert images.shape == (4, 1, 16, 16)\n")
+    code = (run_dir / "adapter" / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "use.py").write_text(code + f"assert images.shape == {tuple(shape)}\n")
     done = subprocess.run([sys.executable, str(tmp_path / "use.py")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    return code
+
+
+def test_model_card_code_loads_the_lora_with_diffusers(lora_run, tmp_path):
+    card = (lora_run / "adapter" / "README.md").read_text()
+    assert "library_name: diffusers" in card and f"tunesmith sample {lora_run}" in card
+    assert "load_lora_adapter" in card_code_runs(lora_run, tmp_path, (4, 1, 16, 16))
 
 
 def test_control_encoder_starts_as_the_base_and_conditions_are_what_they_say(tiny_unet):
@@ -246,22 +251,10 @@ WORDS = ["a", "bright", "square", "bar", "dark", "frame", "on", "grey"]
 
 def caption_pipeline(path, seed=0, **unet):
     """A tiny text-to-image pipeline folder: a cross-attention UNet, a CLIP text encoder and its tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
-
-    init_unet(path, seed=seed, **TINY | {"num_class_embeds": None, "cross_attention_dim": 32,
-                                         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-                                         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]} | unet)
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                            model_max_length=8).save_pretrained(path / "tokenizer")
-    torch.manual_seed(seed)
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, max_position_embeddings=8, pad_token_id=0, eos_token_id=1,
-                                 bos_token_id=1)).save_pretrained(path / "text_encoder")
-    return path
+    crossing = {"num_class_embeds": None, "cross_attention_dim": 32,
+                "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}
+    return init_caption_pipeline(path, WORDS, TINY | crossing | unet, width=32, seed=seed)
 
 
 def caption_rows(root):
@@ -308,15 +301,7 @@ def test_caption_run_trains_and_its_lora_loads_in_diffusers_with_equal_outputs(c
     assert (before - ours).abs().max() > 1e-4  # the adapter trained the cross-attention UNet
     assert cli("merge", str(run_dir), str(tmp_path / "merged")).returncode == 0
     assert (tmp_path / "merged" / "text_encoder").is_dir() and (tmp_path / "merged" / "tokenizer").is_dir()
-    card = (run_dir / "adapter" / "README.md").read_text()
-    code = card.split("```python\n", 1)[1].split("```", 1)[0]
-    assert "text_encoder(ids)" in code
-    import subprocess
-    import sys
-
-    (tmp_path / "use.py").write_text(code + "assert images.shape == (4, 1, 16, 16)\n")
-    done = subprocess.run([sys.executable, str(tmp_path / "use.py")], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert "text_encoder(ids)" in card_code_runs(run_dir, tmp_path, (4, 1, 16, 16))
 
 
 def test_caption_dropout_is_seeded_and_uses_the_empty_caption(caption_run):
@@ -474,15 +459,7 @@ def test_latent_pipeline_trains_on_vae_latents_and_diffusers_pipeline_loads_the_
         torch.testing.assert_close(merged.unet(x, t, encoder_hidden_states=context).sample, ours, rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="latent diffusion model"):
         api.check(cfg | {"objective": {"name": "diffusion", "control": "edges"}})
-    card = (tmp_path / "run" / "adapter" / "README.md").read_text()
-    code = card.split("```python\n", 1)[1].split("```", 1)[0]
-    assert "vae.decode" in code
-    import subprocess
-    import sys
-
-    (tmp_path / "use.py").write_text(code + "assert images.shape == (4, 3, 16, 16)\n")
-    done = subprocess.run([sys.executable, str(tmp_path / "use.py")], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert "vae.decode" in card_code_runs(tmp_path / "run", tmp_path, (4, 3, 16, 16))
 
 
 def test_control_images_given_per_row_train_and_must_match_their_targets(tiny_unet, tmp_path):
@@ -538,3 +515,19 @@ def test_grey_images_among_colour_ones_are_refused_for_a_colour_model(tmp_path):
     grey = caption_pipeline(tmp_path / "grey")  # a one-channel model turns every image grey: nothing to refuse
     run(config_from_dict(config(grey, rows, steps=1) | {"objective": {"name": "diffusion", "samples_per_class": 0}}),
         tmp_path / "ok")
+
+
+def test_header_sizes_are_what_decoding_gives_exif_rotation_included(tmp_path):
+    from types import SimpleNamespace
+
+    from tunesmith.data.decode import header_of, read_image
+
+    image = Image.new("L", (20, 10))
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored 20 wide, shown rotated: 10 wide, 20 high
+    image.save(tmp_path / "turned.jpg", exif=exif)
+    Image.new("RGB", (20, 10)).save(tmp_path / "plain.png")
+    for name in ("turned.jpg", "plain.png"):
+        example = SimpleNamespace(image=tmp_path / name, where=name)
+        assert header_of(example)[:2] == read_image(example).shape[:2]
+    assert header_of(SimpleNamespace(image=tmp_path / "turned.jpg"))[2] == "grey"

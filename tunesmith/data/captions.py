@@ -20,7 +20,15 @@ from tunesmith.data.columns import Columns
 from tunesmith.data.conditions import condition_field, condition_path
 from tunesmith.data.config import DataConfig, field_name
 from tunesmith.data.sources import Row
-from tunesmith.data.splits import BadRows, DataReport, columns, finish_splits, start
+from tunesmith.data.splits import (
+    BadRows,
+    DataReport,
+    columns,
+    existing_file,
+    finish_splits,
+    path_value,
+    start,
+)
 from tunesmith.errors import DataError
 
 CAPTION_COLUMNS = ("image", "text")
@@ -67,19 +75,15 @@ def parse_caption_row(row: Row, image_field: str, caption_field: str, base: Path
         if name not in values:
             bad.bad(where, f"no field {name!r} (the row has {columns(values)})", bad.name_column(option, holds))
             return None
-    value, caption = values[image_field], values[caption_field]
-    if not isinstance(value, str) or not value.strip():
-        bad.bad(where, f"field {image_field!r} is {value!r:.40}, not an image's file path", "give the image's path")
+    value, caption = path_value(values, image_field, where, bad), values[caption_field]
+    if value is None:
         return None
     if not isinstance(caption, str):
         kind = "null" if caption is None else f"a {type(caption).__name__} ({caption!r:.40})"
         bad.bad(where, f"field {caption_field!r} is {kind}, not a caption", "give the caption as text")
         return None
-    path = base / value
-    if not path.is_file():
-        state = "is a folder, not a file" if path.is_dir() else "not found"
-        bad.bad(where, f"field {image_field!r}: image {value!r} {state} (looked at {path})",
-                f"fix the path (relative paths start at the file's folder, {os.path.abspath(base)})")
+    path = existing_file(value, image_field, where, base, bad)
+    if path is None:
         return None
     condition = condition_path(row, condition_field, base, bad) if condition_field else None
     if condition_field and condition is None:

@@ -4,12 +4,11 @@ column beside each row's image path, in the column diffusers' ControlNet trainin
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from tunesmith.data.config import DataConfig
 from tunesmith.data.sources import Row
-from tunesmith.data.splits import BadRows, columns
+from tunesmith.data.splits import BadRows, columns, existing_file, path_value
 from tunesmith.errors import DataError
 
 DEFAULT_CONDITION_FIELD = "conditioning_image"
@@ -21,21 +20,12 @@ def condition_field(cfg: DataConfig) -> str:
 
 def condition_path(row: Row, field: str, base: Path, bad: BadRows) -> Path | None:
     """The row's conditioning image file, or None when the row is bad (reported to `bad`)."""
-    value = row.values.get(field)
     if field not in row.values:
         bad.bad(row.where, f"no field {field!r} (the row has {columns(row.values)})",
                 "give each row its conditioning image's path, or name the column with data.columns.condition")
         return None
-    if not isinstance(value, str) or not value.strip():
-        bad.bad(row.where, f"field {field!r} is {value!r:.40}, not an image's file path",
-                "give the conditioning image's path")
-        return None
-    path = base / value
-    if not path.is_file():
-        bad.bad(row.where, f"field {field!r}: conditioning image {value!r} not found (looked at {path})",
-                f"fix the path (relative paths start at the file's folder, {os.path.abspath(base)})")
-        return None
-    return path
+    value = path_value(row.values, field, row.where, bad, "conditioning image")
+    return None if value is None else existing_file(value, field, row.where, base, bad, "conditioning image")
 
 
 def no_conditions(source: str) -> DataError:

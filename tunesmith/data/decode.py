@@ -30,8 +30,9 @@ def read_image(example: ImageExample) -> np.ndarray:
 
 
 def header_of(example: ImageExample) -> tuple[int, int, str]:
-    """(height, width, "grey" or "colour") of an image before read_image makes it RGB: a file's header is
-    read, not its pixels. Unreadable files give (0, 0, "colour"): read_image names their problem."""
+    """(height, width, "grey" or "colour") of an image as read_image gives it (EXIF orientation applied),
+    before it makes it RGB: a file's header is read, not its pixels. Unreadable files give (0, 0, "colour"):
+    read_image names their problem."""
     from PIL import Image
 
     if isinstance(example.image, np.ndarray):
@@ -40,8 +41,14 @@ def header_of(example: ImageExample) -> tuple[int, int, str]:
     try:
         with Image.open(example.image) as image:
             (width, height), mode = image.size, image.mode
+            try:
+                turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap width and height
+            except Exception:  # a broken EXIF block: read_image keeps the pixels as stored
+                turned = False
     except (OSError, ValueError, SyntaxError):
         return 0, 0, "colour"
+    if turned:
+        width, height = height, width
     return height, width, "grey" if mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16") else "colour"
 
 

@@ -33,9 +33,11 @@ from tunesmith.data.splits import (
     BadRows,
     DataReport,
     columns,
+    existing_file,
     finish,
     label_counts,
     merge_eval_sets,
+    path_value,
     start,
 )
 from tunesmith.data.text import Parsed, check_label, labels_of_training, to_examples
@@ -172,26 +174,11 @@ def _parse_row(
                 bad.name_column(field, holds),
             )
             return None
-    value, label = values[image_field], values[label_field]
-    if not isinstance(value, str):
-        kind = "null" if value is None else f"a {type(value).__name__} ({value!r:.40})"
-        bad.bad(where, f"field {image_field!r} is {kind}, not a string", "give the image's file path")
+    value, label = path_value(values, image_field, where, bad), values[label_field]
+    if value is None or not check_label(label, label_field, where, bad):
         return None
-    if not value.strip():
-        bad.bad(where, f"field {image_field!r} is empty", "give the image's file path or remove the row")
-        return None
-    if not check_label(label, label_field, where, bad):
-        return None
-    path = base / value  # an absolute `value` replaces base
-    if not path.is_file():
-        state = "is a folder, not a file" if path.is_dir() else "not found"
-        bad.bad(
-            where,
-            f"field {image_field!r}: image {value!r} {state} (looked at {path})",
-            f"fix the path (relative paths start at the file's folder, {os.path.abspath(base)})",
-        )
-        return None
-    return Parsed(str(path), str(label), where)
+    path = existing_file(value, image_field, where, base, bad)
+    return None if path is None else Parsed(str(path), str(label), where)
 
 
 def _read_source(

@@ -146,6 +146,30 @@ def columns(values: dict[str, Any]) -> str:
     return ", ".join(repr(k) for k in values) if values else "no fields at all"
 
 
+def path_value(values: dict[str, Any], field: str, where: str, bad: BadRows, what: str = "image") -> str | None:
+    """A row's file path field as a non-empty string, or None when the row is bad (reported to `bad`)."""
+    value = values[field]
+    if not isinstance(value, str):
+        kind = "null" if value is None else f"a {type(value).__name__} ({value!r:.40})"
+        bad.bad(where, f"field {field!r} is {kind}, not a string", f"give the {what}'s file path")
+        return None
+    if not value.strip():
+        bad.bad(where, f"field {field!r} is empty", f"give the {what}'s file path or remove the row")
+        return None
+    return value
+
+
+def existing_file(value: str, field: str, where: str, base: Path, bad: BadRows, what: str = "image") -> Path | None:
+    """The file a row's path names (relative to `base`, its file's folder), or None when it is not one."""
+    path = base / value  # an absolute `value` replaces base
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "not found"
+        bad.bad(where, f"field {field!r}: {what} {value!r} {state} (looked at {path})",
+                f"fix the path (relative paths start at the file's folder, {os.path.abspath(base)})")
+        return None
+    return path
+
+
 def sort_labels(labels: set[str] | list[str]) -> list[str]:
     """Integer labels in numeric order ("2" before "10"), anything else lexicographically."""
     if labels and all(_INT.fullmatch(label) for label in labels):

@@ -59,6 +59,28 @@ def init_unet(out_dir: str | Path, seed: int = 0, **overrides: Any) -> Path:
     return out_dir
 
 
+def init_caption_pipeline(out_dir: str | Path, words: list[str], unet: dict[str, Any], width: int,
+                          seed: int = 0) -> Path:
+    """A seeded random-init text-to-image pipeline folder: a UNet2DConditionModel of `unet` (with
+    cross-attention blocks of width `width`), a word-level tokenizer over `words` (captions of up to 8
+    tokens) and a 2-layer CLIP text encoder of that width: the small pipelines the tests and the
+    text-to-image benchmark train."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+    out_dir = init_unet(out_dir, seed=seed, **unet)
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                            model_max_length=8).save_pretrained(out_dir / "tokenizer")
+    torch.manual_seed(seed)
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=width, intermediate_size=2 * width,
+                                 num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=8,
+                                 pad_token_id=0, bos_token_id=1, eos_token_id=1)).save_pretrained(out_dir / "text_encoder")
+    return out_dir
+
+
 def _record() -> dict[str, Any]:
     return {"recipe_version": RECIPE_VERSION, "unet": UNET_CONFIG, "scheduler": SCHEDULER_CONFIG, "recipe": RECIPE}
 

@@ -150,11 +150,19 @@ def sample_captions(unet: nn.Module, parts, captions: list[str], num: int, steps
                   context=context, guidance_scale=guidance_scale, unconditional=unconditional)
 
 
+def on_accelerator(module: nn.Module) -> torch.device:
+    """Where a frozen helper model (a VAE) runs: the current GPU when there is one (it is moved there once),
+    else where it is."""
+    if torch.cuda.is_available():
+        module.to(torch.device("cuda", torch.cuda.current_device()))
+    return next(module.parameters()).device
+
+
 @no_autograd
 def encode_latents(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] -> the VAE's scaled latents (the latent distribution's mean: the same latents at
     every epoch and in every run)."""
-    device = next(vae.parameters()).device
+    device = on_accelerator(vae)
     mean = vae.encode(x.to(device)).latent_dist.mean
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return ((mean - shift) * vae.config.scaling_factor).float().cpu()
@@ -167,9 +175,7 @@ def decode_latents(parts, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor
     vae = parts.vae
     if vae is None:
         return x
-    if torch.cuda.is_available():
-        vae.to(torch.device("cuda", torch.cuda.current_device()))
-    device = next(vae.parameters()).device
+    device = on_accelerator(vae)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     out = [vae.decode(chunk.to(device) / vae.config.scaling_factor + shift).sample.float().cpu()
            for chunk in x.split(batch_size)]

@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -83,44 +82,6 @@ class DiffusionItem:
     tokens: torch.Tensor | None = None  # its caption's token ids (caption-conditioned models)
     latents: torch.Tensor | None = None  # its VAE latents (latent diffusion models): what the UNet learns
     condition: torch.Tensor | None = None  # uint8 (3, s, s): its conditioning image (control: image)
-
-
-def check_images(examples: list, colour_matters: bool, progress: bool = True) -> None:
-    """Every image one size (and, for a colour model, one kind: grey or colour), every conditioning image
-    its image's size, from the files' headers, before the run starts; DataError naming both files."""
-    from tunesmith.data.decode import header_of
-
-    first = None
-    for e in tqdm(examples, desc="checking images", unit="image", leave=False,
-                  disable=not progress or len(examples) < 5000):
-        h, w, colour = header_of(e)
-        if not h:
-            continue  # unreadable: read_image says why, by name
-        if first is None:
-            first = (e, h, w, colour)
-        elif (h, w) != first[1:3]:  # resizing them alike would train on distorted images
-            raise DataError(f"{e.where}: {w}x{h} pixels, but {first[0].where} is {first[2]}x{first[1]}; a "
-                            "diffusion model learns one image size: resize them alike first")
-        elif colour != first[3] and colour_matters:  # it would learn to drop colour at random
-            raise DataError(f"{e.where}: a {colour} image, but {first[0].where} is {first[3]}; a diffusion model "
-                            "learns one kind: convert them alike first")
-        if getattr(e, "condition", None) is not None:
-            ch, cw, _ = header_of(SimpleNamespace(image=e.condition))
-            if ch and (ch, cw) != (h, w):
-                raise DataError(f"{e.where}: conditioning image {e.condition} is {cw}x{ch} pixels, but its image "
-                                f"{e.image} is {w}x{h}; a condition must match its target pixel for pixel")
-
-
-def _condition(example, image) -> np.ndarray:
-    """An example's conditioning image, which must have its image's size."""
-    from tunesmith.data.images import read_image
-
-    where = f"{example.where}: conditioning image {example.condition}"
-    pixels = read_image(SimpleNamespace(image=example.condition, where=where))
-    if pixels.shape[:2] != image.shape[:2]:
-        raise DataError(f"{where} is {pixels.shape[1]}x{pixels.shape[0]} pixels, but its image {example.image} is "
-                        f"{image.shape[1]}x{image.shape[0]}; a condition must match its target pixel for pixel")
-    return pixels
 
 
 class StepCounter(Callback):
@@ -185,9 +146,32 @@ class Diffusion(Objective):
             data = load_image_captions(run.data, conditioned=given)
         else:
             data = load_image_classification(run.data, conditioned=given)
-        check_images([*data.train, *data.validation, *data.test], image_channels(run.model.name) > 1,
-                     run.train.progress)
+        self._check_images([*data.train, *data.validation, *data.test], image_channels(run.model.name) > 1)
         return data
+
+    def _check_images(self, examples: list, colour_matters: bool) -> None:
+        """Every image one size (and, for a colour model, one kind: grey or colour), every conditioning image
+        its image's size, from the files' headers, before the run starts; DataError naming both files."""
+        from tunesmith.data.decode import header_of
+
+        first = None
+        for e in self._bar(examples, 5000, desc="checking images", unit="image"):
+            h, w, colour = header_of(e)
+            if not h:
+                continue  # unreadable: read_image says why, by name
+            if first is None:
+                first = (e, h, w, colour)
+            elif (h, w) != first[1:3]:  # resizing them alike would train on distorted images
+                raise DataError(f"{e.where}: {w}x{h} pixels, but {first[0].where} is {first[2]}x{first[1]}; a "
+                                "diffusion model learns one image size: resize them alike first")
+            elif colour != first[3] and colour_matters:  # it would learn to drop colour at random
+                raise DataError(f"{e.where}: a {colour} image, but {first[0].where} is {first[3]}; a diffusion model "
+                                "learns one kind: convert them alike first")
+            if getattr(e, "condition", None) is not None:
+                ch, cw, _ = header_of(SimpleNamespace(image=e.condition))
+                if ch and (ch, cw) != (h, w):
+                    raise DataError(f"{e.where}: conditioning image {e.condition} is {cw}x{ch} pixels, but its image "
+                                    f"{e.image} is {w}x{h}; a condition must match its target pixel for pixel")
 
     def load_model(self, run, data):
         from tunesmith.models.diffusion import (
@@ -249,21 +233,13 @@ class Diffusion(Objective):
         from tunesmith.data.images import read_image
         from tunesmith.objectives.image_classify import to_pixels
 
-        size, items, first = tokenizer.prep.pixel_size, [], None
-        text = tokenizer.text
+        # sizes and kinds were checked from the files' headers when the data loaded (check_images)
+        size, items, text = tokenizer.prep.pixel_size, [], tokenizer.text
         tokens = text.tokens([e.caption for e in examples]) if text is not None and examples else None
-        for e in tqdm(examples, desc="reading images", unit="image", leave=False,
-                      disable=len(examples) < 2000 or (self.run is not None and not self.run.train.progress)):
-            image = read_image(e)
-            if first is None:
-                first = (e, image.shape[:2])
-            elif image.shape[:2] != first[1]:  # check_images read the headers; EXIF rotation can still differ
-                raise DataError(f"{e.where}: {image.shape[1]}x{image.shape[0]} pixels once decoded, but "
-                                f"{first[0].where} is {first[1][1]}x{first[1][0]}; a diffusion model learns one image "
-                                "size: resize them alike first")
-            label = getattr(e, "label", 0)
-            condition = None if getattr(e, "condition", None) is None else to_pixels(_condition(e, image), size)
-            items.append(DiffusionItem(to_pixels(image, size), label, len(items),
+        for e in self._bar(examples, 2000, desc="reading images", unit="image"):
+            condition = None if getattr(e, "condition", None) is None else to_pixels(
+                read_image(SimpleNamespace(image=e.condition, where=f"{e.where}: conditioning image")), size)
+            items.append(DiffusionItem(to_pixels(read_image(e), size), getattr(e, "label", 0), len(items),
                                        None if tokens is None else tokens[len(items)], condition=condition))
         if tokenizer.vae is not None:
             items = self._with_latents(items, tokenizer)
@@ -274,15 +250,17 @@ class Diffusion(Objective):
         from tunesmith.objectives.denoising import encode_latents
 
         prep, out = parts.prep, []
-        if torch.cuda.is_available():  # encoding is most of a latent run's data preparation
-            parts.vae.to(torch.device("cuda", torch.cuda.current_device()))
-        for start in tqdm(range(0, len(items), 32), desc="encoding latents", unit="batch", leave=False,
-                          disable=len(items) < 256 or (self.run is not None and not self.run.train.progress)):
+        for start in self._bar(range(0, len(items), 32), 8, desc="encoding latents", unit="batch"):
             chunk = items[start : start + 32]
             x = to_model_input([it.pixels for it in chunk], prep.pixel_size, prep.pixel_channels)
             latents = encode_latents(parts.vae, x)
             out += [replace(it, latents=z, pixels=None) for it, z in zip(chunk, latents, strict=True)]  # 1/12 the size
         return out
+
+    def _bar(self, iterable, at_least: int, **labels):
+        """A progress bar over `iterable` when it holds at least `at_least` steps and the run shows progress."""
+        shown = len(iterable) >= at_least and (self.run is None or self.run.train.progress)
+        return tqdm(iterable, leave=False, disable=not shown, **labels)
 
     def item_length(self, item) -> int | None:
         return None
@@ -391,7 +369,9 @@ class Diffusion(Objective):
     def usage_code(self, saved_dir, base, adapter):
         q = lambda value: json.dumps(str(value))  # noqa: E731
         captions = self.parts is not None and self.parts.text is not None
-        lines = ["import torch", "from diffusers import DDIMScheduler, UNet2DConditionModel"]
+        latent = self.parts is not None and self.parts.vae is not None
+        lines = ["import torch", f"from diffusers import {'AutoencoderKL, ' if latent else ''}DDIMScheduler, "
+                 "UNet2DConditionModel"]
         lines += ["from transformers import AutoModel, AutoTokenizer"] if captions else []
         root = Path(str(base)) if adapter else Path(saved_dir)
         lines += ["", f"unet = UNet2DConditionModel.from_pretrained({q(root / 'unet')})"]
@@ -414,8 +394,7 @@ class Diffusion(Objective):
                   "with torch.no_grad():", "    for t in scheduler.timesteps:",
                   "        eps = unet(x, t, encoder_hidden_states=context, class_labels=labels).sample",
                   "        x = scheduler.step(eps, t, x).prev_sample"]
-        if self.parts is not None and self.parts.vae is not None:  # a latent model: decode the latents
-            lines[1] = "from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel"
+        if latent:  # decode the latents
             lines += [f"vae = AutoencoderKL.from_pretrained({q(root / 'vae')})",
                       "with torch.no_grad():",
                       "    x = vae.decode(x / vae.config.scaling_factor + (vae.config.shift_factor or 0)).sample"]
